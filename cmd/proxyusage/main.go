@@ -1,0 +1,173 @@
+// Command proxyusage is the proxy usage metering service.
+//
+//	proxyusage serve     run the API (and, with no DATABASE_URL, a local PostgreSQL under .data/)
+//	proxyusage migrate   apply the schema migrations and exit
+//	proxyusage token     mint a JWT for development
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"proxyusage/internal/app"
+	"proxyusage/internal/auth"
+	"proxyusage/internal/config"
+)
+
+const usage = `proxyusage meters proxy usage for billing and analytics.
+
+Usage:
+  proxyusage <command> [flags]
+
+Commands:
+  serve     run the API server (migrates first)
+  migrate   apply database migrations and exit
+  token     print a signed development JWT
+
+Configuration comes from the environment (DATABASE_URL, HTTP_ADDR,
+JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE, LOG_LEVEL, ...); see README.md.
+Run 'proxyusage <command> -h' for the flags of a command.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "proxyusage:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	cfg, err := config.FromEnv()
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "serve":
+		return serve(cfg, args[1:], stdout, stderr)
+	case "migrate":
+		return migrate(cfg, args[1:], stderr)
+	case "token":
+		return token(cfg, args[1:], stdout, stderr)
+	default:
+		return fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
+	}
+}
+
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+func commonFlags(fs *flag.FlagSet, cfg *config.Config, backend *string) {
+	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "PostgreSQL URL (env DATABASE_URL; empty: local cluster under -data-dir)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the local cluster and dev secret (env DATA_DIR)")
+	fs.StringVar(backend, "backend", envOr("BACKEND", "auto"), "storage backend: auto, postgres or timescaledb (env BACKEND)")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func serve(cfg config.Config, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var backend string
+	commonFlags(fs, &cfg, &backend)
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "listen address (env HTTP_ADDR)")
+	devToken := fs.Bool("print-dev-token", false, "print an admin dev token for the local setup")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	m := &app.Main{Config: cfg, Backend: backend, Logger: newLogger(stderr, cfg.LogLevel)}
+	if err := m.EnsureLocal(ctx); err != nil {
+		return err
+	}
+	if err := m.Run(ctx); err != nil {
+		return err
+	}
+	if *devToken {
+		tok, err := auth.Mint([]byte(m.Config.JWTSecret), "dev-user", []string{auth.RoleAdmin}, 30*24*time.Hour, m.Config.JWTIssuer, m.Config.JWTAudience)
+		if err != nil {
+			m.Close()
+			return err
+		}
+		fmt.Fprintf(stdout, "\nproxyusage is listening on %s\n\nDev token (sub dev-user, role admin, valid 30 days):\n\n  export TOKEN=%s\n\nTry:\n  curl -s -X PUT %s/proxies/proxy-1 -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"name\":\"first\"}'\n  curl -s -X POST %s/proxy/usage/proxy-1/record -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"eventType\":\"data_transfer\",\"eventData\":{\"bytesSent\":1024}}'\n\n",
+			m.Server.URL(), tok, m.Server.URL(), m.Server.URL())
+	}
+	<-ctx.Done()
+	m.Logger.Info("shutting down")
+	return m.Close()
+}
+
+func migrate(cfg config.Config, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var backend string
+	commonFlags(fs, &cfg, &backend)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	m := &app.Main{Config: cfg, Backend: backend, Logger: newLogger(stderr, cfg.LogLevel)}
+	if err := m.EnsureLocal(ctx); err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Migrate(ctx); err != nil {
+		return err
+	}
+	m.Logger.Info("migrations applied", slog.String("backend", string(m.Detected)))
+	return nil
+}
+
+func token(cfg config.Config, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sub := fs.String("sub", "dev-user", "subject (user id)")
+	roles := fs.String("roles", "", "comma-separated roles: service, admin")
+	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory holding the dev secret when JWT_SECRET is unset")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	secret := cfg.JWTSecret
+	if secret == "" {
+		b, err := os.ReadFile(app.DevSecretFile(cfg.DataDir))
+		if err != nil {
+			return errors.New("set JWT_SECRET, or run `make run` once to create the local dev secret")
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	var rs []string
+	for r := range strings.SplitSeq(*roles, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			rs = append(rs, r)
+		}
+	}
+	tok, err := auth.Mint([]byte(secret), *sub, rs, *ttl, cfg.JWTIssuer, cfg.JWTAudience)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}

@@ -1,0 +1,214 @@
+// Package app wires the service together: database, migrations, domain
+// services, background workers and the HTTP server. cmd/proxyusage parses
+// flags and calls it; end-to-end tests run the very same wiring.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/auth"
+	"proxyusage/internal/config"
+	"proxyusage/internal/database"
+	httpx "proxyusage/internal/http"
+	"proxyusage/internal/ingest"
+	"proxyusage/internal/proxy"
+	"proxyusage/internal/telemetry"
+	"proxyusage/internal/user"
+)
+
+// LocalPort is the port of the local cluster `make run` creates under .data/.
+const LocalPort = 54329
+
+// Main is the running service.
+type Main struct {
+	Config  config.Config
+	Backend string // "auto" (default), "postgres" or "timescaledb"
+	Logger  *slog.Logger
+
+	Cluster  *database.LocalCluster // set when no DATABASE_URL was given
+	Pool     *pgxpool.Pool
+	Metrics  *telemetry.Metrics
+	Writer   *ingest.Writer
+	Server   *httpx.Server
+	Detected database.Backend
+}
+
+// DevSecretFile holds the generated JWT secret of a local setup.
+func DevSecretFile(dataDir string) string { return filepath.Join(dataDir, "jwt-secret") }
+
+// EnsureLocal starts (creating on first use) the local cluster under the
+// data directory and points the configuration at it. It also provides a
+// persistent dev JWT secret when none is configured.
+func (m *Main) EnsureLocal(ctx context.Context) error {
+	if m.Config.DatabaseURL != "" {
+		return nil
+	}
+	if err := os.MkdirAll(m.Config.DataDir, 0o755); err != nil {
+		return err
+	}
+	m.Cluster = &database.LocalCluster{Dir: filepath.Join(m.Config.DataDir, "postgres"), Port: LocalPort, Timescale: true}
+	m.Logger.Info("starting local postgres", slog.String("dir", m.Cluster.Dir), slog.Int("port", LocalPort))
+	if err := m.Cluster.Start(ctx); err != nil {
+		return err
+	}
+	if err := CreateDatabase(ctx, m.Cluster.URL("postgres"), "proxyusage"); err != nil {
+		return err
+	}
+	m.Config.DatabaseURL = m.Cluster.URL("proxyusage")
+	if m.Config.JWTSecret == "" && m.Config.JWTJWKSURL == "" {
+		secret, err := LoadOrCreateSecret(DevSecretFile(m.Config.DataDir))
+		if err != nil {
+			return err
+		}
+		m.Config.JWTSecret = secret
+	}
+	return nil
+}
+
+// CreateDatabase creates database name unless it exists.
+func CreateDatabase(ctx context.Context, adminURL, name string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	return err
+}
+
+// LoadOrCreateSecret reads a secret file, creating a random one first.
+func LoadOrCreateSecret(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	secret := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return secret, nil
+}
+
+// Migrate applies the migrations to the configured database.
+func (m *Main) Migrate(ctx context.Context) error {
+	backend, err := database.Migrate(ctx, m.Config.DatabaseURL, m.Backend, m.Logger)
+	if err != nil {
+		return err
+	}
+	m.Detected = backend
+	return nil
+}
+
+// Run starts the service: migrations, services, workers and HTTP server.
+// It returns once the server is listening.
+func (m *Main) Run(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if err := m.Config.Validate(); err != nil {
+		return err
+	}
+	if err := m.Migrate(ctx); err != nil {
+		return err
+	}
+	m.Logger.Info("storage backend detected", slog.String("backend", string(m.Detected)))
+
+	m.Pool, err = database.Connect(ctx, m.Config.DatabaseURL, 20)
+	if err != nil {
+		return err
+	}
+	m.Metrics = telemetry.New()
+	verifier, err := auth.NewVerifier(auth.Config{
+		Secret: []byte(m.Config.JWTSecret), Issuer: m.Config.JWTIssuer, Audience: m.Config.JWTAudience,
+	})
+	if err != nil {
+		return err
+	}
+	proxies := proxy.NewStore(m.Pool)
+	m.Writer, err = ingest.NewWriter(ctx, ingest.WriterConfig{
+		PoolConfig: m.Pool.Config(), Metrics: m.Metrics, Logger: m.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	m.Writer.Start()
+	ingestSvc, err := ingest.NewService(ingest.Config{
+		Window:  ingest.Window{Late: m.Config.LateDataWindow, Future: m.Config.MaxFutureSkew},
+		Proxies: proxies, Writer: m.Writer, Metrics: m.Metrics,
+	})
+	if err != nil {
+		return err
+	}
+	m.Server, err = httpx.NewServer(httpx.Config{
+		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: user.NewStore(m.Pool), Proxies: proxies,
+		Ingest: ingestSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.Server.Open(); err != nil {
+		return err
+	}
+	m.Logger.Info("listening", slog.String("url", m.Server.URL()))
+	return nil
+}
+
+func (m *Main) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := m.Pool.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	pending, err := database.Pending(ctx, m.Pool)
+	if err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	if pending {
+		return errors.New("migrations pending")
+	}
+	return nil
+}
+
+// Close drains and stops everything Run started, in reverse order: the
+// HTTP server stops accepting and finishes in-flight requests, the writer
+// flushes what is queued, then the database goes.
+func (m *Main) Close() error {
+	var errs []error
+	if m.Server != nil {
+		errs = append(errs, m.Server.Close())
+	}
+	if m.Writer != nil {
+		m.Writer.Stop()
+	}
+	if m.Pool != nil {
+		m.Pool.Close()
+	}
+	if m.Cluster != nil {
+		errs = append(errs, m.Cluster.Stop())
+	}
+	return errors.Join(errs...)
+}

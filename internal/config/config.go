@@ -1,0 +1,114 @@
+// Package config reads the service configuration from the environment
+// (SPEC §7). Flags in cmd/ may override individual fields.
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is the whole service configuration.
+type Config struct {
+	DatabaseURL string // empty: a local cluster under DataDir
+	DataDir     string
+	HTTPAddr    string
+
+	JWTSecret   string
+	JWTJWKSURL  string
+	JWTIssuer   string
+	JWTAudience string
+
+	PlansFile string
+	LogLevel  slog.Level
+
+	DedupWindow      time.Duration
+	LateDataWindow   time.Duration
+	MaxFutureSkew    time.Duration
+	MaxConnectionAge time.Duration
+	RawRetention     time.Duration
+}
+
+// Defaults used when the environment does not say otherwise.
+const (
+	DefaultHTTPAddr         = ":8080"
+	DefaultDataDir          = ".data"
+	DefaultDedupWindow      = 35 * 24 * time.Hour
+	DefaultLateDataWindow   = 35 * 24 * time.Hour
+	DefaultMaxFutureSkew    = 5 * time.Minute
+	DefaultMaxConnectionAge = 24 * time.Hour
+	DefaultRawRetention     = 400 * 24 * time.Hour
+)
+
+// FromEnv reads the configuration from environment variables. All problems
+// are reported together.
+func FromEnv() (Config, error) {
+	var errs []error
+	dur := func(name string, def time.Duration) time.Duration {
+		v := os.Getenv(name)
+		if v == "" {
+			return def
+		}
+		d, err := ParseDuration(v)
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("%s: %q is not a positive duration (e.g. 35d, 24h)", name, v))
+			return def
+		}
+		return d
+	}
+	c := Config{
+		DatabaseURL:      os.Getenv("DATABASE_URL"),
+		DataDir:          cmp.Or(os.Getenv("DATA_DIR"), DefaultDataDir),
+		HTTPAddr:         cmp.Or(os.Getenv("HTTP_ADDR"), DefaultHTTPAddr),
+		JWTSecret:        os.Getenv("JWT_SECRET"),
+		JWTJWKSURL:       os.Getenv("JWT_JWKS_URL"),
+		JWTIssuer:        os.Getenv("JWT_ISSUER"),
+		JWTAudience:      os.Getenv("JWT_AUDIENCE"),
+		PlansFile:        os.Getenv("PLANS_FILE"),
+		DedupWindow:      dur("DEDUP_WINDOW", DefaultDedupWindow),
+		LateDataWindow:   dur("LATE_DATA_WINDOW", DefaultLateDataWindow),
+		MaxFutureSkew:    DefaultMaxFutureSkew,
+		MaxConnectionAge: dur("MAX_CONNECTION_AGE", DefaultMaxConnectionAge),
+		RawRetention:     dur("RAW_RETENTION", DefaultRawRetention),
+	}
+	if v := os.Getenv("LOG_LEVEL"); v != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			errs = append(errs, fmt.Errorf("LOG_LEVEL: %q is not one of debug, info, warn, error", v))
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// Validate checks what must hold before the service can serve.
+func (c Config) Validate() error {
+	var errs []error
+	if c.JWTSecret == "" && c.JWTJWKSURL == "" {
+		errs = append(errs, errors.New("JWT_SECRET or JWT_JWKS_URL must be set"))
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
+		errs = append(errs, errors.New("JWT_SECRET must be at least 32 bytes"))
+	}
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("HTTP_ADDR must not be empty"))
+	}
+	if c.DatabaseURL == "" && c.DataDir == "" {
+		errs = append(errs, errors.New("DATABASE_URL or DATA_DIR must be set"))
+	}
+	return errors.Join(errs...)
+}
+
+// ParseDuration accepts Go durations plus a whole-day suffix ("35d").
+func ParseDuration(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		var n int
+		if _, err := fmt.Sscanf(d, "%d", &n); err != nil || fmt.Sprint(n) != d {
+			return 0, fmt.Errorf("invalid day count %q", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}

@@ -1,0 +1,144 @@
+// Package database connects to PostgreSQL, detects the storage backend
+// (TimescaleDB or plain PostgreSQL), applies the migrations in sql/ and
+// manages a local cluster when no DATABASE_URL is given.
+package database
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	schema "proxyusage/sql"
+)
+
+// Backend is the storage backend in use.
+type Backend string
+
+const (
+	TimescaleDB Backend = "timescaledb"
+	Postgres    Backend = "postgres"
+)
+
+// Connect opens a pool tuned for the service.
+func Connect(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	cfg.MaxConnIdleTime = time.Minute
+	cfg.HealthCheckPeriod = 5 * time.Second
+	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
+	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	cfg.ConnConfig.RuntimeParams["application_name"] = "proxyusage"
+	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// DetectBackend decides which backend a database should use. A database
+// that already has the extension stays on TimescaleDB; otherwise
+// TimescaleDB is used when the extension is available and its library is
+// preloaded (CREATE EXTENSION fails without it). want forces a choice.
+func DetectBackend(ctx context.Context, conn *pgx.Conn, want string) (Backend, error) {
+	var installed, available, preloaded bool
+	err := conn.QueryRow(ctx, `SELECT
+		EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+		EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+		current_setting('shared_preload_libraries') LIKE '%timescaledb%'`).Scan(&installed, &available, &preloaded)
+	if err != nil {
+		return "", fmt.Errorf("detect backend: %w", err)
+	}
+	switch {
+	case installed:
+		return TimescaleDB, nil
+	case want == string(Postgres):
+		return Postgres, nil
+	case want == string(TimescaleDB):
+		if !available || !preloaded {
+			return "", errors.New("BACKEND=timescaledb but the timescaledb extension is not available and preloaded on this server")
+		}
+		return TimescaleDB, nil
+	case want != "" && want != "auto":
+		return "", fmt.Errorf("BACKEND=%q: want auto, postgres or timescaledb", want)
+	case available && preloaded:
+		return TimescaleDB, nil
+	default:
+		return Postgres, nil
+	}
+}
+
+// Migrate detects the backend and applies pending migrations. It is
+// idempotent and safe to run from several replicas at once.
+func Migrate(ctx context.Context, url, want string, log *slog.Logger) (Backend, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return "", fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return "", fmt.Errorf("connect: %w", err)
+	}
+	backend, err := DetectBackend(ctx, conn, want)
+	conn.Close(ctx)
+	if err != nil {
+		return "", err
+	}
+	cfg.RuntimeParams["proxyusage.backend"] = string(backend)
+	cfg.RuntimeParams["timezone"] = "UTC"
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	provider, err := newProvider(db)
+	if err != nil {
+		return "", err
+	}
+	results, err := provider.Up(ctx)
+	if err != nil {
+		return "", fmt.Errorf("migrate: %w", err)
+	}
+	for _, r := range results {
+		log.Info("migration applied", slog.String("source", r.Source.Path), slog.Duration("took", r.Duration))
+	}
+	return backend, nil
+}
+
+func newProvider(db *sql.DB) (*goose.Provider, error) {
+	// The session locker makes replicas starting together apply migrations once.
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return nil, err
+	}
+	return goose.NewProvider(goose.DialectPostgres, db, schema.Migrations, goose.WithSessionLocker(locker))
+}
+
+// Pending reports whether migrations remain to be applied (readiness).
+func Pending(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	provider, err := goose.NewProvider(goose.DialectPostgres, db, schema.Migrations)
+	if err != nil {
+		return false, err
+	}
+	return provider.HasPending(ctx)
+}
+
+// BackendOf reports the backend a migrated database uses.
+func BackendOf(ctx context.Context, pool *pgxpool.Pool) (Backend, error) {
+	var ts bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')`).Scan(&ts); err != nil {
+		return "", err
+	}
+	if ts {
+		return TimescaleDB, nil
+	}
+	return Postgres, nil
+}

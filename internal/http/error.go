@@ -1,0 +1,78 @@
+package http
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/database"
+)
+
+// statusOf maps application error codes to HTTP status codes and to the
+// SPEC error codes.
+var statusOf = map[apperr.Code]struct {
+	status int
+	code   string
+}{
+	apperr.Invalid:         {http.StatusBadRequest, "PROXY_USAGE_001"},
+	apperr.Unavailable:     {http.StatusServiceUnavailable, "PROXY_USAGE_002"},
+	apperr.Internal:        {http.StatusInternalServerError, "PROXY_USAGE_003"},
+	apperr.Unauthenticated: {http.StatusUnauthorized, "PROXY_USAGE_004"},
+	apperr.Forbidden:       {http.StatusForbidden, "PROXY_USAGE_005"},
+	apperr.NotFound:        {http.StatusNotFound, "PROXY_USAGE_006"},
+	apperr.Conflict:        {http.StatusConflict, "PROXY_USAGE_007"},
+	apperr.TooLarge:        {http.StatusRequestEntityTooLarge, "PROXY_USAGE_008"},
+}
+
+// ErrorBody is the body of every non-2xx response.
+type ErrorBody struct {
+	Error         string `json:"error"`
+	Code          string `json:"code"`
+	Message       string `json:"message"`
+	Status        int    `json:"status"`
+	CorrelationID string `json:"correlationId"`
+	Index         *int   `json:"index,omitempty"`
+}
+
+// Error writes err as the SPEC error body. Internal errors are logged with
+// the request's correlation id and replaced by a generic message; errors
+// meaning the database is unreachable become 503 with Retry-After.
+func Error(w http.ResponseWriter, r *http.Request, err error) {
+	code := apperr.CodeOf(err)
+	msg := apperr.MessageOf(err)
+	if code == apperr.Internal && database.IsUnavailable(err) {
+		code, msg = apperr.Unavailable, "database unavailable, retry later"
+	}
+	log := loggerFrom(r.Context())
+	switch code {
+	case apperr.Internal:
+		log.Error("internal error", slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("error", err))
+	case apperr.Unavailable:
+		log.Warn("unavailable", slog.String("path", r.URL.Path), slog.Any("error", err))
+	}
+	m := statusOf[code]
+	body := ErrorBody{
+		Error:         string(code),
+		Code:          m.code,
+		Message:       msg,
+		Status:        m.status,
+		CorrelationID: correlationID(r.Context()),
+	}
+	if i := apperr.IndexOf(err); i >= 0 {
+		body.Index = &i
+	}
+	if code == apperr.Unavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(1))
+	}
+	writeJSON(w, m.status, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v) // the client may be gone; nothing to do then
+}

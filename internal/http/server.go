@@ -1,0 +1,158 @@
+// Package http is the transport: it parses requests, calls the domain
+// services and writes responses or the SPEC error body. No business rules
+// live here.
+package http
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/auth"
+	"proxyusage/internal/ingest"
+	"proxyusage/internal/proxy"
+	"proxyusage/internal/telemetry"
+	"proxyusage/internal/user"
+)
+
+// Config wires a Server to its services.
+type Config struct {
+	Addr     string // ":0" picks a free port (tests)
+	Verifier *auth.Verifier
+	Users    *user.Store
+	Proxies  *proxy.Store
+	Ingest   *ingest.Service
+	Metrics  *telemetry.Metrics
+	Logger   *slog.Logger
+	// Ready reports whether the service can serve (database reachable,
+	// migrations applied).
+	Ready func(context.Context) error
+
+	RequestTimeout  time.Duration // per request, bounds every DB call (default 15s)
+	ShutdownTimeout time.Duration // drain time on Close (default 10s)
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	for name, missing := range map[string]bool{
+		"Verifier": c.Verifier == nil, "Users": c.Users == nil, "Proxies": c.Proxies == nil,
+		"Ingest": c.Ingest == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
+	} {
+		if missing {
+			errs = append(errs, errors.New("http: "+name+" is required"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Server is the HTTP server. It owns its listener.
+type Server struct {
+	cfg      Config
+	ln       net.Listener
+	srv      *http.Server
+	router   *mux.Router
+	log      *slog.Logger
+	metrics  *telemetry.Metrics
+	verifier *auth.Verifier
+	users    *user.Store
+	proxies  *proxy.Store
+	ingest   *ingest.Service
+}
+
+// NewServer builds the router for cfg.
+func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, 15*time.Second)
+	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, 10*time.Second)
+	s := &Server{
+		cfg: cfg, router: mux.NewRouter(), log: cfg.Logger, metrics: cfg.Metrics,
+		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest,
+	}
+	s.routes()
+	s.srv = &http.Server{
+		Handler:           s.outer(s.withTimeout(s.router)),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+func (s *Server) routes() {
+	r := s.router
+	r.Use(routeName)
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		Error(w, r, apperr.Errorf(apperr.NotFound, "no such endpoint"))
+	})
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		Error(w, r, apperr.Errorf(apperr.Invalid, "method %s is not allowed here", r.Method))
+	})
+
+	r.HandleFunc("/healthz", s.handleHealthz).Methods(http.MethodGet)
+	r.HandleFunc("/readyz", s.handleReadyz).Methods(http.MethodGet)
+	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+
+	api := r.NewRoute().Subrouter()
+	api.Use(s.authenticate)
+	api.HandleFunc("/proxies", s.handleListProxies).Methods(http.MethodGet)
+	api.HandleFunc("/proxies/{proxyId}", s.handleRegisterProxy).Methods(http.MethodPut)
+	api.HandleFunc("/proxies/{proxyId}", s.handleArchiveProxy).Methods(http.MethodDelete)
+	api.HandleFunc("/proxy/usage/events", s.handleRecordBatch).Methods(http.MethodPost)
+	api.HandleFunc("/proxy/usage/{proxyId}/record", s.handleRecordOne).Methods(http.MethodPost)
+}
+
+// withTimeout bounds each request's context, and so every DB call in it.
+func (s *Server) withTimeout(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// Open starts listening and serving in the background.
+func (s *Server) Open() error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http server stopped", slog.Any("error", err))
+		}
+	}()
+	return nil
+}
+
+// URL is the base URL the server listens on.
+func (s *Server) URL() string {
+	addr := s.ln.Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
+}
+
+// Handler exposes the full handler chain (tests without a listener).
+func (s *Server) Handler() http.Handler { return s.srv.Handler }
+
+// Close stops accepting connections and waits for in-flight requests.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	return s.srv.Shutdown(ctx)
+}

@@ -1,0 +1,142 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/auth"
+	"proxyusage/internal/proxy"
+	"proxyusage/internal/telemetry"
+)
+
+// Result of recording events.
+type Result struct {
+	Accepted   int // newly stored
+	Duplicates int // idempotent repeats, including repeats inside one batch
+}
+
+// Service validates and authorises events and hands them to the Writer.
+type Service struct {
+	decoder Decoder
+	proxies *proxy.Store
+	writer  *Writer
+	metrics *telemetry.Metrics
+}
+
+// Config configures a Service.
+type Config struct {
+	Window  Window
+	Now     func() time.Time // default time.Now
+	Proxies *proxy.Store
+	Writer  *Writer
+	Metrics *telemetry.Metrics
+}
+
+// NewService returns a Service for cfg.
+func NewService(cfg Config) (*Service, error) {
+	var errs []error
+	if cfg.Proxies == nil {
+		errs = append(errs, errors.New("ingest: Proxies is required"))
+	}
+	if cfg.Writer == nil {
+		errs = append(errs, errors.New("ingest: Writer is required"))
+	}
+	if cfg.Metrics == nil {
+		errs = append(errs, errors.New("ingest: Metrics is required"))
+	}
+	if cfg.Window.Late <= 0 || cfg.Window.Future <= 0 {
+		errs = append(errs, errors.New("ingest: Window must be positive"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{
+		decoder: Decoder{Window: cfg.Window, Now: cfg.Now},
+		proxies: cfg.Proxies,
+		writer:  cfg.Writer,
+		metrics: cfg.Metrics,
+	}, nil
+}
+
+// RecordOne records the body of the single-event endpoint.
+func (s *Service) RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (Result, error) {
+	e, err := s.decoder.DecodeOne(body, proxyID)
+	if err != nil {
+		s.reject(1)
+		return Result{}, err
+	}
+	return s.record(ctx, caller, []Event{e}, nil, false)
+}
+
+// RecordBatch records a batch body atomically: any invalid or unwritable
+// event fails the whole batch, the lowest failing index deciding the error.
+func (s *Service) RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (Result, error) {
+	events, decodeErr := s.decoder.DecodeBatch(body)
+	if decodeErr != nil && apperr.IndexOf(decodeErr) < 0 {
+		s.reject(1)
+		return Result{}, decodeErr
+	}
+	return s.record(ctx, caller, events, decodeErr, true)
+}
+
+func (s *Service) record(ctx context.Context, caller auth.Principal, events []Event, decodeErr error, batch bool) (Result, error) {
+	// Authorisation covers the events before the first invalid one, so a
+	// lower-index unwritable proxy wins over a later bad field.
+	if err := s.authorize(ctx, caller, events, batch); err != nil {
+		s.reject(len(events) + 1)
+		return Result{}, err
+	}
+	if decodeErr != nil {
+		s.reject(len(events) + 1)
+		return Result{}, decodeErr
+	}
+	s.metrics.IngestBatchSize.Observe(float64(len(events)))
+	accepted, err := s.writer.Write(ctx, events)
+	if err != nil {
+		return Result{}, err
+	}
+	s.metrics.IngestEvents.WithLabelValues("accepted").Add(float64(accepted))
+	s.metrics.IngestEvents.WithLabelValues("duplicate").Add(float64(len(events) - accepted))
+	return Result{Accepted: accepted, Duplicates: len(events) - accepted}, nil
+}
+
+func (s *Service) reject(n int) {
+	s.metrics.IngestEvents.WithLabelValues("rejected").Add(float64(n))
+}
+
+func (s *Service) authorize(ctx context.Context, caller auth.Principal, events []Event, batch bool) error {
+	if len(events) == 0 {
+		return nil
+	}
+	seen := make(map[string]struct{}, 4)
+	ids := make([]string, 0, 4)
+	for i := range events {
+		if _, ok := seen[events[i].ProxyID]; !ok {
+			seen[events[i].ProxyID] = struct{}{}
+			ids = append(ids, events[i].ProxyID)
+		}
+	}
+	found, err := s.proxies.Lookup(ctx, ids)
+	if err != nil {
+		return fmt.Errorf("authorize events: %w", err)
+	}
+	for i := range events {
+		var p *proxy.Proxy
+		if f, ok := found[events[i].ProxyID]; ok {
+			p = &f
+		}
+		if err := proxy.CheckWritable(caller, p); err != nil {
+			if batch {
+				return apperr.AtIndex(err, i)
+			}
+			return err
+		}
+	}
+	return nil
+}

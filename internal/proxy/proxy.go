@@ -1,0 +1,169 @@
+// Package proxy is the registry of proxies: registration, ownership and
+// archiving. Proxies are never hard-deleted so that billing history stays.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/auth"
+)
+
+// Proxy is a registered proxy.
+type Proxy struct {
+	ID         string
+	UserID     string
+	Name       string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	ArchivedAt *time.Time
+}
+
+// Archived reports whether the proxy no longer accepts events.
+func (p Proxy) Archived() bool { return p.ArchivedAt != nil }
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// MaxNameLength bounds a proxy's display name (characters).
+const MaxNameLength = 256
+
+// ValidateID checks the SPEC §3 proxy id syntax.
+func ValidateID(id string) error {
+	if !idPattern.MatchString(id) {
+		return apperr.Errorf(apperr.Invalid, "proxyId must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	return nil
+}
+
+// Store reads and writes proxies.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// NewStore returns a Store on pool.
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+const columns = `id, user_id, name, created_at, updated_at, archived_at`
+
+func scan(row pgx.Row) (Proxy, error) {
+	var p Proxy
+	err := row.Scan(&p.ID, &p.UserID, &p.Name, &p.CreatedAt, &p.UpdatedAt, &p.ArchivedAt)
+	return p, err
+}
+
+// Register creates the proxy for the caller, or updates (and un-archives)
+// the caller's own proxy. created reports whether it is new. An id held by
+// another user is a conflict; an admin may update any proxy.
+func (s *Store) Register(ctx context.Context, caller auth.Principal, id string, name *string) (p Proxy, created bool, err error) {
+	if err := ValidateID(id); err != nil {
+		return Proxy{}, false, err
+	}
+	if name != nil && (utf8.RuneCountInString(*name) > MaxNameLength || !utf8.ValidString(*name) || containsNUL(*name)) {
+		return Proxy{}, false, apperr.Errorf(apperr.Invalid, "name must be valid text of at most %d characters", MaxNameLength)
+	}
+	// One statement decides create vs update atomically; xmax = 0 marks an
+	// inserted row.
+	row := s.pool.QueryRow(ctx, `
+		INSERT INTO proxies AS p (id, user_id, name) VALUES ($1, $2, coalesce($3, ''))
+		ON CONFLICT (id) DO UPDATE
+		   SET name = coalesce($3, p.name), archived_at = NULL, updated_at = now()
+		 WHERE p.user_id = $2 OR $4
+		RETURNING `+columns+`, (xmax = 0)`, id, caller.UserID, name, caller.IsAdmin())
+	err = row.Scan(&p.ID, &p.UserID, &p.Name, &p.CreatedAt, &p.UpdatedAt, &p.ArchivedAt, &created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Proxy{}, false, apperr.Errorf(apperr.Conflict, "proxy id %q is already registered by another user", id)
+	}
+	if err != nil {
+		return Proxy{}, false, fmt.Errorf("register proxy: %w", err)
+	}
+	return p, created, nil
+}
+
+// List returns the caller's proxies, archived ones included, by id.
+func (s *Store) List(ctx context.Context, userID string) ([]Proxy, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 ORDER BY id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("list proxies: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Proxy, error) { return scan(r) })
+}
+
+// Archive archives a proxy the caller owns (admin: any). Archiving twice
+// is fine. Someone else's proxy is reported as not found.
+func (s *Store) Archive(ctx context.Context, caller auth.Principal, id string) error {
+	if err := ValidateID(id); err != nil {
+		return apperr.Errorf(apperr.NotFound, "proxy not found")
+	}
+	tag, err := s.pool.Exec(ctx, `
+		UPDATE proxies SET archived_at = coalesce(archived_at, now()), updated_at = now()
+		 WHERE id = $1 AND (user_id = $2 OR $3)`, id, caller.UserID, caller.IsAdmin())
+	if err != nil {
+		return fmt.Errorf("archive proxy: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return apperr.Errorf(apperr.NotFound, "proxy not found")
+	}
+	return nil
+}
+
+// Get returns a proxy the caller may read: its own, or any for an admin.
+func (s *Store) Get(ctx context.Context, caller auth.Principal, id string) (Proxy, error) {
+	if ValidateID(id) != nil {
+		return Proxy{}, apperr.Errorf(apperr.NotFound, "proxy not found")
+	}
+	p, err := scan(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM proxies WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && p.UserID != caller.UserID && !caller.IsAdmin()) {
+		return Proxy{}, apperr.Errorf(apperr.NotFound, "proxy not found")
+	}
+	if err != nil {
+		return Proxy{}, fmt.Errorf("get proxy: %w", err)
+	}
+	return p, nil
+}
+
+// Lookup returns the proxies among ids that exist, keyed by id.
+func (s *Store) Lookup(ctx context.Context, ids []string) (map[string]Proxy, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("lookup proxies: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Proxy, error) { return scan(r) })
+	if err != nil {
+		return nil, fmt.Errorf("lookup proxies: %w", err)
+	}
+	m := make(map[string]Proxy, len(list))
+	for _, p := range list {
+		m[p.ID] = p
+	}
+	return m, nil
+}
+
+// CheckWritable says whether caller may record events into p (nil: unknown
+// proxy). Unknown or someone else's proxy is not found; archived is a
+// conflict.
+func CheckWritable(caller auth.Principal, p *Proxy) error {
+	if p == nil || (p.UserID != caller.UserID && !caller.CanWriteAny()) {
+		return apperr.Errorf(apperr.NotFound, "proxy not found")
+	}
+	if p.Archived() {
+		return apperr.Errorf(apperr.Conflict, "proxy %q is archived and accepts no events", p.ID)
+	}
+	return nil
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
