@@ -1,0 +1,40 @@
+# proxyusage — run `make help` for the targets.
+GO       ?= go
+BIN      := bin/proxyusage
+PKGS     := ./...
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: ## Start the service (no DATABASE_URL: local PostgreSQL under .data/) and print a dev token
+	$(GO) run ./cmd/proxyusage serve -print-dev-token
+
+.PHONY: test
+test: ## Run all tests against a throwaway PostgreSQL (and TimescaleDB when installed)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+.PHONY: build
+build: ## Build bin/proxyusage
+	$(GO) build -o $(BIN) ./cmd/proxyusage
+
+.PHONY: migrate
+migrate: ## Apply migrations (to DATABASE_URL, or the local cluster)
+	$(GO) run ./cmd/proxyusage migrate
+
+.PHONY: token
+token: ## Print a dev token for the local setup (make token ARGS='-sub bob -roles service')
+	@$(GO) run ./cmd/proxyusage token $(ARGS)
+
+.PHONY: clean-data
+clean-data: ## Stop and delete the local cluster under .data/
+	-@[ -f .data/postgres/postmaster.pid ] && runuser -u postgres -- $$(dirname $$(readlink -f $$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)))/pg_ctl -D .data/postgres -m fast stop
+	rm -rf .data

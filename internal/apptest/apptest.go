@@ -1,0 +1,198 @@
+// Package apptest runs the real service wiring (app.Main) against a fresh
+// test database, on each available backend, and offers a small HTTP client
+// for end-to-end tests.
+package apptest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/app"
+	"proxyusage/internal/auth"
+	"proxyusage/internal/config"
+	"proxyusage/internal/database"
+	"proxyusage/internal/pgtest"
+)
+
+// Secret signs test tokens.
+const Secret = "test-secret-0123456789abcdef0123456789"
+
+// Env is a running service on its own database.
+type Env struct {
+	T       testing.TB
+	Backend database.Backend
+	Main    *app.Main
+	URL     string
+	DBURL   string
+	DB      *pgxpool.Pool // direct access for assertions
+	Client  *http.Client
+}
+
+// Option adjusts the configuration before start.
+type Option func(*config.Config)
+
+// ForEachBackend runs fn as a subtest per available backend.
+func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) { fn(t, b) })
+	}
+}
+
+// Start runs the service on a fresh database of backend b.
+func Start(t testing.TB, b database.Backend, opts ...Option) *Env {
+	t.Helper()
+	dbURL := pgtest.NewDB(t, b)
+	cfg := config.Config{
+		DatabaseURL:      dbURL,
+		HTTPAddr:         "127.0.0.1:0",
+		JWTSecret:        Secret,
+		DedupWindow:      config.DefaultDedupWindow,
+		LateDataWindow:   config.DefaultLateDataWindow,
+		MaxFutureSkew:    config.DefaultMaxFutureSkew,
+		MaxConnectionAge: config.DefaultMaxConnectionAge,
+		RawRetention:     config.DefaultRawRetention,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	level := slog.LevelError
+	if os.Getenv("TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	m := &app.Main{Config: cfg, Backend: string(b), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := m.Run(ctx); err != nil {
+		t.Fatalf("apptest: start: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	pool, err := database.Connect(ctx, dbURL, 4)
+	if err != nil {
+		t.Fatalf("apptest: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return &Env{T: t, Backend: b, Main: m, URL: m.Server.URL(), DBURL: dbURL, DB: pool,
+		Client: &http.Client{Timeout: 30 * time.Second}}
+}
+
+// Token mints a valid token for sub with roles.
+func Token(t testing.TB, sub string, roles ...string) string {
+	t.Helper()
+	tok, err := auth.Mint([]byte(Secret), sub, roles, time.Hour, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// Response is a decoded HTTP response.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// JSON decodes the body into a generic map.
+func (r Response) JSON(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("response is not a JSON object (%d): %s", r.Status, r.Body)
+	}
+	return m
+}
+
+// Decode decodes the body into v.
+func (r Response) Decode(t testing.TB, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		t.Fatalf("decode %d response: %v: %s", r.Status, err, r.Body)
+	}
+}
+
+// Do sends a request. body may be nil, []byte, string or a value to encode.
+func (e *Env) Do(method, path, token string, body any) Response {
+	e.T.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = bytes.NewReader([]byte(b))
+	default:
+		buf, err := json.Marshal(b)
+		if err != nil {
+			e.T.Fatal(err)
+		}
+		rd = bytes.NewReader(buf)
+	}
+	req, err := http.NewRequest(method, e.URL+path, rd)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return e.Send(req)
+}
+
+// Send sends a prepared request.
+func (e *Env) Send(req *http.Request) Response {
+	e.T.Helper()
+	resp, err := e.Client.Do(req)
+	if err != nil {
+		e.T.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return Response{Status: resp.StatusCode, Header: resp.Header, Body: b}
+}
+
+// Count runs a count query on the test database.
+func (e *Env) Count(query string, args ...any) int {
+	e.T.Helper()
+	var n int
+	if err := e.DB.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		e.T.Fatalf("count %q: %v", query, err)
+	}
+	return n
+}
+
+// MustRegister registers proxy id for the token's user.
+func (e *Env) MustRegister(token, id string) {
+	e.T.Helper()
+	r := e.Do(http.MethodPut, "/proxies/"+id, token, map[string]string{"name": id})
+	if r.Status != http.StatusCreated && r.Status != http.StatusOK {
+		e.T.Fatalf("register %s: %d %s", id, r.Status, r.Body)
+	}
+}
+
+// ExpectError asserts an error response with status and SPEC code, and
+// returns its body.
+func (r Response) ExpectError(t testing.TB, status int, code string) map[string]any {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("status = %d, want %d: %s", r.Status, status, r.Body)
+	}
+	m := r.JSON(t)
+	if m["code"] != code || m["status"] != float64(status) || m["correlationId"] == "" || m["message"] == "" {
+		t.Fatalf("error body = %s, want code %s", r.Body, code)
+	}
+	return m
+}
