@@ -97,9 +97,9 @@ func TestRecordStoresEveryField(t *testing.T) {
 			t.Fatalf("record: %d %s", r.Status, r.Body)
 		}
 		var (
-			gotTime               time.Time
-			typ, eid, cid, ip     string
-			sent, recv, dur, lat  int64
+			gotTime              time.Time
+			typ, eid, cid, ip    string
+			sent, recv, dur, lat int64
 		)
 		err := env.DB.QueryRow(t.Context(), `SELECT time, event_type, event_id, connection_id, bytes_sent, bytes_received,
 			duration_us, latency_us, host(ip_address) FROM usage_events`).Scan(&gotTime, &typ, &eid, &cid, &sent, &recv, &dur, &lat, &ip)
