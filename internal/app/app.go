@@ -156,6 +156,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.Writer.Start()
+	if err := m.Metrics.Registry.Register(telemetry.NewPoolCollector(map[string]*pgxpool.Pool{
+		"main": m.Pool, "ingest": m.Writer.Pool(),
+	})); err != nil {
+		return err
+	}
 	ingestSvc, err := ingest.NewService(ingest.Config{
 		Window:  ingest.Window{Late: m.Config.LateDataWindow, Future: m.Config.MaxFutureSkew},
 		Proxies: proxies, Writer: m.Writer, Metrics: m.Metrics,

@@ -15,6 +15,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/database"
+	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
 )
 
@@ -99,6 +100,9 @@ func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 		queue: make(chan *pending, cfg.QueueSize),
 	}, nil
 }
+
+// Pool is the writer's own connection pool (for metrics).
+func (w *Writer) Pool() *pgxpool.Pool { return w.pool }
 
 // Start launches the flushing loops. They run until Stop.
 func (w *Writer) Start() {
@@ -261,11 +265,11 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
   seq int NOT NULL, req int NOT NULL, time timestamptz NOT NULL, proxy_id text NOT NULL,
   event_type text NOT NULL, event_id text, connection_id text,
   bytes_sent bigint NOT NULL, bytes_received bigint NOT NULL,
-  duration_us bigint, latency_us bigint, error_message text, ip_address inet
+  duration_us bigint, latency_us bigint, latency_bucket smallint, error_message text, ip_address inet
 ) ON COMMIT DELETE ROWS`
 
 var stagingColumns = []string{"seq", "req", "time", "proxy_id", "event_type", "event_id",
-	"connection_id", "bytes_sent", "bytes_received", "duration_us", "latency_us", "error_message", "ip_address"}
+	"connection_id", "bytes_sent", "bytes_received", "duration_us", "latency_us", "latency_bucket", "error_message", "ip_address"}
 
 // flushStatement stores the staged events once each. The first occurrence
 // (lowest seq) of an eventId wins, within the flush and against earlier
@@ -287,14 +291,18 @@ WITH fresh_keys AS (
      FROM ingest_staging s JOIN fresh_keys k ON k.proxy_id = s.proxy_id AND k.event_id = s.event_id
     ORDER BY s.proxy_id, s.event_id, s.seq)
 ), stored AS (
-  INSERT INTO usage_events (time, proxy_id, event_type, event_id, connection_id, bytes_sent,
-                            bytes_received, duration_us, latency_us, error_message, ip_address, received_at)
-  SELECT time, proxy_id, event_type, event_id, connection_id, bytes_sent,
-         bytes_received, duration_us, latency_us, error_message, ip_address, now()
+  INSERT INTO usage_events (time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
+                            duration_us, latency_us, latency_bucket, error_message, ip_address, received_at)
+  SELECT time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
+         duration_us, latency_us, latency_bucket, error_message, ip_address, now()
     FROM chosen
 ), logged AS (
   INSERT INTO usage_invalidations (proxy_id, day)
   SELECT DISTINCT proxy_id, (time AT TIME ZONE 'UTC')::date FROM chosen
+), logged_connections AS (
+  INSERT INTO usage_connection_invalidations (proxy_id, connection_id)
+  SELECT DISTINCT proxy_id, connection_id FROM chosen
+   WHERE event_type IN ('connection_start', 'connection_end')
 )
 SELECT req, count(*)::int FROM chosen GROUP BY req`
 
@@ -304,7 +312,7 @@ type stagingSource struct {
 	req   int
 	idx   int
 	seq   int32
-	row   [13]any
+	row   [14]any
 }
 
 func (s *stagingSource) Next() bool {
@@ -327,10 +335,14 @@ func (s *stagingSource) Values() ([]any, error) {
 	r[5], r[6] = nullText(e.EventID), nullText(e.ConnectionID)
 	r[7], r[8] = e.BytesSent, e.BytesReceived
 	r[9], r[10] = nullInt(e.DurationUS, e.HasDuration), nullInt(e.LatencyUS, e.HasLatency)
-	r[11] = nullText(e.ErrorMessage)
-	r[12] = nil
+	r[11] = nil
+	if e.HasLatency {
+		r[11] = rollup.LatencyBucket(e.LatencyUS)
+	}
+	r[12] = nullText(e.ErrorMessage)
+	r[13] = nil
 	if e.IP.IsValid() {
-		r[12] = e.IP
+		r[13] = e.IP
 	}
 	return r[:], nil
 }

@@ -22,6 +22,13 @@ type Metrics struct {
 	IngestFlushEvents prometheus.Histogram
 	IngestQueueDepth  prometheus.Gauge
 	IngestShed        prometheus.Counter
+
+	RollupRuns        *prometheus.CounterVec // result: ok, error
+	RollupLag         prometheus.Gauge
+	RollupPending     prometheus.Gauge
+	RollupLastSuccess prometheus.Gauge
+	RollupDays        prometheus.Counter
+	RollupLeader      prometheus.Gauge
 }
 
 // New creates and registers the metrics, with Go runtime and process
@@ -69,6 +76,30 @@ func New() *Metrics {
 			Name: "proxyusage_ingest_shed_total",
 			Help: "Ingest requests refused with 503 because the queue was full.",
 		}),
+		RollupRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyusage_rollup_runs_total",
+			Help: "Rollup worker runs, by result (ok, error).",
+		}, []string{"result"}),
+		RollupLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_rollup_lag_seconds",
+			Help: "Age in seconds of the oldest invalidation not yet rolled up (0 when none).",
+		}),
+		RollupPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_rollup_pending_invalidations",
+			Help: "Invalidation log entries (proxy-days and connections) waiting for the rollup worker.",
+		}),
+		RollupLastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_rollup_last_success_timestamp_seconds",
+			Help: "Unix time in seconds of the last successful rollup run.",
+		}),
+		RollupDays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_rollup_days_refreshed_total",
+			Help: "Proxy-days recomputed by the rollup worker.",
+		}),
+		RollupLeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_rollup_leader",
+			Help: "1 when this replica holds the rollup advisory lock and runs the worker, else 0.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -76,6 +107,15 @@ func New() *Metrics {
 		m.HTTPRequests, m.HTTPDuration,
 		m.IngestEvents, m.IngestBatchSize, m.IngestFlushes, m.IngestFlushTime,
 		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed,
+		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
 	)
+	// Series exist from the start, so dashboards and alerts see zeros.
+	for _, r := range []string{"accepted", "duplicate", "rejected"} {
+		m.IngestEvents.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.IngestFlushes.WithLabelValues(r)
+		m.RollupRuns.WithLabelValues(r)
+	}
 	return m
 }
