@@ -24,7 +24,9 @@ import (
 	httpx "proxyusage/internal/http"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
+	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
+	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
 )
 
@@ -35,12 +37,16 @@ const LocalPort = 54329
 type Main struct {
 	Config  config.Config
 	Backend string // "auto" (default), "postgres" or "timescaledb"
-	Logger  *slog.Logger
+	// DisableRollupWorker keeps the background worker from running (tests
+	// drive Rollup.RunOnce themselves).
+	DisableRollupWorker bool
+	Logger              *slog.Logger
 
 	Cluster  *database.LocalCluster // set when no DATABASE_URL was given
 	Pool     *pgxpool.Pool
 	Metrics  *telemetry.Metrics
 	Writer   *ingest.Writer
+	Rollup   *rollup.Worker
 	Server   *httpx.Server
 	Detected database.Backend
 }
@@ -168,9 +174,28 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	users := user.NewStore(m.Pool)
+	reader, err := rollup.NewReader(m.Pool, m.Config.MaxConnectionAge)
+	if err != nil {
+		return err
+	}
+	usageSvc, err := usage.NewService(usage.Config{Pool: m.Pool, Reader: reader, Proxies: proxies, Users: users})
+	if err != nil {
+		return err
+	}
+	m.Rollup, err = rollup.NewWorker(rollup.WorkerConfig{
+		Pool: m.Pool, Backend: m.Detected, Metrics: m.Metrics, Logger: m.Logger,
+		MaxConnectionAge: m.Config.MaxConnectionAge, RawRetention: m.Config.RawRetention,
+	})
+	if err != nil {
+		return err
+	}
+	if !m.DisableRollupWorker {
+		m.Rollup.Start(context.WithoutCancel(ctx))
+	}
 	m.Server, err = httpx.NewServer(httpx.Config{
-		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: user.NewStore(m.Pool), Proxies: proxies,
-		Ingest: ingestSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
+		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
+		Ingest: ingestSvc, Usage: usageSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
 	})
 	if err != nil {
 		return err
@@ -208,6 +233,9 @@ func (m *Main) Close() error {
 	}
 	if m.Writer != nil {
 		m.Writer.Stop()
+	}
+	if m.Rollup != nil {
+		m.Rollup.Stop()
 	}
 	if m.Pool != nil {
 		m.Pool.Close()

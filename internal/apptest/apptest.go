@@ -37,8 +37,12 @@ type Env struct {
 	Client  *http.Client
 }
 
-// Option adjusts the configuration before start.
-type Option func(*config.Config)
+// Option adjusts the service before start.
+type Option func(*app.Main)
+
+// NoWorker keeps the rollup worker from running in the background, so a
+// test decides when rollups happen (env.Main.Rollup.RunOnce).
+func NoWorker(m *app.Main) { m.DisableRollupWorker = true }
 
 // ForEachBackend runs fn as a subtest per available backend.
 func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {
@@ -61,14 +65,14 @@ func Start(t testing.TB, b database.Backend, opts ...Option) *Env {
 		MaxConnectionAge: config.DefaultMaxConnectionAge,
 		RawRetention:     config.DefaultRawRetention,
 	}
-	for _, o := range opts {
-		o(&cfg)
-	}
 	level := slog.LevelError
 	if os.Getenv("TEST_LOG") != "" {
 		level = slog.LevelDebug
 	}
 	m := &app.Main{Config: cfg, Backend: string(b), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
+	for _, o := range opts {
+		o(m)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := m.Run(ctx); err != nil {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"proxyusage/internal/app"
 	"proxyusage/internal/apptest"
-	"proxyusage/internal/config"
 	"proxyusage/internal/database"
 )
 
@@ -26,7 +26,7 @@ func sign(t *testing.T, claims jwt.MapClaims, key []byte) string {
 func TestAuthentication(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
-		env := apptest.Start(t, b, func(c *config.Config) { c.JWTIssuer = "https://issuer.test"; c.JWTAudience = "proxyusage" })
+		env := apptest.Start(t, b, func(m *app.Main) { m.Config.JWTIssuer = "https://issuer.test"; m.Config.JWTAudience = "proxyusage" })
 		key := []byte(apptest.Secret)
 		now := time.Now()
 		good := jwt.MapClaims{"sub": "alice", "exp": now.Add(time.Hour).Unix(), "iss": "https://issuer.test", "aud": "proxyusage"}

@@ -21,6 +21,7 @@ import (
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/telemetry"
+	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
 )
 
@@ -31,6 +32,7 @@ type Config struct {
 	Users    *user.Store
 	Proxies  *proxy.Store
 	Ingest   *ingest.Service
+	Usage    *usage.Service
 	Metrics  *telemetry.Metrics
 	Logger   *slog.Logger
 	// Ready reports whether the service can serve (database reachable,
@@ -45,7 +47,7 @@ func (c *Config) validate() error {
 	var errs []error
 	for name, missing := range map[string]bool{
 		"Verifier": c.Verifier == nil, "Users": c.Users == nil, "Proxies": c.Proxies == nil,
-		"Ingest": c.Ingest == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
+		"Ingest": c.Ingest == nil, "Usage": c.Usage == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
 	} {
 		if missing {
 			errs = append(errs, errors.New("http: "+name+" is required"))
@@ -66,6 +68,7 @@ type Server struct {
 	users    *user.Store
 	proxies  *proxy.Store
 	ingest   *ingest.Service
+	usage    *usage.Service
 }
 
 // NewServer builds the router for cfg.
@@ -77,7 +80,7 @@ func NewServer(cfg Config) (*Server, error) {
 	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, 10*time.Second)
 	s := &Server{
 		cfg: cfg, router: mux.NewRouter(), log: cfg.Logger, metrics: cfg.Metrics,
-		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest,
+		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest, usage: cfg.Usage,
 	}
 	s.routes()
 	s.srv = &http.Server{
@@ -111,6 +114,12 @@ func (s *Server) routes() {
 	api.HandleFunc("/proxies/{proxyId}", s.handleArchiveProxy).Methods(http.MethodDelete)
 	api.HandleFunc("/proxy/usage/events", s.handleRecordBatch).Methods(http.MethodPost)
 	api.HandleFunc("/proxy/usage/{proxyId}/record", s.handleRecordOne).Methods(http.MethodPost)
+	api.HandleFunc("/proxy/usage/{proxyId}/metrics/{date}", s.handleDailyMetrics).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/{proxyId}/metrics", s.handleRangeMetrics).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/{proxyId}/summary", s.handleSummary).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/report", s.handleReport).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/aggregation", s.handleAggregation).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/aggregate", s.handleSnapshot).Methods(http.MethodPost)
 }
 
 // withTimeout bounds each request's context, and so every DB call in it.

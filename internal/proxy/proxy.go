@@ -167,3 +167,21 @@ func containsNUL(s string) bool {
 	}
 	return false
 }
+
+// Owners maps every proxy id to its owner (cross-user aggregation).
+func (s *Store) Owners(ctx context.Context) (map[string]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, user_id FROM proxies`)
+	if err != nil {
+		return nil, fmt.Errorf("proxy owners: %w", err)
+	}
+	out := map[string]string{}
+	var id, uid string
+	_, err = pgx.ForEachRow(rows, []any{&id, &uid}, func() error {
+		out[id] = uid
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("proxy owners: %w", err)
+	}
+	return out, nil
+}

@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -52,4 +54,57 @@ func (s *Store) Ensure(ctx context.Context, id string) error {
 	s.known[id] = struct{}{}
 	s.mu.Unlock()
 	return nil
+}
+
+// TierChange is one entry of a user's tier history.
+type TierChange struct {
+	Tier          string    `json:"tier"`
+	EffectiveFrom time.Time `json:"-"` // UTC midnight
+}
+
+// History is a user's tier history, ordered by EffectiveFrom. Before the
+// first entry the tier is free.
+type History []TierChange
+
+// On returns the tier in effect on day.
+func (h History) On(day time.Time) string {
+	tier := TierFree
+	for _, c := range h {
+		if c.EffectiveFrom.After(day) {
+			break
+		}
+		tier = c.Tier
+	}
+	return tier
+}
+
+// Histories returns the tier histories of users (missing: no history).
+func (s *Store) Histories(ctx context.Context, userIDs []string) (map[string]History, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT user_id, effective_from, tier FROM user_tiers
+		 WHERE user_id = ANY($1) ORDER BY user_id, effective_from`, userIDs)
+	if err != nil {
+		return nil, fmt.Errorf("tier history: %w", err)
+	}
+	out := map[string]History{}
+	var uid string
+	var c TierChange
+	_, err = pgx.ForEachRow(rows, []any{&uid, &c.EffectiveFrom, &c.Tier}, func() error {
+		c.EffectiveFrom = c.EffectiveFrom.UTC()
+		out[uid] = append(out[uid], c)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tier history: %w", err)
+	}
+	return out, nil
+}
+
+// History returns one user's tier history.
+func (s *Store) History(ctx context.Context, userID string) (History, error) {
+	m, err := s.Histories(ctx, []string{userID})
+	if err != nil {
+		return nil, err
+	}
+	return m[userID], nil
 }

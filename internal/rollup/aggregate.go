@@ -1,0 +1,134 @@
+// Package rollup owns aggregation: the daily rollups (continuous
+// aggregates on TimescaleDB, tables maintained here on plain PostgreSQL),
+// exact peak concurrency, the worker that consumes the invalidation log,
+// and the read path that stays exact for days not yet rolled up.
+package rollup
+
+import (
+	"time"
+)
+
+// aggregateColumns are the per-(proxy, day) aggregates over usage_events.
+// They must match the continuous aggregate in sql/0002_rollups.sql.
+const aggregateColumns = `
+  count(*) AS event_count,
+  count(*) FILTER (WHERE event_type = 'connection_start') AS connection_count,
+  count(*) FILTER (WHERE event_type = 'connection_end') AS success_count,
+  count(*) FILTER (WHERE event_type = 'error') AS error_count,
+  sum(bytes_sent) AS bytes_sent,
+  sum(bytes_received) AS bytes_received,
+  sum(duration_us) FILTER (WHERE event_type = 'connection_end') AS duration_sum_us,
+  count(duration_us) FILTER (WHERE event_type = 'connection_end') AS duration_count,
+  sum(latency_us) AS latency_sum_us,
+  count(latency_us) AS latency_count,
+  max(latency_us) AS latency_max_us,
+  min(time) AS first_event_at,
+  max(time) AS last_event_at`
+
+// rollupColumns lists the same columns as stored in usage_daily.
+const rollupColumns = `event_count, connection_count, success_count, error_count, bytes_sent, bytes_received,
+  duration_sum_us, duration_count, latency_sum_us, latency_count, latency_max_us, first_event_at, last_event_at`
+
+// Totals are the aggregates of a group of events (one proxy-day, a day
+// across proxies, a proxy across days, a whole period).
+type Totals struct {
+	EventCount      int64
+	ConnectionCount int64
+	SuccessCount    int64
+	ErrorCount      int64
+	BytesSent       int64
+	BytesReceived   int64
+	DurationSumUS   int64
+	DurationCount   int64
+	LatencySumUS    int64
+	LatencyCount    int64
+	LatencyMaxUS    int64 // valid when LatencyCount > 0
+	FirstEventAt    *time.Time
+	LastEventAt     *time.Time
+	Peak            int
+	Latency         Histogram
+}
+
+// Merge adds o into t: sums add, max and peak take the maximum.
+func (t *Totals) Merge(o *Totals) {
+	t.EventCount += o.EventCount
+	t.ConnectionCount += o.ConnectionCount
+	t.SuccessCount += o.SuccessCount
+	t.ErrorCount += o.ErrorCount
+	t.BytesSent += o.BytesSent
+	t.BytesReceived += o.BytesReceived
+	t.DurationSumUS += o.DurationSumUS
+	t.DurationCount += o.DurationCount
+	if o.LatencyCount > 0 && (t.LatencyCount == 0 || o.LatencyMaxUS > t.LatencyMaxUS) {
+		t.LatencyMaxUS = o.LatencyMaxUS
+	}
+	t.LatencySumUS += o.LatencySumUS
+	t.LatencyCount += o.LatencyCount
+	if o.FirstEventAt != nil && (t.FirstEventAt == nil || o.FirstEventAt.Before(*t.FirstEventAt)) {
+		t.FirstEventAt = o.FirstEventAt
+	}
+	if o.LastEventAt != nil && (t.LastEventAt == nil || o.LastEventAt.After(*t.LastEventAt)) {
+		t.LastEventAt = o.LastEventAt
+	}
+	t.Peak = max(t.Peak, o.Peak)
+	if len(o.Latency) > 0 {
+		if t.Latency == nil {
+			t.Latency = Histogram{}
+		}
+		t.Latency.Add(o.Latency)
+	}
+}
+
+// Metrics are the SPEC §4 fields, as served. Nullable fields are nil when
+// undefined.
+type Metrics struct {
+	ConnectionCount              int64    `json:"connectionCount"`
+	BytesSent                    int64    `json:"bytesSent"`
+	BytesReceived                int64    `json:"bytesReceived"`
+	TotalBytes                   int64    `json:"totalBytes"`
+	PeakConcurrentConnections    int      `json:"peakConcurrentConnections"`
+	AvgConnectionDurationSeconds *float64 `json:"avgConnectionDurationSeconds"`
+	ErrorCount                   int64    `json:"errorCount"`
+	SuccessCount                 int64    `json:"successCount"`
+	ErrorRate                    *float64 `json:"errorRate"`
+	SuccessRate                  *float64 `json:"successRate"`
+	AvgLatencyMs                 *float64 `json:"avgLatencyMs"`
+	P95LatencyMs                 *float64 `json:"p95LatencyMs"`
+	MaxLatencyMs                 *float64 `json:"maxLatencyMs"`
+	EventCount                   int64    `json:"eventCount"`
+}
+
+// Metrics derives the served fields. Averages are weighted by their own
+// counts and rates come from the summed counts, so any grouping of the
+// same events gives the same answer.
+func (t *Totals) Metrics() Metrics {
+	m := Metrics{
+		ConnectionCount:           t.ConnectionCount,
+		BytesSent:                 t.BytesSent,
+		BytesReceived:             t.BytesReceived,
+		TotalBytes:                t.BytesSent + t.BytesReceived,
+		PeakConcurrentConnections: t.Peak,
+		ErrorCount:                t.ErrorCount,
+		SuccessCount:              t.SuccessCount,
+		EventCount:                t.EventCount,
+	}
+	if t.DurationCount > 0 {
+		v := float64(t.DurationSumUS) / float64(t.DurationCount) / 1e6
+		m.AvgConnectionDurationSeconds = &v
+	}
+	if n := t.ErrorCount + t.SuccessCount; n > 0 {
+		e := float64(t.ErrorCount) / float64(n)
+		s := float64(t.SuccessCount) / float64(n)
+		m.ErrorRate, m.SuccessRate = &e, &s
+	}
+	if t.LatencyCount > 0 {
+		avg := float64(t.LatencySumUS) / float64(t.LatencyCount) / 1e3
+		mx := float64(t.LatencyMaxUS) / 1e3
+		m.AvgLatencyMs, m.MaxLatencyMs = &avg, &mx
+		if p, ok := t.Latency.Quantile(0.95, t.LatencyMaxUS); ok {
+			p /= 1e3
+			m.P95LatencyMs = &p
+		}
+	}
+	return m
+}

@@ -1,0 +1,122 @@
+package rollup
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ConnKey identifies one connection id on one proxy.
+type ConnKey struct {
+	ProxyID      string
+	ConnectionID string
+}
+
+// DayKey identifies one proxy-day.
+type DayKey struct {
+	ProxyID string
+	Day     time.Time // UTC midnight
+}
+
+// freshIntervals pairs the raw start/end events of each key.
+func freshIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.Duration) (map[ConnKey][]Interval, error) {
+	out := make(map[ConnKey][]Interval, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	proxies, conns := splitConnKeys(keys)
+	rows, err := tx.Query(ctx, `
+		SELECT e.proxy_id, e.connection_id, e.time, e.event_type = 'connection_start'
+		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
+		  JOIN usage_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id
+		 WHERE e.event_type IN ('connection_start', 'connection_end')`, proxies, conns)
+	if err != nil {
+		return nil, err
+	}
+	events := make(map[ConnKey][]ConnEvent, len(keys))
+	var k ConnKey
+	var ev ConnEvent
+	_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &ev.Time, &ev.Start}, func() error {
+		events[k] = append(events[k], ev)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, key := range keys {
+		out[key] = Pair(events[key], maxAge)
+	}
+	return out, nil
+}
+
+// storedIntervals returns the intervals usage_connections holds for keys.
+func storedIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey) (map[ConnKey][]Interval, error) {
+	out := make(map[ConnKey][]Interval, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	proxies, conns := splitConnKeys(keys)
+	rows, err := tx.Query(ctx, `
+		SELECT c.proxy_id, c.connection_id, c.start_time, c.end_time, c.paired
+		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`, proxies, conns)
+	if err != nil {
+		return nil, err
+	}
+	var k ConnKey
+	var iv Interval
+	_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &iv.Start, &iv.End, &iv.Paired}, func() error {
+		out[k] = append(out[k], iv)
+		return nil
+	})
+	return out, err
+}
+
+// overlapping returns, for each proxy-day, the stored intervals open on it
+// with their connection ids.
+func overlapping(ctx context.Context, tx pgx.Tx, days []DayKey) (map[DayKey][]keyedInterval, error) {
+	out := make(map[DayKey][]keyedInterval, len(days))
+	if len(days) == 0 {
+		return out, nil
+	}
+	proxies, dates := splitDayKeys(days)
+	rows, err := tx.Query(ctx, `
+		SELECT k.proxy_id, k.day, c.connection_id, c.start_time, c.end_time
+		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id
+		   AND c.end_time > k.day::timestamp AT TIME ZONE 'UTC'
+		   AND c.start_time < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
+	if err != nil {
+		return nil, err
+	}
+	var dk DayKey
+	var ki keyedInterval
+	_, err = pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &ki.ConnectionID, &ki.Start, &ki.End}, func() error {
+		dk.Day = dk.Day.UTC()
+		out[dk] = append(out[dk], ki)
+		return nil
+	})
+	return out, err
+}
+
+type keyedInterval struct {
+	ConnectionID string
+	Interval
+}
+
+func splitConnKeys(keys []ConnKey) ([]string, []string) {
+	a, b := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		a[i], b[i] = k.ProxyID, k.ConnectionID
+	}
+	return a, b
+}
+
+func splitDayKeys(keys []DayKey) ([]string, []time.Time) {
+	a, b := make([]string, len(keys)), make([]time.Time, len(keys))
+	for i, k := range keys {
+		a[i], b[i] = k.ProxyID, k.Day
+	}
+	return a, b
+}

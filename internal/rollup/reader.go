@@ -1,0 +1,380 @@
+package rollup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Group says how Totals are grouped.
+type Group int
+
+const (
+	ByNone     Group = iota // one group for everything
+	ByDay                   // per day, across proxies
+	ByProxy                 // per proxy, across days
+	ByProxyDay              // per proxy-day
+)
+
+// Key identifies a group; fields not grouped by are zero.
+type Key struct {
+	ProxyID string
+	Day     time.Time
+}
+
+// Reader answers aggregate queries exactly: rolled-up days come from the
+// rollups, days still in the invalidation log are computed from their raw
+// events, all in one snapshot. Clean days never touch raw events.
+type Reader struct {
+	pool   *pgxpool.Pool
+	maxAge time.Duration
+}
+
+// NewReader returns a Reader; maxAge is MAX_CONNECTION_AGE.
+func NewReader(pool *pgxpool.Pool, maxAge time.Duration) (*Reader, error) {
+	var errs []error
+	if pool == nil {
+		errs = append(errs, errors.New("rollup: pool is required"))
+	}
+	if maxAge <= 0 {
+		errs = append(errs, errors.New("rollup: max connection age must be positive"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &Reader{pool: pool, maxAge: maxAge}, nil
+}
+
+// Totals aggregates the events of proxies on the UTC days from..to
+// (inclusive), grouped by by.
+func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
+	out := map[Key]*Totals{}
+	if len(proxies) == 0 {
+		return out, nil
+	}
+	from, to = Day(from), Day(to)
+	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
+		if err != nil {
+			return err
+		}
+		if err := r.sums(ctx, tx, proxies, from, to, by, dirty, out); err != nil {
+			return err
+		}
+		if err := r.histograms(ctx, tx, proxies, from, to, by, dirty, out); err != nil {
+			return err
+		}
+		return r.peaks(ctx, tx, proxies, from, to, by, dirty, out)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rollup: read totals: %w", err)
+	}
+	return out, nil
+}
+
+func groupKey(by Group, proxyID string, day time.Time) Key {
+	switch by {
+	case ByDay:
+		return Key{Day: day}
+	case ByProxy:
+		return Key{ProxyID: proxyID}
+	case ByProxyDay:
+		return Key{ProxyID: proxyID, Day: day}
+	}
+	return Key{}
+}
+
+func (k Key) totals(out map[Key]*Totals) *Totals {
+	t, ok := out[k]
+	if !ok {
+		t = &Totals{}
+		out[k] = t
+	}
+	return t
+}
+
+// dirtyDays lists the proxy-days in range still in the invalidation log.
+func dirtyDays(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time) ([]DayKey, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT DISTINCT proxy_id, day FROM usage_invalidations
+		 WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3`, proxies, from, to)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (DayKey, error) {
+		var k DayKey
+		err := row.Scan(&k.ProxyID, &k.Day)
+		k.Day = k.Day.UTC()
+		return k, err
+	})
+}
+
+// groupColumns selects the group key columns of the final GROUP BY.
+func groupColumns(by Group) string {
+	switch by {
+	case ByDay:
+		return "NULL::text, day"
+	case ByProxy:
+		return "proxy_id, NULL::date"
+	case ByProxyDay:
+		return "proxy_id, day"
+	}
+	return "NULL::text, NULL::date"
+}
+
+// sumsQuery combines clean rolled-up rows with dirty days recomputed from
+// raw events. $1 proxies, $2/$3 bucket range, $4/$5 dirty proxy-days.
+const sumsQuery = `
+WITH dirty AS (
+  SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
+), parts AS (
+  SELECT d.proxy_id, (d.bucket AT TIME ZONE 'UTC')::date AS day, ` + rollupColumns + `
+    FROM usage_daily d
+   WHERE d.proxy_id = ANY($1) AND d.bucket >= $2 AND d.bucket < $3
+     AND NOT EXISTS (SELECT 1 FROM dirty x WHERE x.proxy_id = d.proxy_id AND x.day = (d.bucket AT TIME ZONE 'UTC')::date)
+  UNION ALL
+  SELECT x.proxy_id, x.day, ` + aggregateColumns + `
+    FROM dirty x
+    JOIN usage_events e ON e.proxy_id = x.proxy_id
+     AND e.time >= x.day::timestamp AT TIME ZONE 'UTC' AND e.time < (x.day + 1)::timestamp AT TIME ZONE 'UTC'
+   GROUP BY x.proxy_id, x.day
+)
+SELECT %s,
+       sum(event_count)::bigint, sum(connection_count)::bigint, sum(success_count)::bigint, sum(error_count)::bigint,
+       coalesce(sum(bytes_sent), 0)::bigint, coalesce(sum(bytes_received), 0)::bigint,
+       coalesce(sum(duration_sum_us), 0)::bigint, sum(duration_count)::bigint,
+       coalesce(sum(latency_sum_us), 0)::bigint, sum(latency_count)::bigint, max(latency_max_us),
+       min(first_event_at), max(last_event_at)
+  FROM parts GROUP BY 1, 2`
+
+func (r *Reader) sums(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
+	dp, dd := splitDayKeys(dirty)
+	rows, err := tx.Query(ctx, fmt.Sprintf(sumsQuery, groupColumns(by)), proxies, from, to.AddDate(0, 0, 1), dp, dd)
+	if err != nil {
+		return err
+	}
+	var (
+		proxyID *string
+		day     *time.Time
+		t       Totals
+		maxLat  *int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&proxyID, &day, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
+		&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
+		&t.FirstEventAt, &t.LastEventAt}, func() error {
+		k := Key{}
+		if proxyID != nil {
+			k.ProxyID = *proxyID
+		}
+		if day != nil {
+			k.Day = day.UTC()
+		}
+		row := t
+		if maxLat != nil {
+			row.LatencyMaxUS = *maxLat
+		}
+		k.totals(out).Merge(&row)
+		return nil
+	})
+	return err
+}
+
+const histogramQuery = `
+WITH dirty AS (
+  SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
+), parts AS (
+  SELECT l.proxy_id, (l.bucket AT TIME ZONE 'UTC')::date AS day, l.latency_bucket, l.samples
+    FROM usage_latency_daily l
+   WHERE l.proxy_id = ANY($1) AND l.bucket >= $2 AND l.bucket < $3
+     AND NOT EXISTS (SELECT 1 FROM dirty x WHERE x.proxy_id = l.proxy_id AND x.day = (l.bucket AT TIME ZONE 'UTC')::date)
+  UNION ALL
+  SELECT x.proxy_id, x.day, e.latency_bucket, count(*)
+    FROM dirty x
+    JOIN usage_events e ON e.proxy_id = x.proxy_id
+     AND e.time >= x.day::timestamp AT TIME ZONE 'UTC' AND e.time < (x.day + 1)::timestamp AT TIME ZONE 'UTC'
+   WHERE e.latency_bucket IS NOT NULL
+   GROUP BY x.proxy_id, x.day, e.latency_bucket
+)
+SELECT %s, latency_bucket, sum(samples)::bigint FROM parts GROUP BY 1, 2, 3`
+
+func (r *Reader) histograms(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
+	dp, dd := splitDayKeys(dirty)
+	rows, err := tx.Query(ctx, fmt.Sprintf(histogramQuery, groupColumns(by)), proxies, from, to.AddDate(0, 0, 1), dp, dd)
+	if err != nil {
+		return err
+	}
+	var (
+		proxyID *string
+		day     *time.Time
+		bucket  int16
+		n       int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&proxyID, &day, &bucket, &n}, func() error {
+		k := Key{}
+		if proxyID != nil {
+			k.ProxyID = *proxyID
+		}
+		if day != nil {
+			k.Day = day.UTC()
+		}
+		t := k.totals(out)
+		if t.Latency == nil {
+			t.Latency = Histogram{}
+		}
+		t.Latency[bucket] += n
+		return nil
+	})
+	return err
+}
+
+// peaks reads stored daily peaks and recomputes those of dirty days —
+// including days whose connections changed pairing since the last rollup —
+// from stored intervals with pending connections re-paired.
+func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
+	perDay := map[DayKey]int{}
+	rows, err := tx.Query(ctx, `
+		SELECT proxy_id, day, peak FROM usage_daily_peak
+		 WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0`, proxies, from, to)
+	if err != nil {
+		return err
+	}
+	var dk DayKey
+	var peak int
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
+		dk.Day = dk.Day.UTC()
+		perDay[dk] = peak
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	pending, err := pendingConnections(ctx, tx, proxies)
+	if err != nil {
+		return err
+	}
+	recompute := map[DayKey]bool{}
+	for _, d := range dirty {
+		recompute[d] = true
+	}
+	var fresh map[ConnKey][]Interval
+	if len(pending) > 0 {
+		stored, err := storedIntervals(ctx, tx, pending)
+		if err != nil {
+			return err
+		}
+		if fresh, err = freshIntervals(ctx, tx, pending, r.maxAge); err != nil {
+			return err
+		}
+		for _, m := range []map[ConnKey][]Interval{stored, fresh} {
+			for k, ivs := range m {
+				for _, iv := range ivs {
+					for _, d := range iv.Days() {
+						if !d.Before(from) && !d.After(to) {
+							recompute[DayKey{k.ProxyID, d}] = true
+						}
+					}
+				}
+			}
+		}
+	}
+	if len(recompute) > 0 {
+		days := make([]DayKey, 0, len(recompute))
+		for d := range recompute {
+			days = append(days, d)
+		}
+		open, err := overlapping(ctx, tx, days)
+		if err != nil {
+			return err
+		}
+		isPending := make(map[ConnKey]bool, len(pending))
+		for _, k := range pending {
+			isPending[k] = true
+		}
+		for _, d := range days {
+			var ivs []Interval
+			for _, ki := range open[d] {
+				if !isPending[ConnKey{d.ProxyID, ki.ConnectionID}] {
+					ivs = append(ivs, ki.Interval)
+				}
+			}
+			for k, fs := range fresh {
+				if k.ProxyID == d.ProxyID {
+					ivs = append(ivs, fs...)
+				}
+			}
+			perDay[d] = Peak(ivs, d.Day)
+		}
+	}
+	for d, p := range perDay {
+		if p == 0 {
+			continue
+		}
+		t := groupKey(by, d.ProxyID, d.Day).totals(out)
+		t.Peak = max(t.Peak, p)
+	}
+	return nil
+}
+
+func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]ConnKey, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT DISTINCT proxy_id, connection_id FROM usage_connection_invalidations WHERE proxy_id = ANY($1)`, proxies)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ConnKey, error) {
+		var k ConnKey
+		err := row.Scan(&k.ProxyID, &k.ConnectionID)
+		return k, err
+	})
+}
+
+// OpenConnections counts the proxy's connections open at now: starts with
+// no paired end whose start + MAX_CONNECTION_AGE is still in the future.
+func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.Time) (int, error) {
+	var n int
+	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		pending, err := pendingConnections(ctx, tx, []string{proxyID})
+		if err != nil {
+			return err
+		}
+		isPending := make(map[string]bool, len(pending))
+		for _, k := range pending {
+			isPending[k.ConnectionID] = true
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT connection_id FROM usage_connections
+			 WHERE proxy_id = $1 AND NOT paired AND end_time > $2`, proxyID, now)
+		if err != nil {
+			return err
+		}
+		var cid string
+		if _, err := pgx.ForEachRow(rows, []any{&cid}, func() error {
+			if !isPending[cid] {
+				n++
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		fresh, err := freshIntervals(ctx, tx, pending, r.maxAge)
+		if err != nil {
+			return err
+		}
+		for _, ivs := range fresh {
+			for _, iv := range ivs {
+				if !iv.Paired && iv.End.After(now) {
+					n++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("rollup: open connections: %w", err)
+	}
+	return n, nil
+}

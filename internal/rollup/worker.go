@@ -1,0 +1,468 @@
+package rollup
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/database"
+	"proxyusage/internal/telemetry"
+)
+
+// leaderLockKey is the advisory lock that makes exactly one replica run the
+// worker. Its holder's session ending (crash, network) releases it.
+const leaderLockKey int64 = 0x70727573_61676501 // "prusage\x01"
+
+// WorkerConfig configures a Worker.
+type WorkerConfig struct {
+	Pool             *pgxpool.Pool
+	Backend          database.Backend
+	Metrics          *telemetry.Metrics
+	Logger           *slog.Logger
+	MaxConnectionAge time.Duration
+	RawRetention     time.Duration // TimescaleDB retention policy; 0 leaves it
+
+	Interval   time.Duration // between runs when idle (default 1s)
+	BatchSize  int           // invalidation log entries per run (default 5000)
+	RunTimeout time.Duration // per run (default 60s)
+}
+
+func (c *WorkerConfig) validate() error {
+	var errs []error
+	if c.Pool == nil {
+		errs = append(errs, errors.New("rollup: Pool is required"))
+	}
+	if c.Backend != database.Postgres && c.Backend != database.TimescaleDB {
+		errs = append(errs, fmt.Errorf("rollup: unknown backend %q", c.Backend))
+	}
+	if c.Metrics == nil {
+		errs = append(errs, errors.New("rollup: Metrics is required"))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("rollup: Logger is required"))
+	}
+	if c.MaxConnectionAge <= 0 {
+		errs = append(errs, errors.New("rollup: MaxConnectionAge must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Worker consumes the invalidation logs: it re-pairs touched connections,
+// recomputes the touched proxy-days (refreshing the continuous aggregates on
+// TimescaleDB, rewriting the rollup tables on plain PostgreSQL), recomputes
+// their peaks and deletes the consumed entries. Only affected buckets are
+// recomputed; history is never rescanned.
+type Worker struct {
+	cfg  WorkerConfig
+	log  *slog.Logger
+	stop context.CancelFunc
+	done chan struct{}
+
+	mu        sync.Mutex // one run at a time in this process
+	leader    *pgxpool.Conn
+	retention sync.Once
+}
+
+// NewWorker validates cfg.
+func NewWorker(cfg WorkerConfig) (*Worker, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
+	cfg.BatchSize = cmp.Or(cfg.BatchSize, 5000)
+	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
+	return &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}, nil
+}
+
+// Start runs the worker loop in the background until Stop.
+func (w *Worker) Start(ctx context.Context) {
+	ctx, w.stop = context.WithCancel(ctx)
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		w.loop(ctx)
+	}()
+}
+
+// Stop ends the loop, waits for a run in progress and releases leadership.
+func (w *Worker) Stop() {
+	if w.stop == nil {
+		return
+	}
+	w.stop()
+	<-w.done
+	w.release()
+}
+
+func (w *Worker) loop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		next := w.cfg.Interval
+		if w.acquireLeadership(ctx) {
+			if w.cfg.RawRetention > 0 && w.cfg.Backend == database.TimescaleDB {
+				w.applyRetention(ctx)
+			}
+			stats, err := w.RunOnce(ctx)
+			switch {
+			case err != nil && !errors.Is(err, context.Canceled):
+				w.log.Error("rollup run failed", slog.Any("error", err))
+			case stats.Full:
+				next = 0 // more waiting: go again at once
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// acquireLeadership holds the advisory lock on a dedicated connection,
+// checking it is still alive.
+func (w *Worker) acquireLeadership(ctx context.Context) bool {
+	if w.leader != nil {
+		if err := w.leader.Ping(ctx); err == nil {
+			return true
+		}
+		w.release()
+	}
+	conn, err := w.cfg.Pool.Acquire(ctx)
+	if err != nil {
+		return false
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, leaderLockKey).Scan(&ok); err != nil || !ok {
+		conn.Release()
+		return false
+	}
+	w.leader = conn
+	w.cfg.Metrics.RollupLeader.Set(1)
+	w.log.Info("rollup leadership acquired")
+	return true
+}
+
+func (w *Worker) release() {
+	if w.leader == nil {
+		return
+	}
+	// Closing the session releases the lock even if unlock fails.
+	_ = w.leader.Conn().Close(context.Background())
+	w.leader.Release()
+	w.leader = nil
+	w.cfg.Metrics.RollupLeader.Set(0)
+}
+
+// applyRetention sets the raw-event retention policy to RAW_RETENTION,
+// once per process.
+func (w *Worker) applyRetention(ctx context.Context) {
+	w.retention.Do(func() {
+		err := pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT remove_retention_policy('usage_events', if_exists => true)`); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `SELECT add_retention_policy('usage_events', $1::interval)`, w.cfg.RawRetention)
+			return err
+		})
+		if err != nil {
+			w.log.Warn("could not apply retention policy", slog.Any("error", err))
+		}
+	})
+}
+
+// RunStats says what one run did (tests assert on it).
+type RunStats struct {
+	Days        []DayKey  // proxy-days whose sums were recomputed
+	PeakDays    []DayKey  // proxy-days whose peaks were recomputed
+	Connections []ConnKey // connections re-paired
+	Full        bool      // a log held a full batch: more may wait
+}
+
+// RunOnce consumes up to BatchSize entries of each invalidation log.
+func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
+	defer cancel()
+	defer func() {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		} else {
+			w.cfg.Metrics.RollupLastSuccess.SetToCurrentTime()
+			w.cfg.Metrics.RollupDays.Add(float64(len(stats.Days)))
+		}
+		w.cfg.Metrics.RollupRuns.WithLabelValues(result).Inc()
+		w.observeLag(ctx)
+	}()
+
+	dayIDs, days, err := w.readDayLog(ctx)
+	if err != nil {
+		return stats, err
+	}
+	connIDs, conns, err := w.readConnLog(ctx)
+	if err != nil {
+		return stats, err
+	}
+	stats.Full = len(dayIDs) == w.cfg.BatchSize || len(connIDs) == w.cfg.BatchSize
+	if len(dayIDs) == 0 && len(connIDs) == 0 {
+		return stats, nil
+	}
+	if w.cfg.Backend == database.TimescaleDB {
+		// Outside any transaction, as TimescaleDB requires. Events committed
+		// after the log was read keep their own log entries.
+		if err := w.refreshAggregates(ctx, days); err != nil {
+			return stats, err
+		}
+	}
+	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
+		peakDays := map[DayKey]bool{}
+		for _, d := range days {
+			peakDays[d] = true
+		}
+		if err := w.repair(ctx, tx, conns, peakDays); err != nil {
+			return err
+		}
+		if w.cfg.Backend == database.Postgres {
+			if err := rewriteDays(ctx, tx, days); err != nil {
+				return err
+			}
+		}
+		stats.PeakDays = sortedDays(peakDays)
+		if err := w.writePeaks(ctx, tx, stats.PeakDays); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM usage_invalidations WHERE id = ANY($1)`, dayIDs); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, connIDs)
+		return err
+	})
+	if err != nil {
+		return stats, fmt.Errorf("rollup: %w", err)
+	}
+	stats.Days = days
+	stats.Connections = conns
+	return stats, nil
+}
+
+func (w *Worker) readDayLog(ctx context.Context) ([]int64, []DayKey, error) {
+	rows, err := w.cfg.Pool.Query(ctx, `SELECT id, proxy_id, day FROM usage_invalidations ORDER BY id LIMIT $1`, w.cfg.BatchSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rollup: read invalidations: %w", err)
+	}
+	var ids []int64
+	set := map[DayKey]bool{}
+	var id int64
+	var k DayKey
+	if _, err := pgx.ForEachRow(rows, []any{&id, &k.ProxyID, &k.Day}, func() error {
+		ids = append(ids, id)
+		k.Day = k.Day.UTC()
+		set[k] = true
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("rollup: read invalidations: %w", err)
+	}
+	return ids, sortedDays(set), nil
+}
+
+func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, error) {
+	rows, err := w.cfg.Pool.Query(ctx, `SELECT id, proxy_id, connection_id FROM usage_connection_invalidations ORDER BY id LIMIT $1`, w.cfg.BatchSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rollup: read connection invalidations: %w", err)
+	}
+	var ids []int64
+	set := map[ConnKey]bool{}
+	var id int64
+	var k ConnKey
+	if _, err := pgx.ForEachRow(rows, []any{&id, &k.ProxyID, &k.ConnectionID}, func() error {
+		ids = append(ids, id)
+		set[k] = true
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("rollup: read connection invalidations: %w", err)
+	}
+	keys := make([]ConnKey, 0, len(set))
+	for k := range set {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].ProxyID != keys[j].ProxyID {
+			return keys[i].ProxyID < keys[j].ProxyID
+		}
+		return keys[i].ConnectionID < keys[j].ConnectionID
+	})
+	return ids, keys, nil
+}
+
+// refreshAggregates refreshes the continuous aggregates over each run of
+// consecutive invalidated days. TimescaleDB only re-materialises the
+// regions its own invalidation log marks within the window.
+func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
+	distinct := map[time.Time]bool{}
+	for _, d := range days {
+		distinct[d.Day] = true
+	}
+	var list []time.Time
+	for d := range distinct {
+		list = append(list, d)
+	}
+	sortTimes(list)
+	for i := 0; i < len(list); {
+		j := i
+		for j+1 < len(list) && list[j+1].Equal(list[j].AddDate(0, 0, 1)) {
+			j++
+		}
+		start, end := list[i], list[j].AddDate(0, 0, 1)
+		for _, view := range []string{"usage_daily", "usage_latency_daily"} {
+			// Simple protocol: CALL must not run inside an (implicit
+			// extended-protocol) transaction block.
+			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz)`,
+				view, start.Format(time.RFC3339), end.Format(time.RFC3339))
+			if _, err := w.cfg.Pool.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+				return fmt.Errorf("rollup: refresh %s: %w", view, err)
+			}
+		}
+		i = j + 1
+	}
+	return nil
+}
+
+// repair re-pairs the connections, replaces their stored intervals and adds
+// every day their old or new intervals cover to peakDays.
+func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey, peakDays map[DayKey]bool) error {
+	if len(conns) == 0 {
+		return nil
+	}
+	old, err := storedIntervals(ctx, tx, conns)
+	if err != nil {
+		return err
+	}
+	fresh, err := freshIntervals(ctx, tx, conns, w.cfg.MaxConnectionAge)
+	if err != nil {
+		return err
+	}
+	proxies, ids := splitConnKeys(conns)
+	if _, err := tx.Exec(ctx, `
+		DELETE FROM usage_connections c USING unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
+		 WHERE c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`, proxies, ids); err != nil {
+		return err
+	}
+	var rows [][]any
+	for _, k := range conns {
+		for _, iv := range fresh[k] {
+			rows = append(rows, []any{k.ProxyID, k.ConnectionID, iv.Start, iv.End, iv.Paired})
+		}
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_connections"},
+		[]string{"proxy_id", "connection_id", "start_time", "end_time", "paired"}, pgx.CopyFromRows(rows)); err != nil {
+		return err
+	}
+	for _, m := range []map[ConnKey][]Interval{old, fresh} {
+		for k, ivs := range m {
+			for _, iv := range ivs {
+				for _, d := range iv.Days() {
+					peakDays[DayKey{k.ProxyID, d}] = true
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// rewriteDays recomputes the plain-PostgreSQL rollup rows of days.
+func rewriteDays(ctx context.Context, tx pgx.Tx, days []DayKey) error {
+	if len(days) == 0 {
+		return nil
+	}
+	proxies, dates := splitDayKeys(days)
+	const keys = `unnest($1::text[], $2::date[]) AS k(proxy_id, day)`
+	const match = `e.proxy_id = k.proxy_id
+	   AND e.time >= k.day::timestamp AT TIME ZONE 'UTC' AND e.time < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`
+	for _, stmt := range []string{
+		`DELETE FROM usage_daily d USING ` + keys + `
+		  WHERE d.proxy_id = k.proxy_id AND d.bucket = k.day::timestamp AT TIME ZONE 'UTC'`,
+		`DELETE FROM usage_latency_daily d USING ` + keys + `
+		  WHERE d.proxy_id = k.proxy_id AND d.bucket = k.day::timestamp AT TIME ZONE 'UTC'`,
+		`INSERT INTO usage_daily (proxy_id, bucket, ` + rollupColumns + `)
+		 SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC', ` + aggregateColumns + `
+		   FROM ` + keys + ` JOIN usage_events e ON ` + match + `
+		  GROUP BY k.proxy_id, k.day`,
+		`INSERT INTO usage_latency_daily (proxy_id, bucket, latency_bucket, samples)
+		 SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC', e.latency_bucket, count(*)
+		   FROM ` + keys + ` JOIN usage_events e ON ` + match + `
+		  WHERE e.latency_bucket IS NOT NULL
+		  GROUP BY k.proxy_id, k.day, e.latency_bucket`,
+	} {
+		if _, err := tx.Exec(ctx, stmt, proxies, dates); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writePeaks recomputes and stores the peaks of days from the (already
+// re-paired) stored intervals.
+func (w *Worker) writePeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
+	if len(days) == 0 {
+		return nil
+	}
+	open, err := overlapping(ctx, tx, days)
+	if err != nil {
+		return err
+	}
+	proxies, dates := splitDayKeys(days)
+	peaks := make([]int32, len(days))
+	for i, d := range days {
+		ivs := make([]Interval, len(open[d]))
+		for j, ki := range open[d] {
+			ivs[j] = ki.Interval
+		}
+		peaks[i] = int32(Peak(ivs, d.Day))
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO usage_daily_peak (proxy_id, day, peak)
+		SELECT * FROM unnest($1::text[], $2::date[], $3::int[])
+		ON CONFLICT (proxy_id, day) DO UPDATE SET peak = excluded.peak`, proxies, dates, peaks)
+	return err
+}
+
+func (w *Worker) observeLag(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	var lag float64
+	var pending int64
+	err := w.cfg.Pool.QueryRow(ctx, `
+		SELECT coalesce(extract(epoch FROM now() - least(
+		         (SELECT min(logged_at) FROM usage_invalidations),
+		         (SELECT min(logged_at) FROM usage_connection_invalidations))), 0)::float8,
+		       (SELECT count(*) FROM usage_invalidations) + (SELECT count(*) FROM usage_connection_invalidations)`).Scan(&lag, &pending)
+	if err == nil {
+		w.cfg.Metrics.RollupLag.Set(max(lag, 0))
+		w.cfg.Metrics.RollupPending.Set(float64(pending))
+	}
+}
+
+func sortedDays(set map[DayKey]bool) []DayKey {
+	out := make([]DayKey, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ProxyID != out[j].ProxyID {
+			return out[i].ProxyID < out[j].ProxyID
+		}
+		return out[i].Day.Before(out[j].Day)
+	})
+	return out
+}

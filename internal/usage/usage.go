@@ -1,0 +1,464 @@
+// Package usage answers the read side of the API: daily and range metrics,
+// summaries, reports and period aggregations (live and snapshotted). It
+// decides who may read what; the numbers come from internal/rollup.
+package usage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/auth"
+	"proxyusage/internal/proxy"
+	"proxyusage/internal/rollup"
+	"proxyusage/internal/user"
+)
+
+// Service reads usage.
+type Service struct {
+	pool    *pgxpool.Pool
+	reader  *rollup.Reader
+	proxies *proxy.Store
+	users   *user.Store
+	now     func() time.Time
+}
+
+// Config configures a Service.
+type Config struct {
+	Pool    *pgxpool.Pool
+	Reader  *rollup.Reader
+	Proxies *proxy.Store
+	Users   *user.Store
+	Now     func() time.Time // default time.Now
+}
+
+// NewService returns a Service for cfg.
+func NewService(cfg Config) (*Service, error) {
+	var errs []error
+	if cfg.Pool == nil {
+		errs = append(errs, errors.New("usage: Pool is required"))
+	}
+	if cfg.Reader == nil {
+		errs = append(errs, errors.New("usage: Reader is required"))
+	}
+	if cfg.Proxies == nil {
+		errs = append(errs, errors.New("usage: Proxies is required"))
+	}
+	if cfg.Users == nil {
+		errs = append(errs, errors.New("usage: Users is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{pool: cfg.Pool, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
+}
+
+// Daily is one proxy's metrics for one day.
+type Daily struct {
+	ProxyID string         `json:"proxyId"`
+	Date    string         `json:"date"`
+	Metrics rollup.Metrics `json:"metrics"`
+}
+
+// DayMetrics is a day's entry in a range.
+type DayMetrics struct {
+	Date string `json:"date"`
+	rollup.Metrics
+}
+
+// Range is one proxy's metrics per day over a period, zero-filled.
+type Range struct {
+	ProxyID   string       `json:"proxyId"`
+	StartDate string       `json:"startDate"`
+	EndDate   string       `json:"endDate"`
+	Metrics   []DayMetrics `json:"metrics"`
+	Count     int          `json:"count"`
+}
+
+// Summary is one proxy's lifetime view.
+type Summary struct {
+	ProxyID         string         `json:"proxyId"`
+	Totals          rollup.Metrics `json:"totals"`
+	OpenConnections int            `json:"openConnections"`
+	FirstEventAt    *time.Time     `json:"firstEventAt"`
+	LastEventAt     *time.Time     `json:"lastEventAt"`
+}
+
+// ReportRow is a row of a report: a day or a proxy.
+type ReportRow struct {
+	Date    string `json:"date,omitempty"`
+	ProxyID string `json:"proxyId,omitempty"`
+	rollup.Metrics
+}
+
+// Report is a user's usage over a period.
+type Report struct {
+	UserID    string         `json:"userId"`
+	StartDate string         `json:"startDate"`
+	EndDate   string         `json:"endDate"`
+	GroupBy   string         `json:"groupBy"`
+	Rows      []ReportRow    `json:"rows"`
+	Totals    rollup.Metrics `json:"totals"`
+}
+
+// Aggregation is a user's period aggregation.
+type Aggregation struct {
+	UserID      string         `json:"userId"`
+	Tier        string         `json:"tier"`
+	PeriodStart string         `json:"periodStart"`
+	PeriodEnd   string         `json:"periodEnd"`
+	ProxyCount  int            `json:"proxyCount"`
+	ActiveDays  int            `json:"activeDays"`
+	Totals      rollup.Metrics `json:"totals"`
+}
+
+// TierRow is one tier's share of a cross-user aggregation.
+type TierRow struct {
+	Tier       string         `json:"tier"`
+	UserCount  int            `json:"userCount"`
+	ProxyCount int            `json:"proxyCount"`
+	Totals     rollup.Metrics `json:"totals"`
+}
+
+// TierAggregation is the admin's per-tier aggregation over all users.
+type TierAggregation struct {
+	PeriodStart string    `json:"periodStart"`
+	PeriodEnd   string    `json:"periodEnd"`
+	GroupBy     string    `json:"groupBy"`
+	Rows        []TierRow `json:"rows"`
+}
+
+// Snapshot is a stored aggregation.
+type Snapshot struct {
+	Aggregation Aggregation `json:"aggregation"`
+	SnapshotAt  time.Time   `json:"snapshotAt"`
+}
+
+func date(t time.Time) string { return t.Format(DateLayout) }
+
+// readable returns the proxy if caller may read it (owner or admin).
+func (s *Service) readable(ctx context.Context, caller auth.Principal, proxyID string) (proxy.Proxy, error) {
+	return s.proxies.Get(ctx, caller, proxyID)
+}
+
+// Daily returns one proxy's metrics for one day.
+func (s *Service) Daily(ctx context.Context, caller auth.Principal, proxyID, day string) (Daily, error) {
+	p, err := s.readable(ctx, caller, proxyID)
+	if err != nil {
+		return Daily{}, err
+	}
+	d, err := ParseDate("date", day)
+	if err != nil {
+		return Daily{}, err
+	}
+	m, err := s.reader.Totals(ctx, []string{p.ID}, d, d, rollup.ByNone)
+	if err != nil {
+		return Daily{}, err
+	}
+	return Daily{ProxyID: p.ID, Date: date(d), Metrics: metricsOf(m[rollup.Key{}])}, nil
+}
+
+func metricsOf(t *rollup.Totals) rollup.Metrics {
+	if t == nil {
+		t = &rollup.Totals{}
+	}
+	return t.Metrics()
+}
+
+// Range returns one proxy's metrics per day, zero-filled.
+func (s *Service) Range(ctx context.Context, caller auth.Principal, proxyID, start, end string) (Range, error) {
+	p, err := s.readable(ctx, caller, proxyID)
+	if err != nil {
+		return Range{}, err
+	}
+	period, err := ParsePeriod("startDate", start, "endDate", end)
+	if err != nil {
+		return Range{}, err
+	}
+	m, err := s.reader.Totals(ctx, []string{p.ID}, period.Start, period.End, rollup.ByDay)
+	if err != nil {
+		return Range{}, err
+	}
+	out := Range{ProxyID: p.ID, StartDate: date(period.Start), EndDate: date(period.End), Metrics: []DayMetrics{}}
+	for d := period.Start; !d.After(period.End); d = d.AddDate(0, 0, 1) {
+		out.Metrics = append(out.Metrics, DayMetrics{Date: date(d), Metrics: metricsOf(m[rollup.Key{Day: d}])})
+	}
+	out.Count = len(out.Metrics)
+	return out, nil
+}
+
+// lifetime bounds a proxy's whole history.
+var (
+	lifetimeStart = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	lifetimeEnd   = time.Date(9999, 12, 30, 0, 0, 0, 0, time.UTC)
+)
+
+// Summary returns one proxy's lifetime totals and open connections.
+func (s *Service) Summary(ctx context.Context, caller auth.Principal, proxyID string) (Summary, error) {
+	p, err := s.readable(ctx, caller, proxyID)
+	if err != nil {
+		return Summary{}, err
+	}
+	m, err := s.reader.Totals(ctx, []string{p.ID}, lifetimeStart, lifetimeEnd, rollup.ByNone)
+	if err != nil {
+		return Summary{}, err
+	}
+	open, err := s.reader.OpenConnections(ctx, p.ID, s.now())
+	if err != nil {
+		return Summary{}, err
+	}
+	t := m[rollup.Key{}]
+	out := Summary{ProxyID: p.ID, Totals: metricsOf(t), OpenConnections: open}
+	if t != nil {
+		out.FirstEventAt, out.LastEventAt = utc(t.FirstEventAt), utc(t.LastEventAt)
+	}
+	return out, nil
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// subject resolves whose data is asked for: the caller's own, or with
+// userID another user's, which only an admin may read.
+func subject(caller auth.Principal, userID string) (string, error) {
+	if userID == "" || userID == caller.UserID {
+		return caller.UserID, nil
+	}
+	if !caller.IsAdmin() {
+		return "", apperr.Errorf(apperr.Forbidden, "only admins may read another user's usage")
+	}
+	if len(userID) > auth.MaxUserIDLength {
+		return "", apperr.Errorf(apperr.Invalid, "userId is too long")
+	}
+	return userID, nil
+}
+
+func (s *Service) proxyIDs(ctx context.Context, userID string) ([]string, error) {
+	list, err := s.proxies.List(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(list))
+	for i, p := range list {
+		ids[i] = p.ID
+	}
+	return ids, nil
+}
+
+// Report returns a user's usage grouped by day or by proxy.
+func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, start, end, groupBy string) (Report, error) {
+	uid, err := subject(caller, userID)
+	if err != nil {
+		return Report{}, err
+	}
+	period, err := ParsePeriod("startDate", start, "endDate", end)
+	if err != nil {
+		return Report{}, err
+	}
+	if groupBy == "" {
+		groupBy = "day"
+	}
+	by := rollup.ByDay
+	switch groupBy {
+	case "day":
+	case "proxy":
+		by = rollup.ByProxy
+	default:
+		return Report{}, apperr.Errorf(apperr.Invalid, "groupBy must be day or proxy")
+	}
+	ids, err := s.proxyIDs(ctx, uid)
+	if err != nil {
+		return Report{}, err
+	}
+	m, err := s.reader.Totals(ctx, ids, period.Start, period.End, by)
+	if err != nil {
+		return Report{}, err
+	}
+	out := Report{UserID: uid, StartDate: date(period.Start), EndDate: date(period.End), GroupBy: groupBy, Rows: []ReportRow{}}
+	var total rollup.Totals
+	if by == rollup.ByDay {
+		for d := period.Start; !d.After(period.End); d = d.AddDate(0, 0, 1) {
+			t := m[rollup.Key{Day: d}]
+			out.Rows = append(out.Rows, ReportRow{Date: date(d), Metrics: metricsOf(t)})
+			if t != nil {
+				total.Merge(t)
+			}
+		}
+	} else {
+		keys := make([]string, 0, len(m))
+		for k, t := range m {
+			if t.EventCount > 0 {
+				keys = append(keys, k.ProxyID)
+			}
+		}
+		sort.Strings(keys)
+		for _, id := range keys {
+			t := m[rollup.Key{ProxyID: id}]
+			out.Rows = append(out.Rows, ReportRow{ProxyID: id, Metrics: metricsOf(t)})
+			total.Merge(t)
+		}
+	}
+	out.Totals = total.Metrics()
+	return out, nil
+}
+
+// Aggregation returns a user's live period aggregation.
+func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, userID, start, end string) (Aggregation, error) {
+	uid, err := subject(caller, userID)
+	if err != nil {
+		return Aggregation{}, err
+	}
+	period, err := ParsePeriod("periodStart", start, "periodEnd", end)
+	if err != nil {
+		return Aggregation{}, err
+	}
+	return s.aggregate(ctx, uid, period)
+}
+
+func (s *Service) aggregate(ctx context.Context, uid string, period Period) (Aggregation, error) {
+	ids, err := s.proxyIDs(ctx, uid)
+	if err != nil {
+		return Aggregation{}, err
+	}
+	m, err := s.reader.Totals(ctx, ids, period.Start, period.End, rollup.ByProxyDay)
+	if err != nil {
+		return Aggregation{}, err
+	}
+	history, err := s.users.History(ctx, uid)
+	if err != nil {
+		return Aggregation{}, err
+	}
+	var total rollup.Totals
+	proxies, days := map[string]bool{}, map[time.Time]bool{}
+	for k, t := range m {
+		if t.EventCount > 0 {
+			proxies[k.ProxyID] = true
+			days[k.Day] = true
+		}
+		total.Merge(t)
+	}
+	return Aggregation{
+		UserID: uid, Tier: history.On(period.End),
+		PeriodStart: date(period.Start), PeriodEnd: date(period.End),
+		ProxyCount: len(proxies), ActiveDays: len(days), Totals: total.Metrics(),
+	}, nil
+}
+
+// TierAggregation returns per-tier totals over all users (admin only); each
+// user-day counts under the tier in effect that day.
+func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, start, end string) (TierAggregation, error) {
+	if !caller.IsAdmin() {
+		return TierAggregation{}, apperr.Errorf(apperr.Forbidden, "groupBy=tier requires the admin role")
+	}
+	period, err := ParsePeriod("periodStart", start, "periodEnd", end)
+	if err != nil {
+		return TierAggregation{}, err
+	}
+	owners, err := s.proxies.Owners(ctx)
+	if err != nil {
+		return TierAggregation{}, err
+	}
+	ids := make([]string, 0, len(owners))
+	userSet := map[string]bool{}
+	for id, uid := range owners {
+		ids = append(ids, id)
+		userSet[uid] = true
+	}
+	users := make([]string, 0, len(userSet))
+	for u := range userSet {
+		users = append(users, u)
+	}
+	histories, err := s.users.Histories(ctx, users)
+	if err != nil {
+		return TierAggregation{}, err
+	}
+	m, err := s.reader.Totals(ctx, ids, period.Start, period.End, rollup.ByProxyDay)
+	if err != nil {
+		return TierAggregation{}, err
+	}
+	type acc struct {
+		totals  rollup.Totals
+		users   map[string]bool
+		proxies map[string]bool
+	}
+	tiers := map[string]*acc{}
+	for k, t := range m {
+		if t.EventCount == 0 {
+			continue
+		}
+		uid := owners[k.ProxyID]
+		tier := histories[uid].On(k.Day)
+		a, ok := tiers[tier]
+		if !ok {
+			a = &acc{users: map[string]bool{}, proxies: map[string]bool{}}
+			tiers[tier] = a
+		}
+		a.totals.Merge(t)
+		a.users[uid] = true
+		a.proxies[k.ProxyID] = true
+	}
+	out := TierAggregation{PeriodStart: date(period.Start), PeriodEnd: date(period.End), GroupBy: "tier", Rows: []TierRow{}}
+	for _, tier := range []string{user.TierFree, user.TierPremium, user.TierEnterprise} {
+		if a, ok := tiers[tier]; ok {
+			out.Rows = append(out.Rows, TierRow{Tier: tier, UserCount: len(a.users), ProxyCount: len(a.proxies), Totals: a.totals.Metrics()})
+		}
+	}
+	return out, nil
+}
+
+// Snapshot computes the caller's period aggregation and upserts it into
+// proxy_usage_aggregation, returning the stored row.
+func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, userID, start, end string) (Snapshot, error) {
+	uid, err := subject(caller, userID)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	period, err := ParsePeriod("periodStart", start, "periodEnd", end)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	agg, err := s.aggregate(ctx, uid, period)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	totals, err := json.Marshal(agg.Totals)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	var stored Snapshot
+	var storedTotals []byte
+	var ps, pe time.Time
+	err = s.pool.QueryRow(ctx, `
+		INSERT INTO proxy_usage_aggregation (user_id, period_start, period_end, tier, proxy_count, active_days, totals, snapshot_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+		ON CONFLICT (user_id, period_start, period_end) DO UPDATE
+		   SET tier = excluded.tier, proxy_count = excluded.proxy_count, active_days = excluded.active_days,
+		       totals = excluded.totals, snapshot_at = excluded.snapshot_at
+		RETURNING user_id, period_start, period_end, tier, proxy_count, active_days, totals, snapshot_at`,
+		uid, period.Start, period.End, agg.Tier, agg.ProxyCount, agg.ActiveDays, totals).Scan(
+		&stored.Aggregation.UserID, &ps, &pe, &stored.Aggregation.Tier, &stored.Aggregation.ProxyCount,
+		&stored.Aggregation.ActiveDays, &storedTotals, &stored.SnapshotAt)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("store snapshot: %w", err)
+	}
+	stored.Aggregation.PeriodStart, stored.Aggregation.PeriodEnd = date(ps.UTC()), date(pe.UTC())
+	if err := json.Unmarshal(storedTotals, &stored.Aggregation.Totals); err != nil {
+		return Snapshot{}, fmt.Errorf("decode snapshot: %w", err)
+	}
+	stored.SnapshotAt = stored.SnapshotAt.UTC()
+	return stored, nil
+}
