@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -377,4 +378,30 @@ func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.T
 		return 0, fmt.Errorf("rollup: open connections: %w", err)
 	}
 	return n, nil
+}
+
+// ExplainSums returns the EXPLAIN (ANALYZE, BUFFERS) plan of the sums query
+// for the given request, with the dirty days as they are now. It shows
+// which raw events a read touches (tests, operators).
+func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
+	from, to = Day(from), Day(to)
+	var plan []string
+	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
+		if err != nil {
+			return err
+		}
+		dp, dd := splitDayKeys(dirty)
+		rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(sumsQuery, groupColumns(by)),
+			proxies, from, to.AddDate(0, 0, 1), dp, dd)
+		if err != nil {
+			return err
+		}
+		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(plan, "\n"), nil
 }
