@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/auth"
+	"proxyusage/internal/billing"
 	"proxyusage/internal/config"
 	"proxyusage/internal/database"
 	httpx "proxyusage/internal/http"
@@ -183,6 +184,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	plans, err := billing.LoadPlans(m.Config.PlansFile)
+	if err != nil {
+		return err
+	}
+	billingSvc, err := billing.NewService(billing.Config{Pool: m.Pool, Plans: plans, Reader: reader, Proxies: proxies, Users: users})
+	if err != nil {
+		return err
+	}
 	m.Rollup, err = rollup.NewWorker(rollup.WorkerConfig{
 		Pool: m.Pool, Backend: m.Detected, Metrics: m.Metrics, Logger: m.Logger,
 		MaxConnectionAge: m.Config.MaxConnectionAge, RawRetention: m.Config.RawRetention,
@@ -195,7 +204,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.Server, err = httpx.NewServer(httpx.Config{
 		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
-		Ingest: ingestSvc, Usage: usageSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
+		Ingest: ingestSvc, Usage: usageSvc, Billing: billingSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
 	})
 	if err != nil {
 		return err

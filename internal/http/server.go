@@ -18,6 +18,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
+	"proxyusage/internal/billing"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/telemetry"
@@ -33,6 +34,7 @@ type Config struct {
 	Proxies  *proxy.Store
 	Ingest   *ingest.Service
 	Usage    *usage.Service
+	Billing  *billing.Service
 	Metrics  *telemetry.Metrics
 	Logger   *slog.Logger
 	// Ready reports whether the service can serve (database reachable,
@@ -47,7 +49,7 @@ func (c *Config) validate() error {
 	var errs []error
 	for name, missing := range map[string]bool{
 		"Verifier": c.Verifier == nil, "Users": c.Users == nil, "Proxies": c.Proxies == nil,
-		"Ingest": c.Ingest == nil, "Usage": c.Usage == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
+		"Ingest": c.Ingest == nil, "Usage": c.Usage == nil, "Billing": c.Billing == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
 	} {
 		if missing {
 			errs = append(errs, errors.New("http: "+name+" is required"))
@@ -69,6 +71,7 @@ type Server struct {
 	proxies  *proxy.Store
 	ingest   *ingest.Service
 	usage    *usage.Service
+	billing  *billing.Service
 }
 
 // NewServer builds the router for cfg.
@@ -80,7 +83,7 @@ func NewServer(cfg Config) (*Server, error) {
 	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, 10*time.Second)
 	s := &Server{
 		cfg: cfg, router: mux.NewRouter(), log: cfg.Logger, metrics: cfg.Metrics,
-		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest, usage: cfg.Usage,
+		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest, usage: cfg.Usage, billing: cfg.Billing,
 	}
 	s.routes()
 	s.srv = &http.Server{
@@ -120,6 +123,9 @@ func (s *Server) routes() {
 	api.HandleFunc("/proxy/usage/report", s.handleReport).Methods(http.MethodGet)
 	api.HandleFunc("/proxy/usage/aggregation", s.handleAggregation).Methods(http.MethodGet)
 	api.HandleFunc("/proxy/usage/aggregate", s.handleSnapshot).Methods(http.MethodPost)
+	api.HandleFunc("/proxy/usage/billing", s.handleBilling).Methods(http.MethodGet)
+	api.HandleFunc("/admin/users/{userId}", s.handlePutAccount).Methods(http.MethodPut)
+	api.HandleFunc("/admin/users/{userId}", s.handleGetAccount).Methods(http.MethodGet)
 }
 
 // withTimeout bounds each request's context, and so every DB call in it.

@@ -1,0 +1,196 @@
+package billing
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/user"
+)
+
+// Contract is an enterprise user's custom pricing.
+type Contract struct {
+	BaseMonthly decimal.Decimal `json:"baseMonthly"`
+	PerGB       decimal.Decimal `json:"perGB"`
+	Currency    string          `json:"currency"`
+}
+
+// ContractJSON is a contract as served: amounts as decimal strings.
+type ContractJSON struct {
+	BaseMonthly string `json:"baseMonthly"`
+	PerGB       string `json:"perGB"`
+	Currency    string `json:"currency"`
+}
+
+// JSON returns the served form of c.
+func (c Contract) JSON() ContractJSON {
+	return ContractJSON{BaseMonthly: price(c.BaseMonthly), PerGB: price(c.PerGB), Currency: c.Currency}
+}
+
+// Input is what a bill is computed from.
+type Input struct {
+	UserID     string
+	Start, End time.Time // inclusive UTC days
+	History    user.History
+	Contract   *Contract
+	DailyBytes map[time.Time]int64 // totalBytes per UTC day
+}
+
+// LineItem is one charge. Quantities and prices are decimal strings.
+type LineItem struct {
+	Description string `json:"description"`
+	Quantity    string `json:"quantity"`
+	Unit        string `json:"unit"`
+	UnitPrice   string `json:"unitPrice"`
+	Amount      string `json:"amount"`
+}
+
+// TierSpan is a run of days under one tier, clipped to the period.
+type TierSpan struct {
+	Tier string `json:"tier"`
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// Bill is a billing summary (SPEC §6, §9).
+type Bill struct {
+	UserID        string     `json:"userId"`
+	PeriodStart   string     `json:"periodStart"`
+	PeriodEnd     string     `json:"periodEnd"`
+	Currency      string     `json:"currency"`
+	Tier          string     `json:"tier"`
+	Tiers         []TierSpan `json:"tiers"`
+	CustomPricing bool       `json:"customPricing"`
+	Message       string     `json:"message,omitempty"`
+	LineItems     []LineItem `json:"lineItems"`
+	Total         *string    `json:"total"`
+}
+
+const dateLayout = "2006-01-02"
+
+var gbExp int32 = -9 // 1 GB = 10^9 bytes
+
+// piece is a run of days under one tier within one month.
+type piece struct {
+	tier     string
+	from, to time.Time
+	days     int64
+	bytes    decimal.Decimal
+}
+
+func daysIn(t time.Time) int64 {
+	return int64(time.Date(t.Year(), t.Month()+1, 0, 0, 0, 0, 0, time.UTC).Day())
+}
+
+// Compute bills in exactly. The period is cut at every tier change and month
+// boundary; each piece gives a base item (days / days-in-month of the
+// monthly base) and a data item (its GB at the per-GB price). Every amount
+// is the exact product rounded half-up to cents once; zero items are left
+// out; the total is the sum of the amounts.
+func Compute(plans Plans, in Input) (Bill, error) {
+	bill := Bill{
+		UserID: in.UserID, PeriodStart: in.Start.Format(dateLayout), PeriodEnd: in.End.Format(dateLayout),
+		Tier: in.History.On(in.End), Tiers: []TierSpan{}, LineItems: []LineItem{},
+	}
+	var pieces []*piece
+	for d := in.Start; !d.After(in.End); d = d.AddDate(0, 0, 1) {
+		tier := in.History.On(d)
+		last := len(pieces) - 1
+		if last < 0 || pieces[last].tier != tier || pieces[last].from.Month() != d.Month() || pieces[last].from.Year() != d.Year() {
+			pieces = append(pieces, &piece{tier: tier, from: d, bytes: decimal.Zero})
+			last++
+		}
+		p := pieces[last]
+		p.to = d
+		p.days++
+		p.bytes = p.bytes.Add(decimal.NewFromInt(in.DailyBytes[d]))
+		if n := len(bill.Tiers); n == 0 || bill.Tiers[n-1].Tier != tier {
+			bill.Tiers = append(bill.Tiers, TierSpan{Tier: tier, From: d.Format(dateLayout)})
+		}
+		bill.Tiers[len(bill.Tiers)-1].To = d.Format(dateLayout)
+	}
+
+	currencies := map[string]bool{}
+	total := decimal.Zero
+	for _, p := range pieces {
+		plan, ok := plans.Tiers[p.tier]
+		if !ok {
+			return Bill{}, fmt.Errorf("billing: no plan for tier %q", p.tier)
+		}
+		base, perGB, currency := plan.BaseMonthly, plan.PerGB, plans.Currency
+		if plan.Custom {
+			if in.Contract == nil {
+				bill.CustomPricing = true
+				continue
+			}
+			base, perGB, currency = in.Contract.BaseMonthly, in.Contract.PerGB, in.Contract.Currency
+		}
+		name := titleCase(p.tier)
+		span := fmt.Sprintf("%s to %s", p.from.Format(dateLayout), p.to.Format(dateLayout))
+		dim := daysIn(p.from)
+		// Exact fraction base × days / dim, rounded once.
+		baseAmount := base.Mul(decimal.NewFromInt(p.days)).DivRound(decimal.NewFromInt(dim), 2)
+		gb := decimal.NewFromBigInt(p.bytes.BigInt(), gbExp)
+		dataAmount := gb.Mul(perGB).Round(2)
+		if !baseAmount.IsZero() {
+			bill.LineItems = append(bill.LineItems, LineItem{
+				Description: fmt.Sprintf("%s base fee, %s (%d of %d days)", name, span, p.days, dim),
+				Quantity:    decimal.NewFromInt(p.days).DivRound(decimal.NewFromInt(dim), 6).StringFixed(6),
+				Unit:        "month", UnitPrice: price(base), Amount: baseAmount.StringFixed(2),
+			})
+			currencies[currency] = true
+		}
+		if !dataAmount.IsZero() {
+			bill.LineItems = append(bill.LineItems, LineItem{
+				Description: fmt.Sprintf("%s data transfer, %s", name, span),
+				Quantity:    gb.StringFixed(9), Unit: "GB", UnitPrice: price(perGB), Amount: dataAmount.StringFixed(2),
+			})
+			currencies[currency] = true
+		}
+		total = total.Add(baseAmount).Add(dataAmount)
+	}
+	switch len(currencies) {
+	case 0:
+		bill.Currency = plans.Currency
+		if in.Contract != nil && bill.Tier == user.TierEnterprise {
+			bill.Currency = in.Contract.Currency
+		}
+	case 1:
+		for c := range currencies {
+			bill.Currency = c
+		}
+	default:
+		return Bill{}, apperr.Errorf(apperr.Conflict, "the period mixes currencies (plan and contract); bill the parts separately")
+	}
+	if bill.CustomPricing {
+		bill.Message = "Enterprise usage is priced by contract: contact sales."
+		return bill, nil
+	}
+	t := total.StringFixed(2)
+	bill.Total = &t
+	return bill, nil
+}
+
+// price shows a unit price with at least two decimal places and all of its
+// significant ones ("10.00", "0.01", "0.005").
+func price(d decimal.Decimal) string {
+	places := max(int32(2), -d.Exponent())
+	s := d.StringFixed(places)
+	// Trim insignificant zeros beyond two places.
+	if i := strings.IndexByte(s, '.'); i >= 0 {
+		for len(s) > i+3 && s[len(s)-1] == '0' {
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}
+
+func titleCase(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}

@@ -1,0 +1,57 @@
+package http
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+
+	"github.com/gorilla/mux"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/billing"
+)
+
+func (s *Server) handleBilling(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	out, err := s.billing.Bill(r.Context(), caller(r), q.Get("userId"), q.Get("periodStart"), q.Get("periodEnd"))
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleGetAccount(w http.ResponseWriter, r *http.Request) {
+	out, err := s.billing.GetAccount(r.Context(), caller(r), mux.Vars(r)["userId"])
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handlePutAccount(w http.ResponseWriter, r *http.Request) {
+	// Role first: a plain user learns nothing from body validation.
+	if err := requireAdmin(r); err != nil {
+		Error(w, r, err)
+		return
+	}
+	body, err := readBody(r, 64<<10, false)
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	var req billing.AccountUpdate
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		Error(w, r, apperr.Errorf(apperr.Invalid, `body must be {"tier": "premium", "effectiveFrom": "YYYY-MM-DD", "contract": {...}}`))
+		return
+	}
+	out, err := s.billing.UpdateAccount(r.Context(), caller(r), mux.Vars(r)["userId"], req)
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
