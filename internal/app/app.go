@@ -48,6 +48,7 @@ type Main struct {
 	Metrics  *telemetry.Metrics
 	Writer   *ingest.Writer
 	Rollup   *rollup.Worker
+	Pruner   *ingest.KeyPruner
 	Server   *httpx.Server
 	Detected database.Backend
 }
@@ -202,6 +203,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if !m.DisableRollupWorker {
 		m.Rollup.Start(context.WithoutCancel(ctx))
 	}
+	m.Pruner, err = ingest.NewKeyPruner(ingest.KeyPrunerConfig{Pool: m.Pool, Logger: m.Logger, Window: m.Config.DedupWindow})
+	if err != nil {
+		return err
+	}
+	m.Pruner.Start(context.WithoutCancel(ctx))
 	m.Server, err = httpx.NewServer(httpx.Config{
 		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
 		Ingest: ingestSvc, Usage: usageSvc, Billing: billingSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
@@ -245,6 +251,9 @@ func (m *Main) Close() error {
 	}
 	if m.Rollup != nil {
 		m.Rollup.Stop()
+	}
+	if m.Pruner != nil {
+		m.Pruner.Stop()
 	}
 	if m.Pool != nil {
 		m.Pool.Close()

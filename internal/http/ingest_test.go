@@ -337,3 +337,33 @@ func TestGroupCommit(t *testing.T) {
 		t.Logf("%d requests in %v transactions", len(acked), tx)
 	})
 }
+
+func TestDedupWindowPruning(t *testing.T) {
+	env := apptest.Start(t, database.Postgres)
+	tok := apptest.Token(t, "alice")
+	env.MustRegister(tok, "p1")
+	rec := func() int {
+		return env.Do(http.MethodPost, "/proxy/usage/p1/record", tok, map[string]any{"eventType": "error", "eventId": "k"}).Status
+	}
+	if s := rec(); s != 201 {
+		t.Fatalf("first: %d", s)
+	}
+	// Inside the window the key is kept.
+	if n, err := env.Main.Pruner.RunOnce(t.Context()); err != nil || n != 0 {
+		t.Fatalf("pruned %d inside the window: %v", n, err)
+	}
+	if s := rec(); s != 200 {
+		t.Fatalf("retry inside window: %d", s)
+	}
+	// Age the key past the 35-day window: it is forgotten, and the same id
+	// is a new event again.
+	if _, err := env.DB.Exec(t.Context(), `UPDATE usage_event_keys SET received_at = now() - interval '36 days'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := env.Main.Pruner.RunOnce(t.Context()); err != nil || n != 1 {
+		t.Fatalf("pruned %d: %v", n, err)
+	}
+	if s := rec(); s != 201 {
+		t.Fatalf("after the window: %d", s)
+	}
+}
