@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/gorilla/mux"
-
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/billing"
 )
@@ -22,7 +20,7 @@ func (s *Server) handleBilling(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetAccount(w http.ResponseWriter, r *http.Request) {
-	out, err := s.billing.GetAccount(r.Context(), caller(r), mux.Vars(r)["userId"])
+	out, err := s.billing.GetAccount(r.Context(), caller(r), pathVar(r, "userId"))
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -48,7 +46,7 @@ func (s *Server) handlePutAccount(w http.ResponseWriter, r *http.Request) {
 		Error(w, r, apperr.Errorf(apperr.Invalid, `body must be {"tier": "premium", "effectiveFrom": "YYYY-MM-DD", "contract": {...}}`))
 		return
 	}
-	out, err := s.billing.UpdateAccount(r.Context(), caller(r), mux.Vars(r)["userId"], req)
+	out, err := s.billing.UpdateAccount(r.Context(), caller(r), pathVar(r, "userId"), req)
 	if err != nil {
 		Error(w, r, err)
 		return

@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/gorilla/mux"
-
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
@@ -80,7 +78,7 @@ func (s *Server) handleRegisterProxy(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p, created, err := s.proxies.Register(r.Context(), caller(r), mux.Vars(r)["proxyId"], req.Name)
+	p, created, err := s.proxies.Register(r.Context(), caller(r), pathVar(r, "proxyId"), req.Name)
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -106,7 +104,7 @@ func (s *Server) handleListProxies(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleArchiveProxy(w http.ResponseWriter, r *http.Request) {
-	if err := s.proxies.Archive(r.Context(), caller(r), mux.Vars(r)["proxyId"]); err != nil {
+	if err := s.proxies.Archive(r.Context(), caller(r), pathVar(r, "proxyId")); err != nil {
 		Error(w, r, err)
 		return
 	}
@@ -119,7 +117,7 @@ func (s *Server) handleRecordOne(w http.ResponseWriter, r *http.Request) {
 		Error(w, r, err)
 		return
 	}
-	proxyID := mux.Vars(r)["proxyId"]
+	proxyID := pathVar(r, "proxyId")
 	res, err := s.ingest.RecordOne(r.Context(), caller(r), proxyID, body)
 	if err != nil {
 		Error(w, r, err)
@@ -133,6 +131,12 @@ func (s *Server) handleRecordOne(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleRecordBatch(w http.ResponseWriter, r *http.Request) {
+	release, err := s.reserveBody(r, ingest.MaxBatchBytes)
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	defer release()
 	body, err := readBody(r, ingest.MaxBatchBytes, false)
 	if err != nil {
 		Error(w, r, err)

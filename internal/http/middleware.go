@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"time"
@@ -160,4 +161,14 @@ func requireAdmin(r *http.Request) error {
 		return apperr.Errorf(apperr.Forbidden, "this endpoint requires the admin role")
 	}
 	return nil
+}
+
+// pathVar returns a decoded path variable. The router matches on the
+// encoded path, so an encoded "/" stays inside the variable.
+func pathVar(r *http.Request, name string) string {
+	v := mux.Vars(r)[name]
+	if d, err := url.PathUnescape(v); err == nil {
+		return d
+	}
+	return v
 }

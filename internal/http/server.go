@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/semaphore"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
@@ -41,6 +42,8 @@ type Config struct {
 	// migrations applied).
 	Ready func(context.Context) error
 
+	MaxInflight     int64         // requests handled at once before shedding (default 1024)
+	BodyBudget      int64         // batch body bytes held at once (default 64 MiB)
 	RequestTimeout  time.Duration // per request, bounds every DB call (default 15s)
 	ShutdownTimeout time.Duration // drain time on Close (default 10s)
 }
@@ -72,6 +75,8 @@ type Server struct {
 	ingest   *ingest.Service
 	usage    *usage.Service
 	billing  *billing.Service
+	inflight *semaphore.Weighted
+	bodies   *semaphore.Weighted
 }
 
 // NewServer builds the router for cfg.
@@ -81,13 +86,16 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, 15*time.Second)
 	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, 10*time.Second)
+	cfg.MaxInflight = cmp.Or(cfg.MaxInflight, DefaultMaxInflight)
+	cfg.BodyBudget = cmp.Or(cfg.BodyBudget, DefaultBodyBudget)
 	s := &Server{
 		cfg: cfg, router: mux.NewRouter(), log: cfg.Logger, metrics: cfg.Metrics,
 		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest, usage: cfg.Usage, billing: cfg.Billing,
 	}
+	s.inflight, s.bodies = newLimits(cfg.MaxInflight, cfg.BodyBudget)
 	s.routes()
 	s.srv = &http.Server{
-		Handler:           s.outer(s.withTimeout(s.router)),
+		Handler:           s.outer(s.limitInflight(s.withTimeout(s.router))),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       120 * time.Second,
@@ -98,6 +106,11 @@ func NewServer(cfg Config) (*Server, error) {
 
 func (s *Server) routes() {
 	r := s.router
+	// Keep encoded paths as sent: "%2F" stays inside an id (and fails its
+	// syntax) instead of adding segments, and ".." is not cleaned into a
+	// redirect.
+	r.SkipClean(true)
+	r.UseEncodedPath()
 	r.Use(routeName)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		Error(w, r, apperr.Errorf(apperr.NotFound, "no such endpoint"))

@@ -4,14 +4,11 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/gorilla/mux"
-
 	"proxyusage/internal/apperr"
 )
 
 func (s *Server) handleDailyMetrics(w http.ResponseWriter, r *http.Request) {
-	v := mux.Vars(r)
-	out, err := s.usage.Daily(r.Context(), caller(r), v["proxyId"], v["date"])
+	out, err := s.usage.Daily(r.Context(), caller(r), pathVar(r, "proxyId"), pathVar(r, "date"))
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -21,7 +18,7 @@ func (s *Server) handleDailyMetrics(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleRangeMetrics(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	out, err := s.usage.Range(r.Context(), caller(r), mux.Vars(r)["proxyId"], q.Get("startDate"), q.Get("endDate"))
+	out, err := s.usage.Range(r.Context(), caller(r), pathVar(r, "proxyId"), q.Get("startDate"), q.Get("endDate"))
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -30,7 +27,7 @@ func (s *Server) handleRangeMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSummary(w http.ResponseWriter, r *http.Request) {
-	out, err := s.usage.Summary(r.Context(), caller(r), mux.Vars(r)["proxyId"])
+	out, err := s.usage.Summary(r.Context(), caller(r), pathVar(r, "proxyId"))
 	if err != nil {
 		Error(w, r, err)
 		return

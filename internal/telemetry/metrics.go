@@ -14,6 +14,7 @@ type Metrics struct {
 
 	HTTPRequests *prometheus.CounterVec   // route, method, status
 	HTTPDuration *prometheus.HistogramVec // route, method
+	HTTPShed     prometheus.Counter
 
 	IngestEvents      *prometheus.CounterVec // result: accepted, duplicate, rejected
 	IngestBatchSize   prometheus.Histogram
@@ -45,6 +46,10 @@ func New() *Metrics {
 			Help:    "HTTP request latency in seconds, by mux route template and method.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"route", "method"}),
+		HTTPShed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_http_shed_total",
+			Help: "Requests refused with 503 because the in-flight or body-memory limit was reached.",
+		}),
 		IngestEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyusage_ingest_events_total",
 			Help: "Usage events received, by result: accepted (newly stored), duplicate (idempotent repeat), rejected (invalid or refused).",
@@ -104,7 +109,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.HTTPRequests, m.HTTPDuration,
+		m.HTTPRequests, m.HTTPDuration, m.HTTPShed,
 		m.IngestEvents, m.IngestBatchSize, m.IngestFlushes, m.IngestFlushTime,
 		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed,
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
