@@ -1,0 +1,188 @@
+package workload
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/ingest"
+	"proxyusage/internal/rollup"
+)
+
+// DB is what the seeding functions need: a transaction or a connection.
+type DB interface {
+	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// EventColumns are the usage_events columns a direct COPY fills: the same
+// values the ingest writer stores, latency_bucket included.
+var EventColumns = []string{"time", "proxy_id", "event_type", "event_id", "connection_id", "bytes_sent",
+	"bytes_received", "duration_us", "latency_us", "latency_bucket", "error_message", "ip_address", "received_at"}
+
+// CopySource streams events as usage_events rows (binary COPY).
+type CopySource struct {
+	events   []ingest.Event
+	i        int
+	received time.Time
+	row      [13]any
+}
+
+// NewCopySource returns a COPY source of events received at receivedAt.
+func NewCopySource(events []ingest.Event, receivedAt time.Time) *CopySource {
+	return &CopySource{events: events, i: -1, received: receivedAt}
+}
+
+// Next advances to the next row.
+func (s *CopySource) Next() bool {
+	s.i++
+	return s.i < len(s.events)
+}
+
+// Values returns the current row, in EventColumns order.
+func (s *CopySource) Values() ([]any, error) {
+	e := &s.events[s.i]
+	r := &s.row
+	r[0], r[1], r[2], r[3], r[4] = e.Time, e.ProxyID, e.Type, nullText(e.EventID), nullText(e.ConnectionID)
+	r[5], r[6] = e.BytesSent, e.BytesReceived
+	r[7], r[8], r[9] = nil, nil, nil
+	if e.HasDuration {
+		r[7] = e.DurationUS
+	}
+	if e.HasLatency {
+		r[8], r[9] = e.LatencyUS, rollup.LatencyBucket(e.LatencyUS)
+	}
+	r[10], r[11] = nullText(e.ErrorMessage), nil
+	if e.IP.IsValid() {
+		r[11] = e.IP
+	}
+	r[12] = s.received
+	return r[:], nil
+}
+
+// Err is always nil.
+func (s *CopySource) Err() error { return nil }
+
+func nullText(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// CopyEvents copies events into table (usage_events, or a table with its
+// columns) with binary COPY and returns the rows copied.
+func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event, receivedAt time.Time) (int64, error) {
+	n, err := db.CopyFrom(ctx, pgx.Identifier{table}, EventColumns, NewCopySource(events, receivedAt))
+	if err != nil {
+		return n, fmt.Errorf("workload: copy into %s: %w", table, err)
+	}
+	return n, nil
+}
+
+// LogInvalidations appends what events touch to the invalidation logs, as
+// the ingest writer does: each distinct (proxy, UTC day) to
+// usage_invalidations and each (proxy, connection) of a start or end to
+// usage_connection_invalidations, so the rollup worker rolls them up.
+func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
+	days := map[rollup.DayKey]struct{}{}
+	conns := map[rollup.ConnKey]struct{}{}
+	for i := range events {
+		e := &events[i]
+		days[rollup.DayKey{ProxyID: e.ProxyID, Day: rollup.Day(e.Time)}] = struct{}{}
+		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
+			conns[rollup.ConnKey{ProxyID: e.ProxyID, ConnectionID: e.ConnectionID}] = struct{}{}
+		}
+	}
+	dp, dd := make([]string, 0, len(days)), make([]time.Time, 0, len(days))
+	for k := range days {
+		dp, dd = append(dp, k.ProxyID), append(dd, k.Day)
+	}
+	cp, cc := make([]string, 0, len(conns)), make([]string, 0, len(conns))
+	for k := range conns {
+		cp, cc = append(cp, k.ProxyID), append(cc, k.ConnectionID)
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO usage_invalidations (proxy_id, day)
+		SELECT * FROM unnest($1::text[], $2::date[])`, dp, dd); err != nil {
+		return fmt.Errorf("workload: log invalidations: %w", err)
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO usage_connection_invalidations (proxy_id, connection_id)
+		SELECT * FROM unnest($1::text[], $2::text[])`, cp, cc); err != nil {
+		return fmt.Errorf("workload: log connection invalidations: %w", err)
+	}
+	return nil
+}
+
+// Seed copies the generator's remaining events into usage_events in
+// transactions of chunk events, each with its invalidation log entries,
+// calling progress after each. It returns the number of events stored.
+func Seed(ctx context.Context, pool *pgxpool.Pool, g *Generator, chunk int, progress func(done int)) (int, error) {
+	buf := make([]ingest.Event, 0, chunk)
+	done := 0
+	for {
+		buf = g.Next(buf[:0], chunk)
+		if len(buf) == 0 {
+			return done, nil
+		}
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := CopyEvents(ctx, tx, "usage_events", buf, time.Now()); err != nil {
+				return err
+			}
+			return LogInvalidations(ctx, tx, buf)
+		})
+		if err != nil {
+			return done, err
+		}
+		done += len(buf)
+		if progress != nil {
+			progress(done)
+		}
+	}
+}
+
+// Tier plan of the generated users: most are free, some premium since
+// upgradeDays ago, one in ten enterprise with a contract.
+const (
+	upgradeDays = 45
+)
+
+// SeedAccounts creates the generator's users (with tier history and
+// enterprise contracts) and proxies, skipping those that exist. today
+// anchors the tier changes.
+func SeedAccounts(ctx context.Context, db DB, g *Generator, today time.Time) error {
+	users := g.Users()
+	var premium, enterprise []string
+	for i, u := range users {
+		switch {
+		case i%10 == 9:
+			enterprise = append(enterprise, u)
+		case i%10 >= 6:
+			premium = append(premium, u)
+		}
+	}
+	ids, owners := make([]string, len(g.proxies)), make([]string, len(g.proxies))
+	for i, p := range g.proxies {
+		ids[i], owners[i] = p.ID, p.UserID
+	}
+	since := rollup.Day(today).AddDate(0, 0, -upgradeDays)
+	for _, st := range []struct {
+		sql  string
+		args []any
+	}{
+		{`INSERT INTO users (id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, []any{users}},
+		{`INSERT INTO proxies (id, user_id, name) SELECT id, uid, 'bench ' || id FROM unnest($1::text[], $2::text[]) AS p(id, uid)
+		   ON CONFLICT DO NOTHING`, []any{ids, owners}},
+		{`INSERT INTO user_tiers (user_id, effective_from, tier) SELECT unnest($1::text[]), $2, 'premium' ON CONFLICT DO NOTHING`, []any{premium, since}},
+		{`INSERT INTO user_tiers (user_id, effective_from, tier) SELECT unnest($1::text[]), $2, 'enterprise' ON CONFLICT DO NOTHING`, []any{enterprise, since.AddDate(0, 0, -30)}},
+		{`INSERT INTO user_contracts (user_id, base_monthly, per_gb, currency) SELECT unnest($1::text[]), 500, 0.005, 'USD' ON CONFLICT DO NOTHING`, []any{enterprise}},
+	} {
+		if _, err := db.Exec(ctx, st.sql, st.args...); err != nil {
+			return fmt.Errorf("workload: seed accounts: %w", err)
+		}
+	}
+	return nil
+}
