@@ -38,3 +38,11 @@ token: ## Print a dev token for the local setup (make token ARGS='-sub bob -role
 clean-data: ## Stop and delete the local cluster under .data/
 	-@[ -f .data/postgres/postmaster.pid ] && runuser -u postgres -- $$(dirname $$(readlink -f $$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)))/pg_ctl -D .data/postgres -m fast stop
 	rm -rf .data
+
+FUZZTIME ?= 60s
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (make test runs only their seed corpora)
+	$(GO) test ./internal/ingest -run '^$$' -fuzz '^FuzzDecodeOne$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/ingest -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/usage -run '^$$' -fuzz '^FuzzParsePeriod$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/auth -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
