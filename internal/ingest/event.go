@@ -289,6 +289,10 @@ func parseMicros(field string, raw json.RawMessage, unit, max float64) (int64, b
 // audited body could mean two things).
 func strictUnmarshal(data []byte, v any, checkKeys bool) error {
 	if checkKeys {
+		// encoding/json would silently replace invalid UTF-8 with U+FFFD.
+		if !utf8.Valid(data) {
+			return invalid("body must be UTF-8 encoded JSON")
+		}
 		if err := checkNoDuplicateKeys(data); err != nil {
 			return err
 		}

@@ -37,8 +37,10 @@ const MaxNameLength = 256
 
 // ValidateID checks the SPEC §3 proxy id syntax.
 func ValidateID(id string) error {
-	if !idPattern.MatchString(id) {
-		return apperr.Errorf(apperr.Invalid, "proxyId must be 1-128 characters of [A-Za-z0-9._:-]")
+	// "." and ".." are dot-segments that HTTP clients rewrite (RFC 3986
+	// §5.2.4), so such a proxy could never be addressed reliably.
+	if !idPattern.MatchString(id) || id == "." || id == ".." {
+		return apperr.Errorf(apperr.Invalid, "proxyId must be 1-128 characters of [A-Za-z0-9._:-] (and not . or ..)")
 	}
 	return nil
 }
