@@ -107,8 +107,9 @@ func (s *Server) outer(next http.Handler) http.Handler {
 				status = http.StatusOK
 			}
 			elapsed := time.Since(start)
-			s.metrics.HTTPRequests.WithLabelValues(info.route, r.Method, strconv.Itoa(status)).Inc()
-			s.metrics.HTTPDuration.WithLabelValues(info.route, r.Method).Observe(elapsed.Seconds())
+			method := metricMethod(r.Method)
+			s.metrics.HTTPRequests.WithLabelValues(info.route, method, strconv.Itoa(status)).Inc()
+			s.metrics.HTTPDuration.WithLabelValues(info.route, method).Observe(elapsed.Seconds())
 			log.LogAttrs(ctx, slog.LevelDebug, "request",
 				slog.String("method", r.Method), slog.String("route", info.route),
 				slog.Int("status", status), slog.Duration("took", elapsed))
@@ -171,4 +172,15 @@ func pathVar(r *http.Request, name string) string {
 		return d
 	}
 	return v
+}
+
+// metricMethod bounds the method label: clients choose the method string,
+// so anything unusual is counted as "other".
+func metricMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
 }
