@@ -211,6 +211,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Server, err = httpx.NewServer(httpx.Config{
 		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
 		Ingest: ingestSvc, Usage: usageSvc, Billing: billingSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
+		MaxInflight: m.Config.MaxInflight,
 	})
 	if err != nil {
 		return err

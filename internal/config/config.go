@@ -31,6 +31,8 @@ type Config struct {
 	MaxFutureSkew    time.Duration
 	MaxConnectionAge time.Duration
 	RawRetention     time.Duration
+
+	MaxInflight int64 // requests handled at once before shedding (0: default)
 }
 
 // Defaults used when the environment does not say otherwise.
@@ -74,6 +76,11 @@ func FromEnv() (Config, error) {
 		MaxFutureSkew:    DefaultMaxFutureSkew,
 		MaxConnectionAge: dur("MAX_CONNECTION_AGE", DefaultMaxConnectionAge),
 		RawRetention:     dur("RAW_RETENTION", DefaultRawRetention),
+	}
+	if v := os.Getenv("MAX_INFLIGHT"); v != "" {
+		if _, err := fmt.Sscanf(v, "%d", &c.MaxInflight); err != nil || c.MaxInflight <= 0 {
+			errs = append(errs, fmt.Errorf("MAX_INFLIGHT: %q is not a positive integer", v))
+		}
 	}
 	if v := os.Getenv("LOG_LEVEL"); v != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {

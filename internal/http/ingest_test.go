@@ -64,7 +64,15 @@ func TestRecordValidation(t *testing.T) {
 		}
 		for _, c := range cases {
 			r := env.Do(http.MethodPost, "/proxy/usage/"+c.path+"/record", tok, []byte(c.body))
-			t.Run(c.name, func(t *testing.T) { r.ExpectError(t, c.status, c.code) })
+			t.Run(c.name, func(t *testing.T) {
+				m := r.ExpectError(t, c.status, c.code)
+				if c.name == "too old timestamp" && !strings.Contains(m["message"].(string), "35 days") {
+					t.Fatalf("message does not name the window: %v", m["message"])
+				}
+				if c.name == "future timestamp" && !strings.Contains(m["message"].(string), "5m") {
+					t.Fatalf("message does not name the skew: %v", m["message"])
+				}
+			})
 		}
 		// Wrong content type.
 		req, _ := http.NewRequest(http.MethodPost, env.URL+"/proxy/usage/p1/record", strings.NewReader(`{"eventType":"error"}`))
