@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/database"
@@ -329,13 +330,30 @@ func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
 			// extended-protocol) transaction block.
 			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz)`,
 				view, start.Format(time.RFC3339), end.Format(time.RFC3339))
-			if _, err := w.cfg.Pool.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			if err := w.refresh(ctx, sql); err != nil {
 				return fmt.Errorf("rollup: refresh %s: %w", view, err)
 			}
 		}
 		i = j + 1
 	}
 	return nil
+}
+
+// refresh runs one refresh, waiting out a concurrent one (the policy's
+// backstop job) for a few seconds.
+func (w *Worker) refresh(ctx context.Context, sql string) error {
+	for attempt := 0; ; attempt++ {
+		_, err := w.cfg.Pool.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55P03" || attempt == 50 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // repair re-pairs the connections, replaces their stored intervals and adds
