@@ -150,8 +150,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.Metrics = telemetry.New()
-	verifier, err := auth.NewVerifier(auth.Config{
-		Secret: []byte(m.Config.JWTSecret), Issuer: m.Config.JWTIssuer, Audience: m.Config.JWTAudience,
+	verifier, err := auth.NewVerifier(context.WithoutCancel(ctx), auth.Config{
+		Secret: []byte(m.Config.JWTSecret), JWKSURL: m.Config.JWTJWKSURL,
+		Issuer: m.Config.JWTIssuer, Audience: m.Config.JWTAudience, Logger: m.Logger,
 	})
 	if err != nil {
 		return err

@@ -3,14 +3,20 @@
 package auth
 
 import (
+	"cmp"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
 
 	"proxyusage/internal/apperr"
 )
@@ -42,52 +48,101 @@ type Claims struct {
 	jwt.RegisteredClaims
 }
 
-// Config configures a Verifier.
+// Config configures a Verifier. At least one of Secret and JWKSURL is
+// required.
 type Config struct {
-	Secret   []byte // HS256 key
+	Secret   []byte // HS256 key (JWT_SECRET)
+	JWKSURL  string // JWK Set of an identity provider (JWT_JWKS_URL): RS256, ES256, EdDSA
 	Issuer   string // checked when set
 	Audience string // checked when set
+
+	// JWKSRefresh is how often the key set is re-fetched (default 1h); an
+	// unknown kid also triggers a (rate-limited) refresh, so rotated keys
+	// are picked up at once.
+	JWKSRefresh time.Duration
+	Logger      *slog.Logger
 }
 
-// Verifier checks bearer tokens. Only HS256 is accepted: alg is pinned so
-// that "none" and algorithm confusion are refused.
+// asymmetric are the algorithms accepted with JWKS keys.
+var asymmetric = []string{jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg(), jwt.SigningMethodEdDSA.Alg()}
+
+// Verifier checks bearer tokens. Each key source has its own parser with
+// its algorithms pinned: HS256 tokens are only ever checked with the
+// secret and asymmetric ones only with JWKS keys, so "none" and HS/RS
+// confusion (an HMAC over a public key) are refused.
 type Verifier struct {
-	parser *jwt.Parser
+	hmac   *jwt.Parser
 	secret []byte
+	jwks   *jwt.Parser
+	keys   keyfunc.Keyfunc
 }
 
-// NewVerifier returns a Verifier for cfg.
-func NewVerifier(cfg Config) (*Verifier, error) {
-	if len(cfg.Secret) == 0 {
-		return nil, errors.New("auth: a secret is required")
+// NewVerifier returns a Verifier for cfg. With a JWKS URL it fetches the
+// key set in the background until ctx ends; an identity provider that is
+// down at start only delays acceptance of its tokens.
+func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
+	if len(cfg.Secret) == 0 && cfg.JWKSURL == "" {
+		return nil, errors.New("auth: a secret or a JWKS URL is required")
 	}
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(30 * time.Second),
-	}
+	common := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithLeeway(30 * time.Second)}
 	if cfg.Issuer != "" {
-		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+		common = append(common, jwt.WithIssuer(cfg.Issuer))
 	}
 	if cfg.Audience != "" {
-		opts = append(opts, jwt.WithAudience(cfg.Audience))
+		common = append(common, jwt.WithAudience(cfg.Audience))
 	}
-	return &Verifier{parser: jwt.NewParser(opts...), secret: cfg.Secret}, nil
+	v := &Verifier{}
+	if len(cfg.Secret) > 0 {
+		v.secret = cfg.Secret
+		v.hmac = jwt.NewParser(append(common, jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}))...)
+	}
+	if cfg.JWKSURL != "" {
+		log := cfg.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		noErr := true
+		keys, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{cfg.JWKSURL}, keyfunc.Override{
+			HTTPTimeout:               5 * time.Second,
+			NoErrorReturnFirstHTTPReq: &noErr,
+			RefreshInterval:           cmp.Or(cfg.JWKSRefresh, time.Hour),
+			RefreshUnknownKID:         rate.NewLimiter(rate.Every(30*time.Second), 1),
+			RateLimitWaitMax:          100 * time.Millisecond,
+			RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
+				return func(ctx context.Context, err error) {
+					log.Warn("JWKS refresh failed", slog.String("url", u), slog.Any("error", err))
+				}
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("auth: JWKS %s: %w", cfg.JWKSURL, err)
+		}
+		v.keys = keys
+		v.jwks = jwt.NewParser(append(common, jwt.WithValidMethods(asymmetric))...)
+	}
+	return v, nil
 }
 
 // MaxUserIDLength bounds the sub claim (users.id).
 const MaxUserIDLength = 256
 
 // Verify parses an Authorization header value and returns the caller.
-func (v *Verifier) Verify(header string) (Principal, error) {
+func (v *Verifier) Verify(ctx context.Context, header string) (Principal, error) {
 	raw, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || strings.TrimSpace(raw) == "" {
+	raw = strings.TrimSpace(raw)
+	if !ok || raw == "" {
 		return Principal{}, apperr.Errorf(apperr.Unauthenticated, "missing bearer token")
 	}
 	var claims Claims
-	_, err := v.parser.ParseWithClaims(strings.TrimSpace(raw), &claims, func(t *jwt.Token) (any, error) {
-		return v.secret, nil
-	})
+	var err error
+	switch alg := headerAlg(raw); {
+	case alg == jwt.SigningMethodHS256.Alg() && v.hmac != nil:
+		_, err = v.hmac.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) { return v.secret, nil })
+	case slices.Contains(asymmetric, alg) && v.jwks != nil:
+		_, err = v.jwks.ParseWithClaims(raw, &claims, v.keys.KeyfuncCtx(ctx))
+	default:
+		return Principal{}, apperr.Errorf(apperr.Unauthenticated, "invalid token: algorithm not accepted")
+	}
 	if err != nil {
 		return Principal{}, apperr.Errorf(apperr.Unauthenticated, "invalid token: %s", reason(err))
 	}
@@ -95,6 +150,26 @@ func (v *Verifier) Verify(header string) (Principal, error) {
 		return Principal{}, apperr.Errorf(apperr.Unauthenticated, "invalid token: sub claim missing or too long")
 	}
 	return Principal{UserID: claims.Subject, Roles: claims.Roles}, nil
+}
+
+// headerAlg reads the alg of a compact JWS without trusting it: it only
+// picks which pinned parser (and key source) gets to verify the token.
+func headerAlg(token string) string {
+	head, _, ok := strings.Cut(token, ".")
+	if !ok || len(head) > 4096 {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(head)
+	if err != nil {
+		return ""
+	}
+	var h struct {
+		Alg string `json:"alg"`
+	}
+	if json.Unmarshal(b, &h) != nil {
+		return ""
+	}
+	return h.Alg
 }
 
 // reason names what was wrong with a token without echoing it.

@@ -11,7 +11,7 @@ import (
 var secret = []byte("fuzz-secret-0123456789abcdef012345")
 
 func FuzzVerify(f *testing.F) {
-	v, err := NewVerifier(Config{Secret: secret, Issuer: "iss", Audience: "aud"})
+	v, err := NewVerifier(f.Context(), Config{Secret: secret, Issuer: "iss", Audience: "aud"})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -22,7 +22,7 @@ func FuzzVerify(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, header string) {
-		p, err := v.Verify(header)
+		p, err := v.Verify(t.Context(), header)
 		if err != nil {
 			if strings.Contains(err.Error(), strings.TrimPrefix(header, "Bearer ")) && len(header) > 20 {
 				t.Fatalf("error echoes the token: %v", err)
@@ -37,15 +37,15 @@ func FuzzVerify(f *testing.F) {
 }
 
 func TestVerifierRejectsWrongAlgorithmFamily(t *testing.T) {
-	v, _ := NewVerifier(Config{Secret: secret})
+	v, _ := NewVerifier(t.Context(), Config{Secret: secret})
 	claims := jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(time.Hour).Unix()}
 	for _, m := range []jwt.SigningMethod{jwt.SigningMethodHS384, jwt.SigningMethodHS512} {
 		tok, _ := jwt.NewWithClaims(m, claims).SignedString(secret)
-		if _, err := v.Verify("Bearer " + tok); err == nil {
+		if _, err := v.Verify(t.Context(), "Bearer "+tok); err == nil {
 			t.Errorf("%s accepted with alg pinned to HS256", m.Alg())
 		}
 	}
-	if _, err := NewVerifier(Config{}); err == nil {
+	if _, err := NewVerifier(t.Context(), Config{}); err == nil {
 		t.Error("verifier without a key")
 	}
 }

@@ -135,7 +135,7 @@ func routeName(next http.Handler) http.Handler {
 // authenticate verifies the bearer token and makes sure the user row exists.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.verifier.Verify(r.Header.Get("Authorization"))
+		p, err := s.verifier.Verify(r.Context(), r.Header.Get("Authorization"))
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="proxyusage"`)
 			Error(w, r, err)
