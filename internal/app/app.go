@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,7 +32,8 @@ import (
 	"proxyusage/internal/user"
 )
 
-// LocalPort is the port of the local cluster `make run` creates under .data/.
+// LocalPort is the preferred port of the local cluster `make run` creates
+// under .data/ (another free one is used, and remembered, if it is taken).
 const LocalPort = 54329
 
 // Main is the running service.
@@ -66,8 +68,12 @@ func (m *Main) EnsureLocal(ctx context.Context) error {
 	if err := os.MkdirAll(m.Config.DataDir, 0o755); err != nil {
 		return err
 	}
-	m.Cluster = &database.LocalCluster{Dir: filepath.Join(m.Config.DataDir, "postgres"), Port: LocalPort, Timescale: true}
-	m.Logger.Info("starting local postgres", slog.String("dir", m.Cluster.Dir), slog.Int("port", LocalPort))
+	port, err := localPort(m.Config.DataDir)
+	if err != nil {
+		return err
+	}
+	m.Cluster = &database.LocalCluster{Dir: filepath.Join(m.Config.DataDir, "postgres"), Port: port, Timescale: true}
+	m.Logger.Info("starting local postgres", slog.String("dir", m.Cluster.Dir), slog.Int("port", port))
 	if err := m.Cluster.Start(ctx); err != nil {
 		return err
 	}
@@ -83,6 +89,25 @@ func (m *Main) EnsureLocal(ctx context.Context) error {
 		m.Config.JWTSecret = secret
 	}
 	return nil
+}
+
+// localPort returns the local cluster's port, chosen on first use (LocalPort
+// unless it is taken) and remembered under the data directory.
+func localPort(dataDir string) (int, error) {
+	file := filepath.Join(dataDir, "postgres.port")
+	if b, err := os.ReadFile(file); err == nil {
+		var p int
+		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &p); err == nil && p > 0 {
+			return p, nil
+		}
+	}
+	port := LocalPort
+	if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		l.Close()
+	} else if port, err = database.FreePort(); err != nil {
+		return 0, err
+	}
+	return port, os.WriteFile(file, []byte(fmt.Sprintf("%d\n", port)), 0o644)
 }
 
 // CreateDatabase creates database name unless it exists.
