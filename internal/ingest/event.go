@@ -4,14 +4,11 @@
 package ingest
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -80,29 +77,195 @@ func humanDuration(d time.Duration) string {
 	return d.String()
 }
 
-// wireEvent is the JSON shape of an event. Raw fields are parsed by hand so
-// that numbers keep their exact text and types are strict.
+// wireString is a JSON string field: set when present and not null, raw
+// its undecoded content.
+type wireString struct {
+	set bool
+	raw []byte
+}
+
+func (s wireString) String() string { return unquote(s.raw) }
+
+// wireEvent is the JSON shape of an event. Numeric fields keep their raw
+// text (nil: absent; "null" counts as present), so numbers are parsed
+// exactly and types are strict.
 type wireEvent struct {
-	ProxyID   *string   `json:"proxyId"`
-	EventType *string   `json:"eventType"`
-	EventID   *string   `json:"eventId"`
-	Timestamp *string   `json:"timestamp"`
-	EventData *wireData `json:"eventData"`
+	ProxyID   wireString
+	EventType wireString
+	EventID   wireString
+	Timestamp wireString
+	HasData   bool
+	Data      wireData
 }
 
 type wireData struct {
-	ConnectionID    *string         `json:"connectionId"`
-	BytesSent       json.RawMessage `json:"bytesSent"`
-	BytesReceived   json.RawMessage `json:"bytesReceived"`
-	DataBytes       json.RawMessage `json:"dataBytes"`
-	DurationSeconds json.RawMessage `json:"durationSeconds"`
-	LatencyMs       json.RawMessage `json:"latencyMs"`
-	ErrorMessage    *string         `json:"errorMessage"`
-	IPAddress       *string         `json:"ipAddress"`
+	ConnectionID    wireString
+	BytesSent       []byte
+	BytesReceived   []byte
+	DataBytes       []byte
+	DurationSeconds []byte
+	LatencyMs       []byte
+	ErrorMessage    wireString
+	IPAddress       wireString
 }
 
-type wireBatch struct {
-	Events []json.RawMessage `json:"events"`
+var (
+	eventFields = []string{"proxyId", "eventType", "eventId", "timestamp", "eventData"}
+	dataFields  = []string{"connectionId", "bytesSent", "bytesReceived", "dataBytes", "durationSeconds", "latencyMs", "errorMessage", "ipAddress"}
+	batchFields = []string{"events"}
+)
+
+// typeErr remembers the first field that had the wrong JSON type.
+type typeErr struct {
+	set   bool
+	field string // "" for the value itself
+}
+
+func (t *typeErr) add(field string) {
+	if !t.set {
+		t.set, t.field = true, field
+	}
+}
+
+func (t *typeErr) err() error {
+	if !t.set {
+		return nil
+	}
+	if t.field == "" {
+		return invalid(msgShape)
+	}
+	return invalid("%s has the wrong type", t.field)
+}
+
+func readString(c *cursor, dst *wireString, field string, te *typeErr) {
+	switch c.kind() {
+	case '"':
+		*dst = wireString{set: true, raw: c.str()}
+	case 'n':
+		c.i += 4
+		*dst = wireString{}
+	default:
+		c.skip()
+		te.add(field)
+	}
+}
+
+// decodeEvent reads the event value at the cursor into w.
+func decodeEvent(c *cursor, w *wireEvent) error {
+	var te typeErr
+	switch c.kind() {
+	case 'n':
+		c.i += 4
+		return nil
+	case '{':
+	default:
+		c.skip()
+		te.add("")
+		return te.err()
+	}
+	c.object(func(key []byte) {
+		switch fieldIndex(key, eventFields) {
+		case 0:
+			readString(c, &w.ProxyID, "proxyId", &te)
+		case 1:
+			readString(c, &w.EventType, "eventType", &te)
+		case 2:
+			readString(c, &w.EventID, "eventId", &te)
+		case 3:
+			readString(c, &w.Timestamp, "timestamp", &te)
+		case 4:
+			switch c.kind() {
+			case 'n':
+				c.i += 4
+				w.HasData, w.Data = false, wireData{}
+			case '{':
+				if !w.HasData {
+					w.HasData, w.Data = true, wireData{}
+				}
+				decodeData(c, &w.Data, &te)
+			default:
+				c.skip()
+				te.add("eventData")
+			}
+		default:
+			c.skip()
+		}
+	})
+	return te.err()
+}
+
+func decodeData(c *cursor, d *wireData, te *typeErr) {
+	c.object(func(key []byte) {
+		switch fieldIndex(key, dataFields) {
+		case 0:
+			readString(c, &d.ConnectionID, "eventData.connectionId", te)
+		case 1:
+			d.BytesSent = c.skip()
+		case 2:
+			d.BytesReceived = c.skip()
+		case 3:
+			d.DataBytes = c.skip()
+		case 4:
+			d.DurationSeconds = c.skip()
+		case 5:
+			d.LatencyMs = c.skip()
+		case 6:
+			readString(c, &d.ErrorMessage, "eventData.errorMessage", te)
+		case 7:
+			readString(c, &d.IPAddress, "eventData.ipAddress", te)
+		default:
+			c.skip()
+		}
+	})
+}
+
+// decodeEnvelope reads a batch body's value: the raw events.
+func decodeEnvelope(c *cursor) ([][]byte, error) {
+	var te typeErr
+	var events [][]byte
+	switch c.kind() {
+	case 'n':
+		return nil, nil
+	case '{':
+	default:
+		c.skip()
+		te.add("")
+		return nil, te.err()
+	}
+	c.object(func(key []byte) {
+		if fieldIndex(key, batchFields) != 0 {
+			c.skip()
+			return
+		}
+		switch c.kind() {
+		case '[':
+			events = events[:0]
+			c.array(func() { events = append(events, c.skip()) })
+		case 'n':
+			c.i += 4
+			events = nil
+		default:
+			c.skip()
+			te.add("events")
+		}
+	})
+	return events, te.err()
+}
+
+// parseBody checks a whole body and returns a cursor on its single value.
+func parseBody(body []byte) (cursor, bool, error) {
+	// encoding/json would silently replace invalid UTF-8 with U+FFFD.
+	if !utf8.Valid(body) {
+		return cursor{}, false, invalid("body must be UTF-8 encoded JSON")
+	}
+	first, more, depth, err := scanBody(body)
+	if err != nil {
+		return cursor{}, false, err
+	}
+	if first == nil || depth > maxNestingDepth {
+		return cursor{}, false, invalid(msgShape)
+	}
+	return cursor{d: first}, more, nil
 }
 
 // Decoder turns request bodies into validated events.
@@ -113,46 +276,66 @@ type Decoder struct {
 
 // DecodeOne decodes the body of the single-event endpoint for proxyID.
 func (d Decoder) DecodeOne(body []byte, proxyID string) (Event, error) {
-	if err := proxy.ValidateID(proxyID); err != nil {
+	if !validProxyID(proxyID) {
 		return Event{}, apperr.Errorf(apperr.NotFound, "proxy not found")
 	}
-	var w wireEvent
-	if err := strictUnmarshal(body, &w, true); err != nil {
+	c, more, err := parseBody(body)
+	if err != nil {
 		return Event{}, err
 	}
-	w.ProxyID = &proxyID
-	return d.validate(&w, d.Now().UTC())
+	var w wireEvent
+	if err := decodeEvent(&c, &w); err != nil {
+		return Event{}, err
+	}
+	if more {
+		return Event{}, invalid(msgSingle)
+	}
+	return d.validate(&w, proxyID, d.Now().UTC())
 }
 
 // DecodeBatch decodes a batch body. It returns the events that precede the
 // first invalid one and that failure (with its index), so the caller can
 // let a lower-index authorization failure win.
 func (d Decoder) DecodeBatch(body []byte) ([]Event, error) {
-	var b wireBatch
-	if err := strictUnmarshal(body, &b, true); err != nil {
+	c, more, err := parseBody(body)
+	if err != nil {
 		return nil, err
 	}
-	if len(b.Events) == 0 {
+	raws, err := decodeEnvelope(&c)
+	if err != nil {
+		return nil, err
+	}
+	if more {
+		return nil, invalid(msgSingle)
+	}
+	if len(raws) == 0 {
 		return nil, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", MaxBatchEvents)
 	}
-	if len(b.Events) > MaxBatchEvents {
+	if len(raws) > MaxBatchEvents {
 		return nil, apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
 	}
 	now := d.Now().UTC()
-	events := make([]Event, 0, len(b.Events))
-	for i, raw := range b.Events {
+	events := make([]Event, 0, len(raws))
+	// Proxy ids repeat across a batch: decode and check each once.
+	ids := make(map[string]string, 64)
+	for i, raw := range raws {
 		var w wireEvent
-		// Keys were checked with the whole body.
-		if err := strictUnmarshal(raw, &w, false); err != nil {
+		ec := cursor{d: raw}
+		if err := decodeEvent(&ec, &w); err != nil {
 			return events, apperr.AtIndex(err, i)
 		}
-		if w.ProxyID == nil {
+		if !w.ProxyID.set {
 			return events, &apperr.Error{Code: apperr.Invalid, Message: "proxyId is required", Index: i}
 		}
-		if err := proxy.ValidateID(*w.ProxyID); err != nil {
-			return events, apperr.AtIndex(err, i)
+		id, ok := ids[string(w.ProxyID.raw)]
+		if !ok {
+			id = w.ProxyID.String()
+			if !validProxyID(id) {
+				return events, apperr.AtIndex(proxy.ValidateID(id), i)
+			}
+			ids[string(w.ProxyID.raw)] = id
 		}
-		e, err := d.validate(&w, now)
+		e, err := d.validate(&w, id, now)
 		if err != nil {
 			return events, apperr.AtIndex(err, i)
 		}
@@ -161,29 +344,63 @@ func (d Decoder) DecodeBatch(body []byte) ([]Event, error) {
 	return events, nil
 }
 
+// validProxyID is proxy.ValidateID without the regexp: 1-128 characters
+// of [A-Za-z0-9._:-], and not the dot-segments "." and "..".
+func validProxyID(id string) bool {
+	if len(id) == 0 || len(id) > 128 || id == "." || id == ".." {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 func invalid(format string, args ...any) error {
 	return apperr.Errorf(apperr.Invalid, format, args...)
 }
 
-func (d Decoder) validate(w *wireEvent, now time.Time) (Event, error) {
-	e := Event{ProxyID: *w.ProxyID}
-	if w.EventType == nil {
+// eventType returns the canonical constant for a raw type name.
+func eventType(s wireString) (string, bool) {
+	v := string(s.raw)
+	if needsUnquote(s.raw) {
+		v = s.String()
+	}
+	switch v {
+	case ConnectionStart:
+		return ConnectionStart, true
+	case ConnectionEnd:
+		return ConnectionEnd, true
+	case DataTransfer:
+		return DataTransfer, true
+	case ErrorEvent:
+		return ErrorEvent, true
+	}
+	return "", false
+}
+
+func (d Decoder) validate(w *wireEvent, proxyID string, now time.Time) (Event, error) {
+	e := Event{ProxyID: proxyID}
+	if !w.EventType.set {
 		return e, invalid("eventType is required")
 	}
-	switch *w.EventType {
-	case ConnectionStart, ConnectionEnd, DataTransfer, ErrorEvent:
-		e.Type = *w.EventType
-	default:
+	typ, ok := eventType(w.EventType)
+	if !ok {
 		return e, invalid("eventType must be one of connection_start, connection_end, data_transfer, error")
 	}
-	if w.EventID != nil {
-		if err := checkText("eventId", *w.EventID, 1, MaxIDLength); err != nil {
+	e.Type = typ
+	if w.EventID.set {
+		id := w.EventID.String()
+		if err := checkText("eventId", id, 1, MaxIDLength); err != nil {
 			return e, err
 		}
-		e.EventID = *w.EventID
+		e.EventID = id
 	}
-	if w.Timestamp != nil {
-		ts, err := time.Parse(time.RFC3339Nano, *w.Timestamp)
+	if w.Timestamp.set {
+		ts, err := parseTimestamp(w.Timestamp)
 		if err != nil {
 			return e, invalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z")
 		}
@@ -194,15 +411,16 @@ func (d Decoder) validate(w *wireEvent, now time.Time) (Event, error) {
 	} else {
 		e.Time = now.Truncate(time.Microsecond)
 	}
-	data := w.EventData
-	if data == nil {
+	data := &w.Data
+	if !w.HasData {
 		data = &wireData{}
 	}
-	if data.ConnectionID != nil {
-		if err := checkText("eventData.connectionId", *data.ConnectionID, 1, MaxIDLength); err != nil {
+	if data.ConnectionID.set {
+		id := data.ConnectionID.String()
+		if err := checkText("eventData.connectionId", id, 1, MaxIDLength); err != nil {
 			return e, err
 		}
-		e.ConnectionID = *data.ConnectionID
+		e.ConnectionID = id
 	}
 	if (e.Type == ConnectionStart || e.Type == ConnectionEnd) && e.ConnectionID == "" {
 		return e, invalid("eventData.connectionId is required for %s", e.Type)
@@ -228,14 +446,15 @@ func (d Decoder) validate(w *wireEvent, now time.Time) (Event, error) {
 	if e.LatencyUS, e.HasLatency, err = parseMicros("eventData.latencyMs", data.LatencyMs, 1e3, MaxLatencyMs); err != nil {
 		return e, err
 	}
-	if data.ErrorMessage != nil {
-		if err := checkText("eventData.errorMessage", *data.ErrorMessage, 0, MaxErrorMessageLength); err != nil {
+	if data.ErrorMessage.set {
+		msg := data.ErrorMessage.String()
+		if err := checkText("eventData.errorMessage", msg, 0, MaxErrorMessageLength); err != nil {
 			return e, err
 		}
-		e.ErrorMessage = *data.ErrorMessage
+		e.ErrorMessage = msg
 	}
-	if data.IPAddress != nil {
-		ip, err := netip.ParseAddr(*data.IPAddress)
+	if data.IPAddress.set {
+		ip, err := netip.ParseAddr(data.IPAddress.String())
 		if err != nil || ip.Zone() != "" {
 			return e, invalid("eventData.ipAddress must be an IPv4 or IPv6 address")
 		}
@@ -244,17 +463,86 @@ func (d Decoder) validate(w *wireEvent, now time.Time) (Event, error) {
 	return e, nil
 }
 
+// parseTimestamp parses an RFC 3339 timestamp. The usual UTC form
+// (2026-01-02T15:04:05.123456Z) is read directly; anything else goes to
+// time.Parse, which decides.
+func parseTimestamp(s wireString) (time.Time, error) {
+	if t, ok := fastRFC3339(s.raw); ok {
+		return t, nil
+	}
+	return time.Parse(time.RFC3339Nano, s.String())
+}
+
+func digits(b []byte) (int, bool) {
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// fastRFC3339 reads YYYY-MM-DDTHH:MM:SS[.fraction]Z with every field in
+// range; ok is false for anything else.
+func fastRFC3339(b []byte) (time.Time, bool) {
+	if len(b) < 20 || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' || b[len(b)-1] != 'Z' {
+		return time.Time{}, false
+	}
+	year, ok1 := digits(b[0:4])
+	month, ok2 := digits(b[5:7])
+	day, ok3 := digits(b[8:10])
+	hour, ok4 := digits(b[11:13])
+	minute, ok5 := digits(b[14:16])
+	sec, ok6 := digits(b[17:19])
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) {
+		return time.Time{}, false
+	}
+	ns := 0
+	if frac := b[19 : len(b)-1]; len(frac) > 0 {
+		if frac[0] != '.' || len(frac) < 2 || len(frac) > 10 {
+			return time.Time{}, false
+		}
+		n, ok := digits(frac[1:])
+		if !ok {
+			return time.Time{}, false
+		}
+		for range 10 - len(frac) {
+			n *= 10
+		}
+		ns = n
+	}
+	if month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || sec > 59 {
+		return time.Time{}, false
+	}
+	if day > daysIn(time.Month(month), year) {
+		return time.Time{}, false
+	}
+	return time.Date(year, time.Month(month), day, hour, minute, sec, ns, time.UTC), true
+}
+
+func daysIn(m time.Month, year int) int {
+	if m == time.February {
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	}
+	return 31 - int((m-1)%7%2)
+}
+
 // checkText enforces a length in characters and text PostgreSQL can store.
 func checkText(field, s string, min, max int) error {
 	n := utf8.RuneCountInString(s)
-	if n < min || n > max || !utf8.ValidString(s) || bytes.IndexByte([]byte(s), 0) >= 0 {
+	if n < min || n > max || !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 {
 		return invalid("%s must be text of %d to %d characters", field, min, max)
 	}
 	return nil
 }
 
 // parseCount parses a non-negative int64 written as a JSON integer.
-func parseCount(field string, raw json.RawMessage) (int64, error) {
+func parseCount(field string, raw []byte) (int64, error) {
 	if raw == nil || string(raw) == "null" {
 		return 0, nil
 	}
@@ -270,7 +558,7 @@ func parseCount(field string, raw json.RawMessage) (int64, error) {
 
 // parseMicros parses a non-negative JSON number of units and converts it
 // to integer microseconds (unit = microseconds per unit).
-func parseMicros(field string, raw json.RawMessage, unit, max float64) (int64, bool, error) {
+func parseMicros(field string, raw []byte, unit, max float64) (int64, bool, error) {
 	if raw == nil || string(raw) == "null" {
 		return 0, false, nil
 	}
@@ -282,86 +570,6 @@ func parseMicros(field string, raw json.RawMessage, unit, max float64) (int64, b
 		return 0, false, invalid("%s must be a number from 0 to %g", field, max)
 	}
 	return int64(math.Round(v * unit)), true, nil
-}
-
-// strictUnmarshal decodes one JSON value, refusing trailing data and
-// duplicate keys (which decoders resolve differently, so a signed or
-// audited body could mean two things).
-func strictUnmarshal(data []byte, v any, checkKeys bool) error {
-	if checkKeys {
-		// encoding/json would silently replace invalid UTF-8 with U+FFFD.
-		if !utf8.Valid(data) {
-			return invalid("body must be UTF-8 encoded JSON")
-		}
-		if err := checkNoDuplicateKeys(data); err != nil {
-			return err
-		}
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return invalid("%s has the wrong type", typeErr.Field)
-		}
-		return invalid("body must be a JSON object of the documented shape")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return invalid("body must hold a single JSON value")
-	}
-	return nil
-}
-
-// checkNoDuplicateKeys walks the JSON tokens and refuses an object that
-// repeats a key.
-func checkNoDuplicateKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	type frame struct {
-		object bool
-		keys   map[string]struct{}
-		expect bool // next string token in an object is a key
-	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return invalid("body is not valid JSON")
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if top != nil && top.object && top.expect {
-			if key, ok := tok.(string); ok {
-				if _, dup := top.keys[key]; dup {
-					return invalid("duplicate key %q", truncate(key, 64))
-				}
-				top.keys[key] = struct{}{}
-				top.expect = false
-				continue
-			}
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{':
-				stack = append(stack, &frame{object: true, keys: map[string]struct{}{}, expect: true})
-				continue
-			case '[':
-				stack = append(stack, &frame{})
-				continue
-			default:
-				stack = stack[:len(stack)-1]
-			}
-		}
-		// A value finished: the enclosing object now expects a key.
-		if len(stack) > 0 && stack[len(stack)-1].object {
-			stack[len(stack)-1].expect = true
-		}
-	}
 }
 
 func truncate(s string, n int) string {
