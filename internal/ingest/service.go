@@ -86,18 +86,24 @@ func (s *Service) RecordBatch(ctx context.Context, caller auth.Principal, body [
 }
 
 func (s *Service) record(ctx context.Context, caller auth.Principal, events []Event, decodeErr error, batch bool) (Result, error) {
-	// Authorisation covers the events before the first invalid one, so a
-	// lower-index unwritable proxy wins over a later bad field.
-	if err := s.authorize(ctx, caller, events, batch); err != nil {
-		s.reject(len(events) + 1)
-		return Result{}, err
-	}
 	if decodeErr != nil {
+		// Authorisation covers the events before the first invalid one, so a
+		// lower-index unwritable proxy wins over a later bad field.
+		if err := s.authorize(ctx, caller, events, batch); err != nil {
+			s.reject(len(events) + 1)
+			return Result{}, err
+		}
 		s.reject(len(events) + 1)
 		return Result{}, decodeErr
 	}
+	// The writer checks the caller may write each proxy inside the flush's
+	// transaction: one lookup per commit instead of one per request.
+	accepted, denied, err := s.writer.WriteAs(ctx, caller, events, batch)
+	if denied {
+		s.reject(len(events) + 1)
+		return Result{}, err
+	}
 	s.metrics.IngestBatchSize.Observe(float64(len(events)))
-	accepted, err := s.writer.Write(ctx, events)
 	if err != nil {
 		return Result{}, err
 	}

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,20 +17,21 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
 )
 
 // WriterConfig configures a Writer.
 type WriterConfig struct {
-	// PoolConfig is copied for the writer's own connections, which carry a
-	// staging table each.
+	// PoolConfig is copied for the writer's own connections.
 	PoolConfig *pgxpool.Config
 	Metrics    *telemetry.Metrics
 	Logger     *slog.Logger
 
-	Writers        int           // concurrent flushing connections (default 2)
+	Writers        int           // concurrent flushing connections (default 3)
 	QueueSize      int           // requests waiting before load is shed (default 4096)
 	MaxFlushEvents int           // events per transaction (default 50,000)
 	FlushTimeout   time.Duration // per transaction (default 10s)
@@ -48,9 +52,22 @@ func (c *WriterConfig) validate() error {
 }
 
 // Writer is the group-commit writer: requests queue their events, a few
-// flushing loops each take everything waiting, write it in one transaction
-// (COPY into a staging table, then one statement that deduplicates, stores
-// and logs invalidations), and acknowledge every request after the commit.
+// flushing loops each take everything waiting and write it in one
+// transaction, and acknowledge every request after the commit.
+//
+// A flush starts with BEGIN and the authorisation lookup of every proxy in
+// it (one round trip), decides in memory which requests may write and
+// which events are candidates (keyless ones and the first occurrence of
+// each idempotency key), then either, for a small flush, runs one
+// statement that claims the keys, stores the events with a fresh key and
+// logs the invalidations, pipelined with COMMIT; or, for a large one,
+// claims the keys with a plain INSERT (falling back to ON CONFLICT DO
+// NOTHING ... RETURNING after a rollback to savepoint when one is a
+// repeat), COPYs the events straight into usage_events and logs the
+// invalidations with COMMIT. The database, not process memory, decides
+// duplicates across flushes and replicas: concurrent flushes claiming one
+// key serialise on its primary key, and keys are claimed in sorted order
+// so they cannot deadlock.
 type Writer struct {
 	cfg   WriterConfig
 	pool  *pgxpool.Pool
@@ -64,11 +81,16 @@ type Writer struct {
 
 type pending struct {
 	events []Event
+	// caller, when set, must be allowed to write every event's proxy; the
+	// check runs inside the flush, against the proxies as they are then.
+	caller *auth.Principal
+	batch  bool         // denials name the event's index
 	done   chan outcome // buffered: the writer never blocks on a gone caller
 }
 
 type outcome struct {
 	accepted int
+	denied   bool // err is the authorisation failure; nothing was written
 	err      error
 }
 
@@ -85,10 +107,6 @@ func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 	pc := cfg.PoolConfig.Copy()
 	pc.MaxConns = int32(cfg.Writers)
 	pc.MinConns = 0
-	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, createStaging)
-		return err
-	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: writer pool: %w", err)
@@ -132,11 +150,25 @@ func (w *Writer) Stop() {
 // queue is full or the database cannot be reached. An error does not
 // guarantee the events were not stored: clients retry with eventIds.
 func (w *Writer) Write(ctx context.Context, events []Event) (accepted int, err error) {
-	p := &pending{events: events, done: make(chan outcome, 1)}
+	o, err := w.submit(ctx, &pending{events: events})
+	return o.accepted, err
+}
+
+// WriteAs is Write for a caller who must be allowed to record into every
+// event's proxy (proxy.CheckWritable). The check runs in the flush's
+// transaction; the first event that fails it fails the request (with its
+// index when batch), nothing of the request is stored, and denied is true.
+func (w *Writer) WriteAs(ctx context.Context, caller auth.Principal, events []Event, batch bool) (accepted int, denied bool, err error) {
+	o, err := w.submit(ctx, &pending{events: events, caller: &caller, batch: batch})
+	return o.accepted, o.denied, err
+}
+
+func (w *Writer) submit(ctx context.Context, p *pending) (outcome, error) {
+	p.done = make(chan outcome, 1)
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
-		return 0, apperr.Errorf(apperr.Unavailable, "service is shutting down")
+		return outcome{}, apperr.Errorf(apperr.Unavailable, "service is shutting down")
 	}
 	select {
 	case w.queue <- p:
@@ -145,13 +177,13 @@ func (w *Writer) Write(ctx context.Context, events []Event) (accepted int, err e
 	default:
 		w.mu.RUnlock()
 		w.cfg.Metrics.IngestShed.Inc()
-		return 0, apperr.Errorf(apperr.Unavailable, "ingest queue is full, retry later")
+		return outcome{}, apperr.Errorf(apperr.Unavailable, "ingest queue is full, retry later")
 	}
 	select {
 	case o := <-p.done:
-		return o.accepted, o.err
+		return o, o.err
 	case <-ctx.Done():
-		return 0, apperr.Errorf(apperr.Unavailable, "event not confirmed in time, retry with the same eventId")
+		return outcome{}, apperr.Errorf(apperr.Unavailable, "event not confirmed in time, retry with the same eventId")
 	}
 }
 
@@ -185,7 +217,7 @@ func (w *Writer) loop() {
 // other than the database being unreachable, each request is retried on
 // its own so one bad request cannot fail its neighbours.
 func (w *Writer) flushAll(batch []*pending) {
-	counts, err := w.flush(batch)
+	outs, err := w.flush(batch)
 	if err != nil && len(batch) > 1 && !unavailable(err) {
 		for _, p := range batch {
 			w.flushAll([]*pending{p})
@@ -197,17 +229,17 @@ func (w *Writer) flushAll(batch []*pending) {
 			p.done <- outcome{err: clientError(err)}
 			continue
 		}
-		p.done <- outcome{accepted: counts[i]}
+		p.done <- outs[i]
 	}
 }
 
-// flush runs one transaction, retrying once on deadlock or serialization
-// failure, and returns the number of newly stored events per request.
-func (w *Writer) flush(batch []*pending) ([]int, error) {
-	var counts []int
+// flush runs one transaction, retrying on deadlock or serialization
+// failure, and returns each request's outcome.
+func (w *Writer) flush(batch []*pending) ([]outcome, error) {
+	var outs []outcome
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		counts, err = w.flushOnce(batch)
+		outs, err = w.flushOnce(batch)
 		if !retryable(err) {
 			break
 		}
@@ -220,147 +252,484 @@ func (w *Writer) flush(batch []*pending) ([]int, error) {
 		}
 	}
 	w.cfg.Metrics.IngestFlushes.WithLabelValues(result).Inc()
-	return counts, err
+	return outs, err
 }
 
-func (w *Writer) flushOnce(batch []*pending) ([]int, error) {
+// smallFlush is the largest flush written by a single statement; larger
+// ones claim keys, COPY and log in separate steps, which costs a round
+// trip more but less database time per event.
+const smallFlush = 256
+
+// Statements of a flush.
+const (
+	lookupProxies = `SELECT id, user_id, archived_at FROM proxies WHERE id = ANY($1)`
+
+	// claimKeys claims keys that are, almost always, new: a plain insert is
+	// about half the work of ON CONFLICT. Any repeat fails it, and the flush
+	// claims again with claimKeysReturning after a rollback to savepoint.
+	claimKeys = `
+INSERT INTO usage_event_keys (proxy_id, event_id, received_at)
+SELECT proxy_id, event_id, now() FROM unnest($1::text[], $2::text[]) AS k(proxy_id, event_id)`
+	claimKeysReturning = claimKeys + `
+ON CONFLICT DO NOTHING
+RETURNING proxy_id, event_id`
+
+	logInvalidations = `
+WITH days AS (
+  INSERT INTO usage_invalidations (proxy_id, day) SELECT * FROM unnest($1::text[], $2::date[])
+)
+INSERT INTO usage_connection_invalidations (proxy_id, connection_id) SELECT * FROM unnest($3::text[], $4::text[])`
+
+	// flushStatement writes a small flush at once: it claims the keys, stores
+	// the events without a key or with a fresh one, logs the invalidations
+	// and returns the stored count per request. $1/$2 are the distinct keys
+	// (sorted), $3.. the events (keyed ones once: the first occurrence).
+	flushStatement = `
+WITH fresh AS (` + claimKeysReturning + `
+), ev AS (
+  SELECT * FROM unnest($3::int4[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[],
+                       $10::int8[], $11::int8[], $12::int8[], $13::int2[], $14::text[], $15::inet[])
+    AS e(req, time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
+         duration_us, latency_us, latency_bucket, error_message, ip_address)
+), chosen AS (
+  SELECT e.* FROM ev e WHERE e.event_id IS NULL
+  UNION ALL
+  SELECT e.* FROM ev e JOIN fresh f ON f.proxy_id = e.proxy_id AND f.event_id = e.event_id
+), stored AS (
+  INSERT INTO usage_events (time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
+                            duration_us, latency_us, latency_bucket, error_message, ip_address)
+  SELECT time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
+         duration_us, latency_us, latency_bucket, error_message, ip_address
+    FROM chosen
+), days AS (
+  INSERT INTO usage_invalidations (proxy_id, day)
+  SELECT DISTINCT proxy_id, (time AT TIME ZONE 'UTC')::date FROM chosen
+), conns AS (
+  INSERT INTO usage_connection_invalidations (proxy_id, connection_id)
+  SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')
+)
+SELECT req, count(*)::int FROM chosen GROUP BY req`
+)
+
+// eventColumns are the usage_events columns a flush fills; received_at
+// takes its default, now(): the transaction's start.
+var eventColumns = []string{"time", "proxy_id", "event_type", "event_id", "connection_id", "bytes_sent",
+	"bytes_received", "duration_us", "latency_us", "latency_bucket", "error_message", "ip_address"}
+
+// flushState is what one flush works out in memory.
+type flushState struct {
+	outs []outcome
+	live []bool   // requests that passed authorisation
+	keyP []string // distinct idempotency keys of the live requests, sorted
+	keyE []string
+	ev   []*Event // candidates: keyless events and first occurrences of keys
+	req  []int32  // request of each candidate
+
+	chosenReq []int32 // requests of the chosen events, when some were repeats
+}
+
+func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.FlushTimeout)
 	defer cancel()
 	start := time.Now()
 
-	tx, err := w.pool.Begin(ctx)
+	conn, err := w.pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer tx.Rollback(context.Background()) //nolint:errcheck // no-op after commit
-
-	src := &stagingSource{batch: batch, req: 0, idx: -1}
-	copied, err := tx.CopyFrom(ctx, pgx.Identifier{"ingest_staging"}, stagingColumns, src)
-	if err != nil {
-		return nil, fmt.Errorf("copy to staging: %w", err)
-	}
-	rows, err := tx.Query(ctx, flushStatement)
-	if err != nil {
-		return nil, fmt.Errorf("flush: %w", err)
-	}
-	counts := make([]int, len(batch))
-	var req, n int
-	_, err = pgx.ForEachRow(rows, []any{&req, &n}, func() error {
-		counts[req] = n
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("flush: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
-	}
-	w.cfg.Metrics.IngestFlushTime.Observe(time.Since(start).Seconds())
-	w.cfg.Metrics.IngestFlushEvents.Observe(float64(copied))
-	return counts, nil
-}
-
-const createStaging = `
-CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
-  seq int NOT NULL, req int NOT NULL, time timestamptz NOT NULL, proxy_id text NOT NULL,
-  event_type text NOT NULL, event_id text, connection_id text,
-  bytes_sent bigint NOT NULL, bytes_received bigint NOT NULL,
-  duration_us bigint, latency_us bigint, latency_bucket smallint, error_message text, ip_address inet
-) ON COMMIT DELETE ROWS`
-
-var stagingColumns = []string{"seq", "req", "time", "proxy_id", "event_type", "event_id",
-	"connection_id", "bytes_sent", "bytes_received", "duration_us", "latency_us", "latency_bucket", "error_message", "ip_address"}
-
-// flushStatement stores the staged events once each. The first occurrence
-// (lowest seq) of an eventId wins, within the flush and against earlier
-// flushes; concurrent flushes inserting the same key serialise on the
-// primary key, so exactly one stores it. It returns newly stored counts per
-// request.
-const flushStatement = `
-WITH fresh_keys AS (
-  INSERT INTO usage_event_keys (proxy_id, event_id, received_at)
-  SELECT DISTINCT ON (proxy_id, event_id) proxy_id, event_id, now()
-    FROM ingest_staging WHERE event_id IS NOT NULL
-   ORDER BY proxy_id, event_id, seq
-  ON CONFLICT DO NOTHING
-  RETURNING proxy_id, event_id
-), chosen AS (
-  SELECT s.* FROM ingest_staging s WHERE s.event_id IS NULL
-  UNION ALL
-  (SELECT DISTINCT ON (s.proxy_id, s.event_id) s.*
-     FROM ingest_staging s JOIN fresh_keys k ON k.proxy_id = s.proxy_id AND k.event_id = s.event_id
-    ORDER BY s.proxy_id, s.event_id, s.seq)
-), stored AS (
-  INSERT INTO usage_events (time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
-                            duration_us, latency_us, latency_bucket, error_message, ip_address, received_at)
-  SELECT time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
-         duration_us, latency_us, latency_bucket, error_message, ip_address, now()
-    FROM chosen
-), logged AS (
-  INSERT INTO usage_invalidations (proxy_id, day)
-  SELECT DISTINCT proxy_id, (time AT TIME ZONE 'UTC')::date FROM chosen
-), logged_connections AS (
-  INSERT INTO usage_connection_invalidations (proxy_id, connection_id)
-  SELECT DISTINCT proxy_id, connection_id FROM chosen
-   WHERE event_type IN ('connection_start', 'connection_end')
-)
-SELECT req, count(*)::int FROM chosen GROUP BY req`
-
-// stagingSource streams a batch's events into COPY without building rows.
-type stagingSource struct {
-	batch []*pending
-	req   int
-	idx   int
-	seq   int32
-	row   [14]any
-}
-
-func (s *stagingSource) Next() bool {
-	for s.req < len(s.batch) {
-		s.idx++
-		if s.idx < len(s.batch[s.req].events) {
-			return true
+	defer conn.Release()
+	c := conn.Conn()
+	committed := false
+	defer func() {
+		if !committed && !c.IsClosed() && c.PgConn().TxStatus() != 'I' {
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if _, rerr := c.Exec(rctx, "ROLLBACK"); rerr != nil {
+				_ = c.Close(rctx) // never hand back a connection mid-transaction
+			}
 		}
-		s.req++
-		s.idx = -1
+	}()
+
+	total := 0
+	var ids []string
+	seen := map[string]struct{}{}
+	for _, p := range batch {
+		total += len(p.events)
+		if p.caller == nil {
+			continue
+		}
+		for i := range p.events {
+			if _, ok := seen[p.events[i].ProxyID]; !ok {
+				seen[p.events[i].ProxyID] = struct{}{}
+				ids = append(ids, p.events[i].ProxyID)
+			}
+		}
 	}
-	return false
+	small := total <= smallFlush
+
+	// 1. BEGIN, and the proxies every request writes to, as of now.
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	if len(ids) > 0 {
+		b.Queue(lookupProxies, ids)
+	}
+	if !small {
+		b.Queue("SAVEPOINT claim")
+	}
+	br := c.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	found := make(map[string]proxy.Proxy, len(ids))
+	if len(ids) > 0 {
+		rows, err := br.Query()
+		if err == nil {
+			var p proxy.Proxy
+			_, err = pgx.ForEachRow(rows, []any{&p.ID, &p.UserID, &p.ArchivedAt}, func() error {
+				found[p.ID] = p
+				return nil
+			})
+		}
+		if err != nil {
+			br.Close()
+			return nil, fmt.Errorf("authorize: %w", err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	st := &flushState{outs: make([]outcome, len(batch)), live: make([]bool, len(batch))}
+	st.authorize(batch, found)
+	st.candidates(batch)
+
+	var written int
+	if small {
+		written, err = st.writeSmall(ctx, c)
+	} else {
+		written, err = st.writeLarge(ctx, c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c.PgConn().TxStatus() != 'I' {
+		return nil, errors.New("commit: transaction still open")
+	}
+	committed = true
+	w.cfg.Metrics.IngestFlushTime.Observe(time.Since(start).Seconds())
+	w.cfg.Metrics.IngestFlushEvents.Observe(float64(written))
+	return st.outs, nil
 }
 
-func (s *stagingSource) Values() ([]any, error) {
-	e := &s.batch[s.req].events[s.idx]
-	s.seq++
-	r := &s.row
-	r[0], r[1], r[2], r[3], r[4] = s.seq, int32(s.req), e.Time, e.ProxyID, e.Type
-	r[5], r[6] = nullText(e.EventID), nullText(e.ConnectionID)
-	r[7], r[8] = e.BytesSent, e.BytesReceived
-	r[9], r[10] = nullInt(e.DurationUS, e.HasDuration), nullInt(e.LatencyUS, e.HasLatency)
-	r[11] = nil
-	if e.HasLatency {
-		r[11] = rollup.LatencyBucket(e.LatencyUS)
+// writeSmall writes the flush with flushStatement and commits: one round
+// trip.
+func (st *flushState) writeSmall(ctx context.Context, c *pgx.Conn) (int, error) {
+	b := &pgx.Batch{}
+	if len(st.ev) > 0 {
+		n := len(st.ev)
+		var (
+			req       = make([]int32, n)
+			times     = make([]time.Time, n)
+			proxies   = make([]string, n)
+			types     = make([]string, n)
+			eventIDs  = make([]*string, n)
+			connIDs   = make([]*string, n)
+			sent      = make([]int64, n)
+			received  = make([]int64, n)
+			durations = make([]*int64, n)
+			latencies = make([]*int64, n)
+			buckets   = make([]*int16, n)
+			messages  = make([]*string, n)
+			ips       = make([]*netip.Addr, n)
+		)
+		for i, e := range st.ev {
+			req[i], times[i], proxies[i], types[i] = st.req[i], e.Time, e.ProxyID, e.Type
+			eventIDs[i], connIDs[i], messages[i] = optText(&e.EventID), optText(&e.ConnectionID), optText(&e.ErrorMessage)
+			sent[i], received[i] = e.BytesSent, e.BytesReceived
+			if e.HasDuration {
+				durations[i] = &e.DurationUS
+			}
+			if e.HasLatency {
+				latencies[i] = &e.LatencyUS
+				bucket := rollup.LatencyBucket(e.LatencyUS)
+				buckets[i] = &bucket
+			}
+			if e.IP.IsValid() {
+				ips[i] = &e.IP
+			}
+		}
+		b.Queue(flushStatement, st.keyP, st.keyE, req, times, proxies, types, eventIDs, connIDs, sent, received,
+			durations, latencies, buckets, messages, ips)
 	}
-	r[12] = nullText(e.ErrorMessage)
-	r[13] = nil
+	b.Queue("COMMIT")
+	br := c.SendBatch(ctx, b)
+	defer br.Close()
+	written := 0
+	if len(st.ev) > 0 {
+		counts := make([]int, len(st.outs))
+		rows, err := br.Query()
+		if err == nil {
+			var r, n int32
+			_, err = pgx.ForEachRow(rows, []any{&r, &n}, func() error {
+				counts[r] = int(n)
+				written += int(n)
+				return nil
+			})
+		}
+		if err != nil {
+			return 0, fmt.Errorf("flush: %w", err)
+		}
+		for r := range st.outs {
+			if st.live[r] {
+				st.outs[r] = outcome{accepted: counts[r]}
+			}
+		}
+	}
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return written, br.Close()
+}
+
+// writeLarge claims the keys, COPYs the events and logs, then commits.
+func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) {
+	chosen := st.ev
+	if len(st.keyP) > 0 {
+		_, err := c.Exec(ctx, claimKeys, st.keyP, st.keyE)
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == "23505": // a repeat: claim the fresh ones only
+			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT claim"); err != nil {
+				return 0, fmt.Errorf("claim keys: %w", err)
+			}
+			fresh, err := claimFresh(ctx, c, st.keyP, st.keyE)
+			if err != nil {
+				return 0, err
+			}
+			chosen = st.fresh(fresh)
+		case err != nil:
+			return 0, fmt.Errorf("claim keys: %w", err)
+		}
+	}
+	counts := make([]int, len(st.outs))
+	req := st.req
+	if len(chosen) != len(st.ev) {
+		req = st.chosenReq
+	}
+	for _, r := range req {
+		counts[r]++
+	}
+	for r := range st.outs {
+		if st.live[r] {
+			st.outs[r] = outcome{accepted: counts[r]}
+		}
+	}
+	if len(chosen) > 0 {
+		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_events"}, eventColumns, &eventSource{events: chosen, i: -1}); err != nil {
+			return 0, fmt.Errorf("copy events: %w", err)
+		}
+	}
+	b := &pgx.Batch{}
+	if len(chosen) > 0 {
+		dp, dd, cp, cc := invalidations(chosen)
+		b.Queue(logInvalidations, dp, dd, cp, cc)
+	}
+	b.Queue("COMMIT")
+	br := c.SendBatch(ctx, b)
+	defer br.Close()
+	for range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			return 0, fmt.Errorf("commit: %w", err)
+		}
+	}
+	return len(chosen), br.Close()
+}
+
+// claimFresh claims keys with ON CONFLICT DO NOTHING and returns the ones
+// this flush claimed, as "proxy\x00id" (neither part can hold NUL).
+func claimFresh(ctx context.Context, c *pgx.Conn, keyP, keyE []string) (map[string]bool, error) {
+	fresh := make(map[string]bool, len(keyP))
+	rows, err := c.Query(ctx, claimKeysReturning, keyP, keyE)
+	if err != nil {
+		return nil, fmt.Errorf("claim keys: %w", err)
+	}
+	var buf []byte
+	for rows.Next() {
+		raw := rows.RawValues()
+		buf = append(append(append(buf[:0], raw[0]...), 0), raw[1]...)
+		fresh[string(buf)] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim keys: %w", err)
+	}
+	return fresh, nil
+}
+
+// fresh returns the candidates to store once some keys turned out to be
+// repeats: keyless events and those whose key is in fresh. chosenReq
+// holds their requests.
+func (st *flushState) fresh(fresh map[string]bool) []*Event {
+	var out []*Event
+	st.chosenReq = st.chosenReq[:0]
+	var buf []byte
+	for i, e := range st.ev {
+		if e.EventID != "" {
+			buf = append(append(append(buf[:0], e.ProxyID...), 0), e.EventID...)
+			if !fresh[string(buf)] {
+				continue
+			}
+		}
+		out = append(out, e)
+		st.chosenReq = append(st.chosenReq, st.req[i])
+	}
+	return out
+}
+
+// authorize checks each request that carries a caller against the proxies
+// found; the first failing event decides, as a request is all or nothing.
+func (st *flushState) authorize(batch []*pending, found map[string]proxy.Proxy) {
+	for r, p := range batch {
+		st.live[r] = true
+		if p.caller == nil {
+			continue
+		}
+		for i := range p.events {
+			var px *proxy.Proxy
+			if f, ok := found[p.events[i].ProxyID]; ok {
+				px = &f
+			}
+			if err := proxy.CheckWritable(*p.caller, px); err != nil {
+				if p.batch {
+					err = apperr.AtIndex(err, i)
+				}
+				st.live[r] = false
+				st.outs[r] = outcome{denied: true, err: err}
+				break
+			}
+		}
+	}
+}
+
+// candidates lists the live requests' events that may be stored: every
+// keyless event, and the first occurrence of each key (later ones, in the
+// same request or a later one of the flush, are duplicates). The distinct
+// keys are sorted, so concurrent flushes claim them in one order and
+// cannot deadlock.
+func (st *flushState) candidates(batch []*pending) {
+	type key struct{ p, e string }
+	var keys []key
+	seen := map[key]struct{}{}
+	for r, p := range batch {
+		if !st.live[r] {
+			continue
+		}
+		for i := range p.events {
+			e := &p.events[i]
+			if e.EventID != "" {
+				k := key{e.ProxyID, e.EventID}
+				if _, dup := seen[k]; dup {
+					continue
+				}
+				seen[k] = struct{}{}
+				keys = append(keys, k)
+			}
+			st.ev = append(st.ev, e)
+			st.req = append(st.req, int32(r))
+		}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if c := strings.Compare(a.p, b.p); c != 0 {
+			return c
+		}
+		return strings.Compare(a.e, b.e)
+	})
+	st.keyP, st.keyE = make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		st.keyP[i], st.keyE[i] = k.p, k.e
+	}
+}
+
+// invalidations lists the distinct (proxy, UTC day) of events and the
+// distinct (proxy, connection) of their starts and ends.
+func invalidations(events []*Event) (dayProxies []string, days []time.Time, connProxies, conns []string) {
+	type day struct {
+		p string
+		d int64
+	}
+	type conn struct{ p, c string }
+	seenDays := map[day]struct{}{}
+	seenConns := map[conn]struct{}{}
+	for _, e := range events {
+		sec := e.Time.Unix()
+		d := day{e.ProxyID, sec / 86400}
+		if sec < 0 && sec%86400 != 0 {
+			d.d-- // floor division for instants before 1970
+		}
+		if _, ok := seenDays[d]; !ok {
+			seenDays[d] = struct{}{}
+			dayProxies = append(dayProxies, e.ProxyID)
+			days = append(days, time.Unix(d.d*86400, 0).UTC())
+		}
+		if e.Type == ConnectionStart || e.Type == ConnectionEnd {
+			k := conn{e.ProxyID, e.ConnectionID}
+			if _, ok := seenConns[k]; !ok {
+				seenConns[k] = struct{}{}
+				connProxies = append(connProxies, e.ProxyID)
+				conns = append(conns, e.ConnectionID)
+			}
+		}
+	}
+	return dayProxies, days, connProxies, conns
+}
+
+func optText(s *string) *string {
+	if *s == "" {
+		return nil
+	}
+	return s
+}
+
+// eventSource streams events into COPY as usage_events rows.
+type eventSource struct {
+	events []*Event
+	i      int
+	row    [12]any
+}
+
+func (s *eventSource) Next() bool {
+	s.i++
+	return s.i < len(s.events)
+}
+
+func (s *eventSource) Values() ([]any, error) {
+	e := s.events[s.i]
+	r := &s.row
+	r[0], r[1], r[2] = e.Time, e.ProxyID, e.Type
+	r[3], r[4] = nullText(e.EventID), nullText(e.ConnectionID)
+	r[5], r[6] = e.BytesSent, e.BytesReceived
+	r[7], r[8], r[9] = nil, nil, nil
+	if e.HasDuration {
+		r[7] = e.DurationUS
+	}
+	if e.HasLatency {
+		r[8], r[9] = e.LatencyUS, rollup.LatencyBucket(e.LatencyUS)
+	}
+	r[10] = nullText(e.ErrorMessage)
+	r[11] = nil
 	if e.IP.IsValid() {
-		r[13] = e.IP
+		r[11] = e.IP
 	}
 	return r[:], nil
 }
 
-func (s *stagingSource) Err() error { return nil }
+func (s *eventSource) Err() error { return nil }
 
 func nullText(s string) any {
 	if s == "" {
 		return nil
 	}
 	return s
-}
-
-func nullInt(v int64, ok bool) any {
-	if !ok {
-		return nil
-	}
-	return v
 }
 
 // unavailable reports whether err means the database cannot be reached,

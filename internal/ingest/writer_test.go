@@ -1,0 +1,218 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/auth"
+	"proxyusage/internal/database"
+	"proxyusage/internal/pgtest"
+	"proxyusage/internal/telemetry"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func startWriter(t *testing.T, b database.Backend) (*Writer, *pgxpool.Pool) {
+	t.Helper()
+	url := pgtest.NewDB(t, b)
+	ctx := context.Background()
+	pool, err := database.Connect(ctx, url, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	for _, q := range []string{
+		`INSERT INTO users (id) VALUES ('alice'), ('bob')`,
+		`INSERT INTO proxies (id, user_id) VALUES ('a1', 'alice'), ('a2', 'alice'), ('b1', 'bob')`,
+		`INSERT INTO proxies (id, user_id, archived_at) VALUES ('old', 'alice', now())`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := NewWriter(ctx, WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Start()
+	t.Cleanup(w.Stop)
+	return w, pool
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func events(proxyID, prefix string, n int) []Event {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	out := make([]Event, n)
+	for i := range out {
+		out[i] = Event{ProxyID: proxyID, Type: DataTransfer, Time: now.Add(-time.Duration(i) * time.Second), BytesSent: 1}
+		if prefix != "" {
+			out[i].EventID = fmt.Sprintf("%s-%d", prefix, i)
+		}
+		if i%3 == 0 {
+			out[i].Type, out[i].ConnectionID = ConnectionStart, fmt.Sprintf("c-%s-%d", prefix, i)
+		}
+	}
+	return out
+}
+
+// Small and large flushes take different paths (one statement, or key
+// claim + COPY + logs with a savepoint fallback for repeats); both must
+// store each key once, count repeats, and log what they store.
+func TestWriterDeduplicates(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			alice := auth.Principal{UserID: "alice"}
+			for _, n := range []int{10, smallFlush + 200} {
+				t.Run(fmt.Sprint(n), func(t *testing.T) {
+					w, pool := startWriter(t, b)
+					ctx := context.Background()
+					first := events("a1", "k", n)
+					acc, denied, err := w.WriteAs(ctx, alice, first, true)
+					if err != nil || denied || acc != n {
+						t.Fatalf("first write: %d %v %v", acc, denied, err)
+					}
+					// Repeats of stored keys, repeats inside the request, new keys
+					// and keyless events, together.
+					again := append(events("a1", "k", n/2), events("a1", "new", n/2)...)
+					again = append(again, again[len(again)-1], events("a1", "", 5)[0])
+					acc, _, err = w.WriteAs(ctx, alice, again, true)
+					if err != nil || acc != n/2+1 {
+						t.Fatalf("second write accepted %d (%v), want %d", acc, err, n/2+1)
+					}
+					if got := count(t, pool, `SELECT count(*) FROM usage_events`); got != n+n/2+1 {
+						t.Fatalf("%d events stored, want %d", got, n+n/2+1)
+					}
+					if got := count(t, pool, `SELECT count(DISTINCT event_id) FROM usage_events`); got != n+n/2 {
+						t.Fatalf("%d distinct keys stored, want %d", got, n+n/2)
+					}
+					if got := count(t, pool, `SELECT count(*) FROM usage_event_keys`); got != n+n/2 {
+						t.Fatalf("%d keys claimed, want %d", got, n+n/2)
+					}
+					if got := count(t, pool, `SELECT count(*) FROM usage_invalidations`); got < 1 {
+						t.Fatal("no day invalidations logged")
+					}
+					starts := count(t, pool, `SELECT count(DISTINCT connection_id) FROM usage_events WHERE event_type = 'connection_start'`)
+					if got := count(t, pool, `SELECT count(DISTINCT connection_id) FROM usage_connection_invalidations`); got != starts {
+						t.Fatalf("%d connections logged, want %d", got, starts)
+					}
+					// Only duplicates: nothing stored, nothing fails.
+					acc, _, err = w.WriteAs(ctx, alice, first[:3], false)
+					if err != nil || acc != 0 {
+						t.Fatalf("duplicates: %d %v", acc, err)
+					}
+				})
+			}
+		})
+	}
+}
+
+// Concurrent requests carrying the same keys store each exactly once.
+func TestWriterConcurrentRepeats(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			w, pool := startWriter(t, b)
+			svc := auth.Principal{UserID: "svc", Roles: []string{auth.RoleService}}
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			total := 0
+			for c := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					n := 40
+					if c%2 == 0 {
+						n = smallFlush + 50 // some flushes take the large path
+					}
+					acc, _, err := w.WriteAs(context.Background(), svc, events("b1", "same", n), true)
+					if err != nil {
+						t.Error(err)
+					}
+					mu.Lock()
+					total += acc
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			want := smallFlush + 50
+			if total != want {
+				t.Fatalf("accepted %d in total, want %d", total, want)
+			}
+			if got := count(t, pool, `SELECT count(*) FROM usage_events`); got != want {
+				t.Fatalf("%d stored, want %d", got, want)
+			}
+		})
+	}
+}
+
+// Authorisation runs in the flush: a request for a proxy the caller may
+// not write fails alone, with the index of its first such event.
+func TestWriterAuthorizes(t *testing.T) {
+	w, pool := startWriter(t, database.Postgres)
+	ctx := context.Background()
+	alice := auth.Principal{UserID: "alice"}
+	mixed := append(events("a1", "m", 3), events("b1", "m", 2)...)
+	for _, c := range []struct {
+		name   string
+		events []Event
+		batch  bool
+		status int
+		index  int
+	}{
+		{"someone else's proxy", mixed, true, http.StatusNotFound, 3},
+		{"unknown proxy", events("nope", "u", 2), false, http.StatusNotFound, -1},
+		{"archived proxy", append(events("a2", "x", 1), events("old", "x", 1)...), true, http.StatusConflict, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			var okAcc int
+			var okErr error
+			wg.Add(1)
+			go func() { // a neighbour in the same flush is unaffected
+				defer wg.Done()
+				okAcc, _, okErr = w.WriteAs(ctx, alice, events("a1", "ok-"+c.name, 4), true)
+			}()
+			_, denied, err := w.WriteAs(ctx, alice, c.events, c.batch)
+			wg.Wait()
+			if !denied || err == nil {
+				t.Fatalf("not denied: %v", err)
+			}
+			e := err.(*apperr.Error)
+			want := map[int]apperr.Code{http.StatusNotFound: apperr.NotFound, http.StatusConflict: apperr.Conflict}[c.status]
+			if e.Code != want || e.Index != c.index {
+				t.Fatalf("error %+v, want %s at %d", e, want, c.index)
+			}
+			if okErr != nil || okAcc != 4 {
+				t.Fatalf("neighbour: %d %v", okAcc, okErr)
+			}
+		})
+	}
+	if got := count(t, pool, `SELECT count(*) FROM usage_events WHERE event_id LIKE 'm-%' OR event_id LIKE 'u-%' OR event_id LIKE 'x-%'`); got != 0 {
+		t.Fatalf("%d events of denied requests stored", got)
+	}
+	if got := count(t, pool, `SELECT count(*) FROM usage_event_keys WHERE event_id LIKE 'm-%' OR event_id LIKE 'x-%'`); got != 0 {
+		t.Fatalf("%d keys of denied requests claimed", got)
+	}
+	// An admin (or the service role) writes anyone's proxy, never an archived one.
+	admin := auth.Principal{UserID: "root", Roles: []string{auth.RoleAdmin}}
+	if acc, denied, err := w.WriteAs(ctx, admin, events("b1", "adm", 2), true); err != nil || denied || acc != 2 {
+		t.Fatalf("admin: %d %v %v", acc, denied, err)
+	}
+}
