@@ -34,6 +34,14 @@ migrate: ## Apply migrations (to DATABASE_URL, or the local cluster)
 token: ## Print a dev token for the local setup (make token ARGS='-sub bob -roles service')
 	@$(GO) run ./cmd/proxyusage token $(ARGS)
 
+.PHONY: bench
+bench: ## Full benchmark (own PostgreSQL + service; several minutes): table on the terminal and in BENCHMARKS.md
+	$(GO) run ./cmd/bench $(ARGS)
+
+.PHONY: bench-quick
+bench-quick: ## Same benchmark at reduced sizes (under 2 minutes); results in .bench/BENCHMARKS-quick.md
+	$(GO) run ./cmd/bench -quick -out .bench/BENCHMARKS-quick.md $(ARGS)
+
 .PHONY: clean-data
 clean-data: ## Stop and delete the local cluster under .data/
 	-@[ -f .data/postgres/postmaster.pid ] && runuser -u postgres -- $$(dirname $$(readlink -f $$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)))/pg_ctl -D .data/postgres -m fast stop

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"proxyusage/internal/database"
+)
+
+type machine struct {
+	nproc     int
+	cpu       string
+	memory    string
+	goVersion string
+	pgVersion string
+	commit    string
+	settings  [][2]string
+}
+
+// result is a row of the results table.
+type result struct {
+	id, measure, value, target, met string
+}
+
+type bench struct {
+	opt     options
+	started time.Time
+
+	dir      string
+	ownDir   bool
+	cluster  *database.LocalCluster
+	backend  database.Backend
+	bin      string
+	svc      *service
+	adminURL string
+	machine  machine
+
+	results  []result
+	evidence []string // markdown sections
+	client   *http.Client
+
+	copyRate float64 // (1), events/s
+	rssPeak  int64   // (5)
+	hwm      int64
+}
+
+func (b *bench) run(ctx context.Context) error {
+	b.client = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
+		MaxIdleConns: 512, MaxIdleConnsPerHost: 512, DisableCompression: true, IdleConnTimeout: time.Minute,
+	}}
+	if err := b.startCluster(ctx); err != nil {
+		return err
+	}
+	if err := b.buildService(ctx); err != nil {
+		return err
+	}
+	if err := b.ingestPhases(ctx); err != nil {
+		return err
+	}
+	if err := b.readPhases(ctx); err != nil {
+		return err
+	}
+	b.report()
+	return nil
+}
+
+func (b *bench) cleanup() {
+	if b.svc != nil {
+		_ = b.svc.stop()
+		b.svc = nil
+	}
+	if b.cluster != nil {
+		if err := b.cluster.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: stop postgres:", err)
+		}
+	}
+	if b.ownDir && b.dir != "" {
+		_ = os.RemoveAll(b.dir)
+	} else if b.dir != "" {
+		fmt.Printf("work directory kept: %s\n", b.dir)
+	}
+}
+
+func (b *bench) add(r result) {
+	b.results = append(b.results, r)
+	fmt.Printf("  → %s %s: %s\n", r.id, r.measure, r.value)
+}
+
+func (b *bench) addEvidence(title, body string) {
+	b.evidence = append(b.evidence, "### "+title+"\n\n"+strings.TrimSpace(body)+"\n")
+}
+
+// step prints a phase heading.
+func step(format string, args ...any) {
+	fmt.Printf("\n▶ "+format+"\n", args...)
+}
+
+// progress rewrites one terminal line.
+func progress(format string, args ...any) {
+	fmt.Printf("\r\033[K  "+format, args...)
+}
+
+func endProgress() { fmt.Println() }
+
+func yes(ok bool) string {
+	if ok {
+		return "✅ yes"
+	}
+	return "❌ no"
+}
+
+func rate(n float64) string {
+	switch {
+	case n >= 1e6:
+		return fmt.Sprintf("%.2fM", n/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fk", n/1e3)
+	}
+	return fmt.Sprintf("%.0f", n)
+}
+
+func count(n int) string {
+	s := fmt.Sprint(n)
+	var out []byte
+	for i := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+func ms(d time.Duration) string {
+	v := float64(d) / float64(time.Millisecond)
+	if v < 10 {
+		return fmt.Sprintf("%.2f ms", v)
+	}
+	return fmt.Sprintf("%.1f ms", v)
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.0f MB", float64(n)/(1<<20)) }
+
+// quantile returns the nearest-rank q-quantile of ds (sorted in place).
+func quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	i := int(math.Ceil(q*float64(len(ds)))) - 1
+	return ds[max(0, min(i, len(ds)-1))]
+}
+
+func (b *bench) report() {
+	var sb strings.Builder
+	mode := "full"
+	if b.opt.quick {
+		mode = "quick (reduced sizes)"
+	}
+	m := b.machine
+	fmt.Fprintf(&sb, "Run: %s, %s, took %s.\n\n", b.started.UTC().Format("2006-01-02 15:04 MST"), mode, time.Since(b.started).Round(time.Second))
+	sb.WriteString("| machine | |\n|---|---|\n")
+	fmt.Fprintf(&sb, "| nproc | %d |\n| CPU | %s |\n| memory | %s |\n| Go | %s |\n| PostgreSQL | %s |\n| backend | %s |\n| commit | %s |\n\n",
+		m.nproc, m.cpu, m.memory, m.goVersion, m.pgVersion, b.backend, m.commit)
+	sb.WriteString("| # | measure | result | target | met |\n|---|---|---|---|---|\n")
+	for _, r := range b.results {
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", r.id, r.measure, r.value, r.target, r.met)
+	}
+	table := sb.String()
+	fmt.Println("\n" + table)
+
+	if b.opt.out == "" {
+		return
+	}
+	var doc strings.Builder
+	doc.WriteString(table)
+	doc.WriteString("\nPostgreSQL settings of the benchmark cluster (read back from `pg_settings`; the cluster is created by `internal/database.LocalCluster`, then `cmd/bench` applies `ALTER SYSTEM` and restarts it):\n\n")
+	doc.WriteString("| setting | value |\n|---|---|\n")
+	for _, s := range m.settings {
+		fmt.Fprintf(&doc, "| `%s` | `%s` |\n", s[0], s[1])
+	}
+	doc.WriteString("\nThe service, PostgreSQL and the load generator share the machine's cores; the CPU split of each phase is in the evidence below.\n\n")
+	doc.WriteString("## Evidence (generated)\n\n")
+	for _, e := range b.evidence {
+		doc.WriteString(e + "\n")
+	}
+	if err := writeGenerated(b.opt.out, doc.String()); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: write results:", err)
+		return
+	}
+	fmt.Printf("results written to %s\n", b.opt.out)
+}
+
+const (
+	beginMark = "<!-- bench:begin (generated by cmd/bench; edits between these marks are overwritten) -->"
+	endMark   = "<!-- bench:end -->"
+)
+
+// writeGenerated replaces the generated part of path, keeping what is
+// written by hand around it.
+func writeGenerated(path, body string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	head := "# Benchmarks\n\nProduced by `make bench` (`go run ./cmd/bench`); see README.md, \"Benchmarks\".\n\n"
+	tail := ""
+	if s := string(old); s != "" {
+		if i := strings.Index(s, beginMark); i >= 0 {
+			head = s[:i]
+			if j := strings.Index(s, endMark); j >= 0 {
+				tail = s[j+len(endMark):]
+			}
+		} else {
+			tail = "\n" + s
+		}
+	}
+	if dir := dirOf(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(path, []byte(head+beginMark+"\n\n"+body+"\n"+endMark+tail), 0o644)
+}
+
+func dirOf(path string) string {
+	if i := strings.LastIndexByte(path, '/'); i > 0 {
+		return path[:i]
+	}
+	return ""
+}

@@ -1,0 +1,552 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/app"
+	"proxyusage/internal/database"
+)
+
+// pgSettings are applied to the throwaway cluster (ALTER SYSTEM, then a
+// restart) on top of internal/database.LocalCluster's own. Durability is
+// left on: fsync, synchronous_commit and full_page_writes keep their
+// defaults, so an acknowledged event is on disk.
+var pgSettings = [][2]string{
+	{"shared_buffers", "2GB"},
+	{"effective_cache_size", "8GB"},
+	{"work_mem", "32MB"},
+	{"maintenance_work_mem", "512MB"},
+	{"wal_compression", "lz4"},
+	{"random_page_cost", "1.1"},
+	{"jit", "off"},
+	{"track_io_timing", "on"},
+}
+
+// reportedSettings are read back from pg_settings into BENCHMARKS.md.
+var reportedSettings = []string{"fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers",
+	"effective_cache_size", "work_mem", "maintenance_work_mem", "wal_buffers", "wal_compression", "max_wal_size",
+	"checkpoint_timeout", "random_page_cost", "jit", "max_connections", "shared_preload_libraries", "autovacuum"}
+
+const secret = "bench-secret-0123456789abcdef0123456789abcdef"
+
+func (b *bench) startCluster(ctx context.Context) error {
+	if b.opt.dir == "" {
+		dir, err := os.MkdirTemp("", "proxyusage-bench-")
+		if err != nil {
+			return err
+		}
+		b.dir, b.ownDir = dir, !b.opt.keep
+	} else {
+		b.dir = b.opt.dir
+		if err := os.MkdirAll(b.dir, 0o755); err != nil {
+			return err
+		}
+	}
+	// The server runs as the postgres user when we are root.
+	if err := os.Chmod(b.dir, 0o755); err != nil {
+		return err
+	}
+	port, err := database.FreePort()
+	if err != nil {
+		return err
+	}
+	b.cluster = &database.LocalCluster{Dir: filepath.Join(b.dir, "pg"), Port: port, Timescale: b.opt.backend != "postgres"}
+	step("starting PostgreSQL in %s (port %d, fsync on)", b.cluster.Dir, port)
+	if err := b.cluster.Start(ctx); err != nil {
+		return err
+	}
+	b.adminURL = b.cluster.URL("postgres")
+	conn, err := pgx.Connect(ctx, b.adminURL)
+	if err != nil {
+		return err
+	}
+	var preload string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('shared_preload_libraries')`).Scan(&preload); err != nil {
+		conn.Close(ctx)
+		return err
+	}
+	// A list setting: each library quoted on its own.
+	libs := "'pg_stat_statements'"
+	if strings.Contains(preload, "timescaledb") {
+		libs = "'timescaledb', 'pg_stat_statements'"
+	}
+	settings := [][2]string{{"shared_preload_libraries", libs}}
+	for _, s := range pgSettings {
+		settings = append(settings, [2]string{s[0], "'" + s[1] + "'"})
+	}
+	for _, s := range settings {
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER SYSTEM SET %s = %s", s[0], s[1])); err != nil {
+			conn.Close(ctx)
+			return fmt.Errorf("ALTER SYSTEM SET %s: %w", s[0], err)
+		}
+	}
+	conn.Close(ctx)
+	if err := b.cluster.Stop(); err != nil {
+		return err
+	}
+	if err := b.cluster.Start(ctx); err != nil {
+		return err
+	}
+	return b.readMachine(ctx)
+}
+
+// newDatabase creates and migrates a database, returning a pool on it.
+func (b *bench) newDatabase(ctx context.Context, name string) (*pgxpool.Pool, string, error) {
+	if err := app.CreateDatabase(ctx, b.adminURL, name); err != nil {
+		return nil, "", err
+	}
+	url := b.cluster.URL(name)
+	backend, err := database.Migrate(ctx, url, b.opt.backend, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, "", err
+	}
+	b.backend = backend
+	pool, err := database.Connect(ctx, url, 8)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		pool.Close()
+		return nil, "", err
+	}
+	return pool, url, nil
+}
+
+func (b *bench) readMachine(ctx context.Context) error {
+	m := &b.machine
+	m.nproc = runtime.NumCPU()
+	if out, err := exec.Command("nproc").Output(); err == nil {
+		m.nproc, _ = strconv.Atoi(strings.TrimSpace(string(out)))
+	}
+	if f, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(f), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if f, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(f), "\n") {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				m.memory = fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+			}
+		}
+	}
+	m.goVersion = runtime.Version()
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m.commit = strings.TrimSpace(string(out))
+		if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(out)) > 0 {
+			m.commit += " (+ uncommitted changes)"
+		}
+	}
+	conn, err := pgx.Connect(ctx, b.adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&m.pgVersion); err != nil {
+		return err
+	}
+	var ts string
+	if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'), '')`).Scan(&ts); err == nil && ts != "" {
+		m.pgVersion += ", TimescaleDB " + ts + " available"
+	}
+	rows, err := conn.Query(ctx, `SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name = ANY($1)`, reportedSettings)
+	if err != nil {
+		return err
+	}
+	got := map[string]string{}
+	var name, setting, unit string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &setting, &unit}, func() error {
+		got[name] = humanSetting(setting, unit)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, n := range reportedSettings {
+		m.settings = append(m.settings, [2]string{n, got[n]})
+	}
+	return nil
+}
+
+func humanSetting(v, unit string) string {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return v
+	}
+	mult := map[string]int64{"8kB": 8 << 10, "kB": 1 << 10, "MB": 1 << 20}[unit]
+	if mult == 0 {
+		if unit == "s" {
+			return (time.Duration(n) * time.Second).String()
+		}
+		return v + unit
+	}
+	bytes := n * mult
+	switch {
+	case bytes >= 1<<30 && bytes%(1<<30) == 0:
+		return fmt.Sprintf("%dGB", bytes>>30)
+	case bytes >= 1<<20:
+		return fmt.Sprintf("%dMB", bytes>>20)
+	}
+	return fmt.Sprintf("%dkB", bytes>>10)
+}
+
+// service is the real proxyusage binary running as a child process.
+type service struct {
+	cmd      *exec.Cmd
+	url      string
+	pprofURL string
+	log      string
+	waitErr  chan error
+}
+
+func (b *bench) buildService(ctx context.Context) error {
+	b.bin = filepath.Join(b.dir, "proxyusage")
+	step("building ./cmd/proxyusage")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", b.bin, "./cmd/proxyusage")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	return cmd.Run()
+}
+
+func (b *bench) startService(ctx context.Context, dbURL, name string) (*service, error) {
+	port, err := database.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	pport, err := database.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &service{
+		url:      fmt.Sprintf("http://127.0.0.1:%d", port),
+		pprofURL: fmt.Sprintf("http://127.0.0.1:%d", pport),
+		log:      filepath.Join(b.dir, "service-"+name+".log"),
+		waitErr:  make(chan error, 1),
+	}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		return nil, err
+	}
+	s.cmd = exec.Command(b.bin, "serve")
+	s.cmd.Env = append(os.Environ(),
+		"DATABASE_URL="+dbURL,
+		fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port),
+		fmt.Sprintf("PPROF_ADDR=127.0.0.1:%d", pport),
+		"JWT_SECRET="+secret,
+		"BACKEND="+b.opt.backend,
+		"LOG_LEVEL=warn",
+	)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	b.svc = s
+	go func() {
+		s.waitErr <- s.cmd.Wait()
+		logf.Close()
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		resp, err := http.Get(s.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s, nil
+			}
+		}
+		select {
+		case err := <-s.waitErr:
+			tail, _ := os.ReadFile(s.log)
+			return nil, fmt.Errorf("service exited: %v\n%s", err, tail)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("service not ready after 90s")
+		}
+	}
+}
+
+// stop sends SIGTERM (the service drains) and waits, killing after 30s.
+func (s *service) stop() error {
+	if s == nil || s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.waitErr:
+		s.waitErr <- err
+		return nil
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		return errors.New("service did not stop within 30s")
+	}
+}
+
+func (s *service) pid() int { return s.cmd.Process.Pid }
+
+// memory reads VmRSS and VmHWM (bytes) of a process.
+func memory(pid int) (rss, hwm int64) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, k := range []struct {
+			prefix string
+			dst    *int64
+		}{{"VmRSS:", &rss}, {"VmHWM:", &hwm}} {
+			if v, ok := strings.CutPrefix(line, k.prefix); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				*k.dst = kb << 10
+			}
+		}
+	}
+	return rss, hwm
+}
+
+// rssSampler records the highest VmRSS of a process, every 50 ms.
+type rssSampler struct {
+	pid  int
+	mu   sync.Mutex
+	max  int64
+	last int64
+	stop chan struct{}
+	done chan struct{}
+}
+
+func sampleRSS(pid int) *rssSampler {
+	s := &rssSampler{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			rss, _ := memory(pid)
+			s.mu.Lock()
+			s.last = rss
+			s.max = max(s.max, rss)
+			s.mu.Unlock()
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) current() (last, peak int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last, s.max
+}
+
+func (s *rssSampler) end() int64 {
+	close(s.stop)
+	<-s.done
+	return s.max
+}
+
+// cpuTimes is cumulative CPU seconds of the service, the PostgreSQL server
+// (postmaster and its children) and this load generator.
+type cpuTimes struct {
+	at                 time.Time
+	service, pg, bench float64
+	busy               float64 // all CPUs, everything (/proc/stat)
+}
+
+var clockTick = 100.0 // USER_HZ on Linux
+
+func procCPU(pid int) (float64, int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, 0
+	}
+	f := strings.Fields(s[i+2:])
+	// Fields after the command: state(0) ppid(1) ... utime(11) stime(12).
+	if len(f) < 13 {
+		return 0, 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / clockTick, ppid
+}
+
+func (b *bench) cpu() cpuTimes {
+	c := cpuTimes{at: time.Now()}
+	if b.svc != nil {
+		c.service, _ = procCPU(b.svc.pid())
+	}
+	if f, err := os.ReadFile("/proc/stat"); err == nil {
+		line, _, _ := strings.Cut(string(f), "\n")
+		fields := strings.Fields(line)
+		for i, v := range fields[1:] {
+			if i == 3 || i == 4 { // idle, iowait
+				continue
+			}
+			x, _ := strconv.ParseFloat(v, 64)
+			c.busy += x / clockTick
+		}
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		c.bench = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+	}
+	pidFile, err := os.ReadFile(filepath.Join(b.cluster.Dir, "postmaster.pid"))
+	if err != nil {
+		return c
+	}
+	pm, _ := strconv.Atoi(strings.SplitN(string(pidFile), "\n", 2)[0])
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		t, ppid := procCPU(pid)
+		if pid == pm || ppid == pm {
+			c.pg += t
+		}
+	}
+	return c
+}
+
+// cpuSplit describes where CPU went between two snapshots, in cores.
+func cpuSplit(a, z cpuTimes) string {
+	secs := z.at.Sub(a.at).Seconds()
+	if secs <= 0 {
+		return ""
+	}
+	svc, pg, gen := (z.service-a.service)/secs, (z.pg-a.pg)/secs, (z.bench-a.bench)/secs
+	other := max(0, (z.busy-a.busy)/secs-svc-pg-gen)
+	return fmt.Sprintf("service %.2f, PostgreSQL %.2f, load generator %.2f, other processes on the machine %.2f cores (of %d)",
+		svc, pg, gen, other, runtime.NumCPU())
+}
+
+// profile captures a CPU profile of the service for secs seconds in the
+// background; wait returns the `go tool pprof -top` summary.
+type profile struct {
+	done chan struct{}
+	top  string
+	err  error
+}
+
+func (b *bench) profileService(name string, secs int) *profile {
+	p := &profile{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		if err := os.MkdirAll(b.opt.profDir, 0o755); err != nil {
+			p.err = err
+			return
+		}
+		file := filepath.Join(b.opt.profDir, name+".cpu.pprof")
+		resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", b.svc.pprofURL, secs))
+		if err != nil {
+			p.err = err
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			p.err = fmt.Errorf("pprof: %d %v", resp.StatusCode, err)
+			return
+		}
+		if err := os.WriteFile(file, data, 0o644); err != nil {
+			p.err = err
+			return
+		}
+		// Keep a copy of the binary next to it so the profile stays readable.
+		bin := filepath.Join(b.opt.profDir, "proxyusage.bin")
+		if data, err := os.ReadFile(b.bin); err == nil {
+			_ = os.WriteFile(bin, data, 0o755)
+		}
+		out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=22", bin, file).Output()
+		if err != nil {
+			p.err = err
+			return
+		}
+		p.top = trimPprof(string(out))
+	}()
+	return p
+}
+
+func (p *profile) wait() (string, error) {
+	<-p.done
+	return p.top, p.err
+}
+
+// trimPprof keeps the summary lines and the table of a pprof -top output.
+func trimPprof(s string) string {
+	var keep []string
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.HasPrefix(line, "File:") || strings.HasPrefix(line, "Build ID:") || strings.HasPrefix(line, "Type:") || strings.HasPrefix(line, "Time:") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.TrimSpace(strings.Join(keep, "\n"))
+}
+
+// topStatements lists the statements that used the most server time since
+// the last reset.
+func topStatements(ctx context.Context, pool *pgxpool.Pool, n int) string {
+	rows, err := pool.Query(ctx, `
+		SELECT calls, total_exec_time, mean_exec_time, rows, regexp_replace(left(query, 160), '\s+', ' ', 'g')
+		  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+		 ORDER BY total_exec_time DESC LIMIT $1`, n)
+	if err != nil {
+		return "pg_stat_statements: " + err.Error()
+	}
+	var sb strings.Builder
+	sb.WriteString("| calls | total ms | mean ms | rows | statement |\n|---:|---:|---:|---:|---|\n")
+	var calls, nrows int64
+	var total, mean float64
+	var q string
+	_, err = pgx.ForEachRow(rows, []any{&calls, &total, &mean, &nrows, &q}, func() error {
+		fmt.Fprintf(&sb, "| %d | %.0f | %.3f | %d | `%s` |\n", calls, total, mean, nrows, strings.ReplaceAll(q, "|", "\\|"))
+		return nil
+	})
+	if err != nil {
+		return "pg_stat_statements: " + err.Error()
+	}
+	return sb.String()
+}
+
+func resetStatements(ctx context.Context, pool *pgxpool.Pool) {
+	_, _ = pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+}

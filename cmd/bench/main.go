@@ -1,0 +1,106 @@
+// Command bench measures proxyusage against the SPEC §8 performance bars, in
+// one run, on its own throwaway PostgreSQL cluster (fsync on) and with the
+// real service built and started as a separate process:
+//
+//  1. raw binary COPY of the generated rows into a table like usage_events
+//  2. batch ingest through the API (1,000 events per request)
+//  3. single-event ingest at 64 concurrent clients
+//  4. read endpoints over a seeded, rolled-up dataset vs. the same answers
+//     computed from raw events
+//  5. the service's peak RSS during 2 and 3
+//  6. rollup catch-up after a burst of late events
+//
+// It prints progress and a table to the terminal and writes the table, the
+// machine, the PostgreSQL settings and profile evidence to BENCHMARKS.md.
+// Run it from the repository root (make bench, make bench-quick).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	quick   bool
+	seed    uint64
+	backend string
+	out     string
+	dir     string
+	keep    bool
+	profDir string
+
+	users, proxies int
+
+	ingestEvents  int
+	batchSize     int
+	batchClients  int
+	singleClients int
+	singleFor     time.Duration
+
+	readEvents   int
+	readDays     int
+	readRequests int
+	rawRequests  int
+	rollupBatch  int
+
+	lateEvents int
+	lateDays   int
+}
+
+func main() {
+	var o options
+	flag.BoolVar(&o.quick, "quick", false, "reduced sizes (same code paths), under 2 minutes")
+	flag.Uint64Var(&o.seed, "seed", 42, "workload seed")
+	flag.StringVar(&o.backend, "backend", "auto", "storage backend: auto, postgres or timescaledb")
+	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "results file (empty: none)")
+	flag.StringVar(&o.dir, "dir", "", "work directory for the cluster and binaries (default: a temporary one, removed at exit)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory and leave nothing running")
+	flag.StringVar(&o.profDir, "profiles", ".bench", "directory for CPU profiles of the service")
+	flag.IntVar(&o.users, "users", 100, "users")
+	flag.IntVar(&o.proxies, "proxies", 1000, "proxies")
+	flag.IntVar(&o.ingestEvents, "ingest-events", 2_000_000, "events for raw COPY and batch ingest (1, 2)")
+	flag.IntVar(&o.batchSize, "batch-size", 1000, "events per batch request (2)")
+	flag.IntVar(&o.batchClients, "batch-clients", 4, "concurrent batch clients (2)")
+	flag.IntVar(&o.singleClients, "single-clients", 64, "concurrent single-event clients (3)")
+	flag.DurationVar(&o.singleFor, "single-duration", 20*time.Second, "single-event ingest run time (3)")
+	flag.IntVar(&o.readEvents, "read-events", 10_000_000, "events of the read dataset (4)")
+	flag.IntVar(&o.readDays, "read-days", 90, "days the read dataset spans (4)")
+	flag.IntVar(&o.readRequests, "read-requests", 300, "requests per read endpoint (4)")
+	flag.IntVar(&o.rawRequests, "raw-requests", 15, "raw-SQL runs per read endpoint (4)")
+	flag.IntVar(&o.rollupBatch, "seed-rollup-batch", 100_000, "invalidation entries per rollup run while seeding (4)")
+	flag.IntVar(&o.lateEvents, "late-events", 1_000_000, "late events for the rollup catch-up (6)")
+	flag.IntVar(&o.lateDays, "late-days", 30, "days the late events spread over (6)")
+	flag.Parse()
+	if o.quick {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		quick := func(name string, p *int, v int) {
+			if !set[name] {
+				*p = v
+			}
+		}
+		quick("ingest-events", &o.ingestEvents, 200_000)
+		quick("read-events", &o.readEvents, 200_000)
+		quick("read-requests", &o.readRequests, 60)
+		quick("raw-requests", &o.rawRequests, 5)
+		quick("late-events", &o.lateEvents, 50_000)
+		if !set["single-duration"] {
+			o.singleFor = 5 * time.Second
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b := &bench{opt: o, started: time.Now()}
+	err := b.run(ctx)
+	b.cleanup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "\nbench:", err)
+		os.Exit(1)
+	}
+}
