@@ -28,12 +28,27 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 
 // readBody reads a JSON request body of at most limit bytes.
 func readBody(r *http.Request, limit int64, allowEmpty bool) ([]byte, error) {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || mt != "application/json" {
-			return nil, apperr.Errorf(apperr.Invalid, "Content-Type must be application/json")
-		}
+	if mt := mediaType(r); mt != "" && mt != "application/json" {
+		return nil, apperr.Errorf(apperr.Invalid, "Content-Type must be application/json")
 	}
+	return readRaw(r, limit, allowEmpty)
+}
+
+// mediaType is the request's Content-Type without parameters ("" if none,
+// "invalid" if unparsable).
+func mediaType(r *http.Request) string {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return ""
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return "invalid"
+	}
+	return mt
+}
+
+func readRaw(r *http.Request, limit int64, allowEmpty bool) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
@@ -137,12 +152,26 @@ func (s *Server) handleRecordBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	body, err := readBody(r, ingest.MaxBatchBytes, false)
+	mt := mediaType(r)
+	switch mt {
+	case "", "application/json", ingest.CloudEventsType, ingest.CloudEventsBatchType:
+	default:
+		Error(w, r, apperr.Errorf(apperr.Invalid, "Content-Type must be application/json, %s or %s",
+			ingest.CloudEventsType, ingest.CloudEventsBatchType))
+		return
+	}
+	body, err := readRaw(r, ingest.MaxBatchBytes, false)
 	if err != nil {
 		Error(w, r, err)
 		return
 	}
-	res, err := s.ingest.RecordBatch(r.Context(), caller(r), body)
+	var res ingest.Result
+	switch mt {
+	case ingest.CloudEventsType, ingest.CloudEventsBatchType:
+		res, err = s.ingest.RecordCloudEvents(r.Context(), caller(r), body, mt == ingest.CloudEventsBatchType)
+	default:
+		res, err = s.ingest.RecordBatch(r.Context(), caller(r), body)
+	}
 	if err != nil {
 		Error(w, r, err)
 		return

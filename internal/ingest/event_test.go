@@ -41,3 +41,17 @@ func BenchmarkDecodeBatch(b *testing.B) {
 		}
 	}
 }
+
+func TestNoDuplicateKeys(t *testing.T) {
+	for body, dup := range map[string]bool{
+		`{"a":{},"b":[],"c":[{},{"d":1}]}`: false,
+		`{"a":{},"a":1}`:                   true,
+		`{"b":[{},{"c":1,"c":2}]}`:         true,
+		`[{"x":1},{"x":1}]`:                false,
+		`{"a":{"a":{"a":1}}}`:              false,
+	} {
+		if err := noDuplicateKeys([]byte(body)); (err != nil) != dup {
+			t.Errorf("%s: %v", body, err)
+		}
+	}
+}
