@@ -3,6 +3,9 @@
 //	proxyusage serve     run the API (and, with no DATABASE_URL, a local PostgreSQL under .data/)
 //	proxyusage migrate   apply the schema migrations and exit
 //	proxyusage token     mint a JWT for development
+//	proxyusage report    print a usage report from the API
+//	proxyusage bill      print a bill from the API
+//	proxyusage seed      record demo data through the API
 package main
 
 import (
@@ -35,6 +38,9 @@ Commands:
   serve     run the API server (migrates first)
   migrate   apply database migrations and exit
   token     print a signed development JWT
+  report    print a usage report (calls the API; -url, -token)
+  bill      print a billing summary (calls the API)
+  seed      register demo proxies and record a generated workload through the API
 
 Configuration comes from the environment (DATABASE_URL, HTTP_ADDR,
 JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE, LOG_LEVEL, ...); see README.md.
@@ -66,6 +72,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return migrate(cfg, args[1:], stderr)
 	case "token":
 		return token(cfg, args[1:], stdout, stderr)
+	case "report":
+		return reportCmd(args[1:], stdout, stderr)
+	case "bill":
+		return billCmd(args[1:], stdout, stderr)
+	case "seed":
+		return seedCmd(cfg, args[1:], stdout, stderr)
 	default:
 		return fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
 	}
