@@ -11,7 +11,8 @@ help: ## Show this help
 
 .PHONY: run
 run: ## Start the service (no DATABASE_URL: local PostgreSQL under .data/) and print a dev token
-	$(GO) run ./cmd/proxyusage serve -print-dev-token
+	@$(GO) build -o $(BIN) ./cmd/proxyusage
+	@exec $(BIN) serve -print-dev-token
 
 .PHONY: test
 test: ## Run all tests against a throwaway PostgreSQL (and TimescaleDB when installed)
