@@ -122,6 +122,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/healthz", s.handleHealthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.handleReadyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	r.HandleFunc("/openapi.yaml", s.handleOpenAPI).Methods(http.MethodGet)
 
 	api := r.NewRoute().Subrouter()
 	api.Use(s.authenticate)

@@ -17,10 +17,19 @@ func (s *Server) handleDailyMetrics(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleRangeMetrics(w http.ResponseWriter, r *http.Request) {
+	asCSV, err := negotiateCSV(w, r)
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
 	q := r.URL.Query()
 	out, err := s.usage.Range(r.Context(), caller(r), pathVar(r, "proxyId"), q.Get("startDate"), q.Get("endDate"))
 	if err != nil {
 		Error(w, r, err)
+		return
+	}
+	if asCSV {
+		writeRangeCSV(w, r, &out)
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -36,10 +45,19 @@ func (s *Server) handleSummary(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
+	asCSV, err := negotiateCSV(w, r)
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
 	q := r.URL.Query()
 	out, err := s.usage.Report(r.Context(), caller(r), q.Get("userId"), q.Get("startDate"), q.Get("endDate"), q.Get("groupBy"))
 	if err != nil {
 		Error(w, r, err)
+		return
+	}
+	if asCSV {
+		writeReportCSV(w, r, &out)
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
