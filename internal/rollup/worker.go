@@ -172,13 +172,22 @@ func (w *Worker) applyRetention(ctx context.Context) {
 			if _, err := tx.Exec(ctx, `SELECT remove_retention_policy('usage_events', if_exists => true)`); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, `SELECT add_retention_policy('usage_events', $1::interval)`, w.cfg.RawRetention)
+			_, err := tx.Exec(ctx, `SELECT add_retention_policy('usage_events', $1::interval)`, intervalText(w.cfg.RawRetention))
 			return err
 		})
 		if err != nil {
 			w.log.Warn("could not apply retention policy", slog.Any("error", err))
 		}
 	})
+}
+
+// intervalText writes d as a PostgreSQL interval, in whole days when it
+// is (so policies read "400 days", not "9600:00:00").
+func intervalText(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return fmt.Sprintf("%d microseconds", d.Microseconds())
 }
 
 // RunStats says what one run did (tests assert on it).
