@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -33,6 +35,20 @@ type Key struct {
 type Reader struct {
 	pool   *pgxpool.Pool
 	maxAge time.Duration
+
+	mu        sync.Mutex
+	relations *rollupRelations // resolved once per Reader
+}
+
+// rollupRelations name where rolled-up rows are read from: the rollup
+// tables on plain PostgreSQL; on TimescaleDB the continuous aggregates'
+// materialization hypertables. Reading those directly skips the
+// aggregates' real-time union with raw events (and its planning over every
+// raw chunk): the read path already computes every day that is not rolled
+// up from raw events, because each stored event logs its day until the
+// worker has refreshed it.
+type rollupRelations struct {
+	daily, latency string
 }
 
 // NewReader returns a Reader; maxAge is MAX_CONNECTION_AGE.
@@ -58,6 +74,22 @@ func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Tim
 		return out, nil
 	}
 	from, to = Day(from), Day(to)
+	// Most reads cover only rolled-up days: one round trip.
+	ok, err := r.fastTotals(ctx, proxies, from, to, by, out)
+	if err != nil {
+		return nil, fmt.Errorf("rollup: read totals: %w", err)
+	}
+	if ok {
+		return out, nil
+	}
+	return r.slowTotals(ctx, proxies, from, to, by)
+}
+
+// slowTotals answers any request: rolled-up days from the rollups, days
+// still in the invalidation log from raw events, peaks of days whose
+// connections are being re-paired recomputed, in one snapshot.
+func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
+	out := map[Key]*Totals{}
 	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
 		if err != nil {
@@ -158,13 +190,18 @@ func (r *Reader) sums(ctx context.Context, tx pgx.Tx, proxies []string, from, to
 	if err != nil {
 		return err
 	}
+	return scanSums(rows, out)
+}
+
+// scanSums merges rows of (group proxy, group day, sums...) into out.
+func scanSums(rows pgx.Rows, out map[Key]*Totals) error {
 	var (
 		proxyID *string
 		day     *time.Time
 		t       Totals
 		maxLat  *int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&proxyID, &day, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &day, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
 		&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
 		&t.FirstEventAt, &t.LastEventAt}, func() error {
 		k := Key{}
@@ -208,13 +245,19 @@ func (r *Reader) histograms(ctx context.Context, tx pgx.Tx, proxies []string, fr
 	if err != nil {
 		return err
 	}
+	return scanHistograms(rows, out)
+}
+
+// scanHistograms merges rows of (group proxy, group day, latency bucket,
+// samples) into out.
+func scanHistograms(rows pgx.Rows, out map[Key]*Totals) error {
 	var (
 		proxyID *string
 		day     *time.Time
 		bucket  int16
 		n       int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&proxyID, &day, &bucket, &n}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &day, &bucket, &n}, func() error {
 		k := Key{}
 		if proxyID != nil {
 			k.ProxyID = *proxyID
@@ -230,6 +273,154 @@ func (r *Reader) histograms(ctx context.Context, tx pgx.Tx, proxies []string, fr
 		return nil
 	})
 	return err
+}
+
+// rollupRelations returns where to read rolled-up rows, resolving it on
+// first use: the materialization hypertables of the continuous aggregates
+// when TimescaleDB has them, the rollup tables otherwise.
+func (r *Reader) rollupRelations(ctx context.Context) (*rollupRelations, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.relations != nil {
+		return r.relations, nil
+	}
+	rel := &rollupRelations{daily: "usage_daily", latency: "usage_latency_daily"}
+	rows, err := r.pool.Query(ctx, `
+		SELECT view_name, format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
+		  FROM timescaledb_information.continuous_aggregates
+		 WHERE view_schema = current_schema() AND view_name IN ('usage_daily', 'usage_latency_daily')`)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"): // no TimescaleDB here
+	case err != nil:
+		return nil, err
+	default:
+		var view, table string
+		if _, err := pgx.ForEachRow(rows, []any{&view, &table}, func() error {
+			if view == "usage_daily" {
+				rel.daily = table
+			} else {
+				rel.latency = table
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	r.relations = rel
+	return rel, nil
+}
+
+// Queries of the fast path. They share one repeatable-read snapshot and
+// return nothing unless it is clean: no proxy-day of the request waiting
+// in the invalidation log and no connection of its proxies waiting to be
+// re-paired. $1 proxies, $2/$3 first and last day, $4/$5 bucket range.
+const (
+	cleanCondition = `NOT EXISTS (SELECT 1 FROM usage_invalidations WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3)
+	AND NOT EXISTS (SELECT 1 FROM usage_connection_invalidations WHERE proxy_id = ANY($1))`
+	fastClean = `SELECT ` + cleanCondition
+	// The rows are merged into groups in Go: cheaper here than the
+	// database's hash aggregation, which is the slow part of these reads.
+	fastSums = `
+SELECT proxy_id, bucket, event_count, connection_count, success_count, error_count,
+       coalesce(bytes_sent, 0)::bigint, coalesce(bytes_received, 0)::bigint,
+       coalesce(duration_sum_us, 0)::bigint, duration_count,
+       coalesce(latency_sum_us, 0)::bigint, latency_count, latency_max_us, first_event_at, last_event_at
+  FROM %s
+ WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
+	fastHistograms = `
+SELECT proxy_id, bucket, latency_bucket, samples
+  FROM %s
+ WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
+	fastPeaks = `
+SELECT proxy_id, day, peak FROM usage_daily_peak
+ WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0 AND ` + cleanCondition
+)
+
+// fastTotals answers from the rollups alone, in one round trip (BEGIN,
+// the queries and COMMIT pipelined), when every requested day is rolled
+// up. ok is false when some are not: the caller takes the full path.
+func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time.Time, by Group, out map[Key]*Totals) (ok bool, err error) {
+	rel, err := r.rollupRelations(ctx)
+	if err != nil {
+		return false, err
+	}
+	end := to.AddDate(0, 0, 1)
+	args := []any{proxies, from, to, from, end}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+	b.Queue(fastClean, args[:3]...)
+	b.Queue(fmt.Sprintf(fastSums, rel.daily), args...)
+	b.Queue(fmt.Sprintf(fastHistograms, rel.latency), args...)
+	b.Queue(fastPeaks, args[:3]...)
+	b.Queue("COMMIT")
+	br := r.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return false, err
+	}
+	var clean bool
+	if err := br.QueryRow().Scan(&clean); err != nil {
+		return false, err
+	}
+	var (
+		proxyID string
+		bucket  time.Time
+		t       Totals
+		maxLat  *int64
+	)
+	rows, err := br.Query()
+	if err != nil {
+		return false, err
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
+		&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
+		&t.FirstEventAt, &t.LastEventAt}, func() error {
+		row := t
+		if maxLat != nil {
+			row.LatencyMaxUS = *maxLat
+		}
+		groupKey(by, proxyID, Day(bucket)).totals(out).Merge(&row)
+		return nil
+	}); err != nil {
+		return false, err
+	}
+	if rows, err = br.Query(); err != nil {
+		return false, err
+	}
+	var lb int16
+	var n int64
+	var last Key
+	var lastT *Totals
+	if _, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &lb, &n}, func() error {
+		k := groupKey(by, proxyID, Day(bucket))
+		if lastT == nil || k != last {
+			last, lastT = k, k.totals(out)
+			if lastT.Latency == nil {
+				lastT.Latency = Histogram{}
+			}
+		}
+		lastT.Latency[lb] += n
+		return nil
+	}); err != nil {
+		return false, err
+	}
+	if rows, err = br.Query(); err != nil {
+		return false, err
+	}
+	var dk DayKey
+	var peak int
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
+		t := groupKey(by, dk.ProxyID, dk.Day.UTC()).totals(out)
+		t.Peak = max(t.Peak, peak)
+		return nil
+	}); err != nil {
+		return false, err
+	}
+	if _, err := br.Exec(); err != nil {
+		return false, err
+	}
+	return clean, br.Close()
 }
 
 // peaks reads stored daily peaks and recomputes those of dirty days —

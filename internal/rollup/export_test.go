@@ -1,0 +1,17 @@
+package rollup
+
+import (
+	"context"
+	"time"
+)
+
+// FastTotals and SlowTotals expose the reader's two paths to tests.
+func (r *Reader) FastTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, bool, error) {
+	out := map[Key]*Totals{}
+	ok, err := r.fastTotals(ctx, proxies, Day(from), Day(to), by, out)
+	return out, ok, err
+}
+
+func (r *Reader) SlowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
+	return r.slowTotals(ctx, proxies, Day(from), Day(to), by)
+}

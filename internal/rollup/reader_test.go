@@ -1,0 +1,110 @@
+package rollup_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"reflect"
+	"testing"
+	"time"
+
+	"proxyusage/internal/apptest"
+	"proxyusage/internal/database"
+	"proxyusage/internal/rollup"
+	"proxyusage/internal/workload"
+)
+
+// The one-round-trip path over rolled-up days answers exactly what the
+// full path answers, for every grouping, and steps aside while any day or
+// connection of the request waits for the worker.
+func TestFastPathMatchesFullPath(t *testing.T) {
+	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
+		t.Parallel()
+		env := apptest.Start(t, b, apptest.NoWorker)
+		svc := apptest.Token(t, "ingest", "service")
+		now := time.Now().UTC()
+		gen := workload.New(workload.Config{Seed: 7, Users: 2, Proxies: 6, Start: now.Add(-4 * 24 * time.Hour), End: now.Add(-time.Minute), Events: 3000})
+		owner := map[string]string{}
+		for _, p := range gen.Proxies() {
+			owner[p.ID] = p.UserID
+			env.MustRegister(apptest.Token(t, p.UserID), p.ID)
+		}
+		post := func(g *workload.Generator) {
+			for {
+				events := g.Next(nil, 500)
+				if len(events) == 0 {
+					return
+				}
+				r := env.Do(http.MethodPost, "/proxy/usage/events", svc, workload.AppendBatch(nil, events))
+				if r.Status != http.StatusCreated {
+					t.Fatalf("ingest: %d %s", r.Status, r.Body)
+				}
+			}
+		}
+		post(gen)
+		drain(t, env)
+
+		reader, err := rollup.NewReader(env.Main.Pool, 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		var ids []string
+		for id := range owner {
+			ids = append(ids, id)
+		}
+		today := rollup.Day(now)
+		ranges := [][2]time.Time{{today.AddDate(0, 0, -6), today}, {today.AddDate(0, 0, -2), today.AddDate(0, 0, -1)}, {today, today},
+			{today.AddDate(0, 0, -400), today.AddDate(0, 0, -300)}}
+		compare := func(wantFast bool) {
+			for _, rg := range ranges {
+				for _, by := range []rollup.Group{rollup.ByNone, rollup.ByDay, rollup.ByProxy, rollup.ByProxyDay} {
+					for _, set := range [][]string{ids, ids[:1]} {
+						fast, ok, err := reader.FastTotals(ctx, set, rg[0], rg[1], by)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if ok != wantFast {
+							t.Fatalf("fast path taken = %v, want %v", ok, wantFast)
+						}
+						slow, err := reader.SlowTotals(ctx, set, rg[0], rg[1], by)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if !ok {
+							continue
+						}
+						if err := sameTotals(fast, slow); err != nil {
+							t.Fatalf("range %v by %v: %v", rg, by, err)
+						}
+					}
+				}
+			}
+		}
+		compare(true)
+		// Late events leave days and connections to re-roll: the fast path
+		// steps aside until the worker has run.
+		post(workload.New(workload.Config{Seed: 8, Users: 2, Proxies: 6, Start: now.Add(-3 * 24 * time.Hour), End: now.Add(-2 * 24 * time.Hour), Events: 200, Prefix: "late"}))
+		ranges = ranges[:1]
+		compare(false)
+		drain(t, env)
+		compare(true)
+	})
+}
+
+func sameTotals(a, b map[rollup.Key]*rollup.Totals) error {
+	if len(a) != len(b) {
+		return fmt.Errorf("%d groups, full path %d", len(a), len(b))
+	}
+	for k, x := range a {
+		y, ok := b[k]
+		if !ok {
+			return fmt.Errorf("group %v missing from the full path", k)
+		}
+		if !reflect.DeepEqual(x.Metrics(), y.Metrics()) || x.EventCount != y.EventCount || x.LatencySumUS != y.LatencySumUS ||
+			!reflect.DeepEqual(x.Latency, y.Latency) || !x.FirstEventAt.Equal(*y.FirstEventAt) || !x.LastEventAt.Equal(*y.LastEventAt) {
+			return fmt.Errorf("group %v: fast %+v, full %+v", k, *x, *y)
+		}
+	}
+	return nil
+}
