@@ -333,10 +333,11 @@ func explain(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (
 
 // rawSQL computes §4 metrics per group straight from usage_events: $1
 // proxies, $2..$3 inclusive UTC days. Peaks pair each start with the first
-// end of its connection id at or after it (the workload never reuses
-// connection ids) and sweep the per-day edges, ends before starts.
-// Connections are looked up from one day before the range: the
-// workload's connections last at most 6 hours, unpaired ones 24 hours.
+// end of its connection id at or after it (a hash join: the workload never
+// reuses connection ids), close unpaired starts after 24 hours and sweep
+// the per-day edges, ends before starts. Connection events are read from
+// one day before the range to two days after it: the workload's
+// connections last at most 6 hours, unpaired ones 24 hours.
 func rawSQL(group string) string {
 	cols := map[string]string{
 		"day":   "NULL::text AS gp, day AS gd",
@@ -360,16 +361,17 @@ WITH ev AS (
          percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_us) AS p95_lat,
          count(DISTINCT proxy_id) AS proxies, count(DISTINCT day) AS days
     FROM ev GROUP BY 1, 2
-), starts AS (
-  SELECT proxy_id, connection_id, time AS s FROM usage_events
-   WHERE proxy_id = ANY($1) AND event_type = 'connection_start'
-     AND time >= ($2::date - 1)::timestamp AT TIME ZONE 'UTC' AND time < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'
+), conn_events AS (
+  SELECT proxy_id, connection_id, time, event_type FROM usage_events
+   WHERE proxy_id = ANY($1) AND event_type IN ('connection_start', 'connection_end')
+     AND time >= ($2::date - 1)::timestamp AT TIME ZONE 'UTC' AND time < ($3::date + 2)::timestamp AT TIME ZONE 'UTC'
 ), iv AS (
-  SELECT st.proxy_id, st.s, coalesce((
-           SELECT min(e.time) FROM usage_events e
-            WHERE e.proxy_id = st.proxy_id AND e.connection_id = st.connection_id
-              AND e.event_type = 'connection_end' AND e.time >= st.s), st.s + interval '24 hours') AS e
-    FROM starts st
+  SELECT st.proxy_id, st.time AS s, coalesce(min(en.time), st.time + interval '24 hours') AS e
+    FROM conn_events st
+    LEFT JOIN conn_events en ON en.proxy_id = st.proxy_id AND en.connection_id = st.connection_id
+                            AND en.event_type = 'connection_end' AND en.time >= st.time
+   WHERE st.event_type = 'connection_start' AND st.time < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'
+   GROUP BY st.proxy_id, st.connection_id, st.time
 ), edges AS (
   SELECT iv.proxy_id, d::date AS day, greatest(iv.s, d) AS at, 1 AS delta
     FROM iv, generate_series(date_trunc('day', iv.s), iv.e - interval '1 microsecond', interval '1 day') AS d
@@ -403,7 +405,9 @@ type rawRow struct {
 func (r *reads) rawGroups(group string) func(ctx context.Context, q query) (any, error) {
 	sql := rawSQL(group)
 	return func(ctx context.Context, q query) (any, error) {
-		rows, err := r.pool.Query(ctx, sql, q.proxies, q.from, q.to)
+		// Planned for its parameters every time, as an ad-hoc query would be
+		// (a cached generic plan can be far worse over many chunks).
+		rows, err := r.pool.Query(ctx, sql, pgx.QueryExecModeExec, q.proxies, q.from, q.to)
 		if err != nil {
 			return nil, err
 		}
@@ -439,7 +443,7 @@ func (r *reads) rawBill(ctx context.Context, q query) (any, error) {
 	rows, err := r.pool.Query(ctx, `
 		SELECT (time AT TIME ZONE 'UTC')::date, sum(bytes_sent + bytes_received)::bigint FROM usage_events
 		 WHERE proxy_id = ANY($1) AND time >= $2::date::timestamp AT TIME ZONE 'UTC' AND time < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'
-		 GROUP BY 1`, q.proxies, q.from, q.to)
+		 GROUP BY 1`, pgx.QueryExecModeExec, q.proxies, q.from, q.to)
 	if err != nil {
 		return nil, err
 	}
