@@ -1,7 +1,9 @@
 package rollup
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -311,6 +313,64 @@ func (r *Reader) rollupRelations(ctx context.Context) (*rollupRelations, error) 
 	return rel, nil
 }
 
+// scanFastHistograms merges (proxy, bucket, latency bucket, samples) rows
+// into their groups' histograms. There can be many thousands per request,
+// so binary values are read straight from the wire.
+func scanFastHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
+	defer rows.Close()
+	fds := rows.FieldDescriptions()
+	if len(fds) != 4 || fds[1].Format != pgx.BinaryFormatCode || fds[2].Format != pgx.BinaryFormatCode || fds[3].Format != pgx.BinaryFormatCode {
+		return scanHistogramRows(rows, by, out)
+	}
+	const usPerDay = 86_400_000_000
+	var (
+		lastProxy []byte
+		lastDay   int64
+		lastT     *Totals
+	)
+	for rows.Next() {
+		raw := rows.RawValues()
+		if raw[0] == nil || len(raw[1]) != 8 || len(raw[2]) != 2 || len(raw[3]) != 8 {
+			return errors.New("unexpected latency histogram row")
+		}
+		us := int64(binary.BigEndian.Uint64(raw[1])) // since 2000-01-01 UTC
+		day := us / usPerDay
+		if us < 0 && us%usPerDay != 0 {
+			day--
+		}
+		if lastT == nil || day != lastDay || ((by == ByProxy || by == ByProxyDay) && !bytes.Equal(raw[0], lastProxy)) {
+			lastDay, lastProxy = day, append(lastProxy[:0], raw[0]...)
+			lastT = groupKey(by, string(raw[0]), pgEpoch.AddDate(0, 0, int(day))).totals(out)
+			if lastT.Latency == nil {
+				lastT.Latency = Histogram{}
+			}
+		}
+		lastT.Latency[int16(binary.BigEndian.Uint16(raw[2]))] += int64(binary.BigEndian.Uint64(raw[3]))
+	}
+	return rows.Err()
+}
+
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// scanHistogramRows is scanFastHistograms through pgx's scanning.
+func scanHistogramRows(rows pgx.Rows, by Group, out map[Key]*Totals) error {
+	var (
+		proxyID string
+		bucket  time.Time
+		lb      int16
+		n       int64
+	)
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &lb, &n}, func() error {
+		t := groupKey(by, proxyID, Day(bucket)).totals(out)
+		if t.Latency == nil {
+			t.Latency = Histogram{}
+		}
+		t.Latency[lb] += n
+		return nil
+	})
+	return err
+}
+
 // Queries of the fast path. They share one repeatable-read snapshot and
 // return nothing unless it is clean: no proxy-day of the request waiting
 // in the invalidation log and no connection of its proxies waiting to be
@@ -388,21 +448,7 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 	if rows, err = br.Query(); err != nil {
 		return false, err
 	}
-	var lb int16
-	var n int64
-	var last Key
-	var lastT *Totals
-	if _, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &lb, &n}, func() error {
-		k := groupKey(by, proxyID, Day(bucket))
-		if lastT == nil || k != last {
-			last, lastT = k, k.totals(out)
-			if lastT.Latency == nil {
-				lastT.Latency = Histogram{}
-			}
-		}
-		lastT.Latency[lb] += n
-		return nil
-	}); err != nil {
+	if err := scanFastHistograms(rows, by, out); err != nil {
 		return false, err
 	}
 	if rows, err = br.Query(); err != nil {
