@@ -55,6 +55,15 @@ func (b *bench) readPhases(ctx context.Context) error {
 		return err
 	}
 	seedTime := time.Since(t0)
+	step("pairing connections in bulk (workload.PairAll: rollup.Pair over every connection)")
+	t1 := time.Now()
+	if err := workload.PairAll(ctx, pool, 24*time.Hour, func(n int) {
+		progress("%s connections paired", count(n))
+	}); err != nil {
+		return err
+	}
+	endProgress()
+	pairTime := time.Since(t1)
 	rollTime, err := b.rollUp(ctx, pool)
 	if err != nil {
 		return err
@@ -70,9 +79,9 @@ func (b *bench) readPhases(ctx context.Context) error {
 	}
 	_ = pool.QueryRow(ctx, `SELECT to_char(count(*), 'FM999,999,999') FROM usage_daily`).Scan(&dailyRows)
 	_ = pool.QueryRow(ctx, `SELECT to_char(count(*), 'FM999,999,999') FROM usage_latency_daily`).Scan(&histRows)
-	dataset := fmt.Sprintf("Read dataset: %s events over %d days (%s to %s), %d proxies of %d users, usage_events %s; seeded by COPY in %.0f s, rolled up by `rollup.Worker` (batch %s) in %.0f s; %s rows in usage_daily, %s in usage_latency_daily.",
+	dataset := fmt.Sprintf("Read dataset: %s events over %d days (%s to %s), %d proxies of %d users, usage_events %s; seeded by COPY with its invalidation logs in %.0f s, connections paired in bulk (`workload.PairAll`, the worker's `rollup.Pair` over every connection at once) in %.0f s, days and peaks rolled up by `rollup.Worker` (batch %s) in %.0f s; %s rows in usage_daily, %s in usage_latency_daily.",
 		count(n), b.opt.readDays, first.Format(dateLayout), today.Format(dateLayout), b.opt.proxies, b.opt.users, tableSize,
-		seedTime.Seconds(), count(b.opt.rollupBatch), rollTime.Seconds(), dailyRows, histRows)
+		seedTime.Seconds(), pairTime.Seconds(), count(b.opt.rollupBatch), rollTime.Seconds(), dailyRows, histRows)
 	if b.backend == database.TimescaleDB {
 		var compressed, chunks int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE is_compressed), count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'usage_events'`).Scan(&compressed, &chunks); err == nil {

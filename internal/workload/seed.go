@@ -186,3 +186,104 @@ func SeedAccounts(ctx context.Context, db DB, g *Generator, today time.Time) err
 	}
 	return nil
 }
+
+// PairAll is the worker's connection re-pairing for a whole bulk-seeded
+// database at once: it streams every start and end event in one pass,
+// pairs each connection with rollup.Pair, replaces usage_connections, logs
+// every (proxy, day) an interval covers (so the worker recomputes those
+// days' peaks) and empties usage_connection_invalidations. The worker
+// would do the same connection by connection; on TimescaleDB it looks each
+// one up in every chunk, which for millions of seeded connections takes
+// far longer than seeding. For bulk set-up only: nothing may ingest
+// meanwhile.
+func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, progress func(connections int)) error {
+	reader, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer reader.Release()
+	type interval struct {
+		key rollup.ConnKey
+		iv  rollup.Interval
+	}
+	ch := make(chan interval, 4096)
+	days := map[rollup.DayKey]struct{}{}
+	readErr := make(chan error, 1)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		defer close(ch)
+		rows, err := reader.Query(rctx, `
+			SELECT proxy_id, connection_id, time, event_type = 'connection_start' FROM usage_events
+			 WHERE event_type IN ('connection_start', 'connection_end') ORDER BY proxy_id, connection_id`)
+		if err != nil {
+			readErr <- err
+			return
+		}
+		var (
+			cur    rollup.ConnKey
+			events []rollup.ConnEvent
+			n      int
+			k      rollup.ConnKey
+			ev     rollup.ConnEvent
+		)
+		flush := func() bool {
+			for _, iv := range rollup.Pair(events, maxAge) {
+				for _, d := range iv.Days() {
+					days[rollup.DayKey{ProxyID: cur.ProxyID, Day: d}] = struct{}{}
+				}
+				select {
+				case ch <- interval{cur, iv}:
+				case <-rctx.Done():
+					return false
+				}
+			}
+			events = events[:0]
+			if n++; progress != nil && n%100_000 == 0 {
+				progress(n)
+			}
+			return true
+		}
+		_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &ev.Time, &ev.Start}, func() error {
+			if k != cur && len(events) > 0 && !flush() {
+				return rctx.Err()
+			}
+			cur = k
+			events = append(events, ev)
+			return nil
+		})
+		if err == nil && len(events) > 0 && !flush() {
+			err = rctx.Err()
+		}
+		readErr <- err
+	}()
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		for _, q := range []string{`DELETE FROM usage_connections`, `DELETE FROM usage_connection_invalidations`} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return err
+			}
+		}
+		var cur interval
+		src := pgx.CopyFromFunc(func() ([]any, error) {
+			var ok bool
+			if cur, ok = <-ch; !ok {
+				return nil, nil
+			}
+			return []any{cur.key.ProxyID, cur.key.ConnectionID, cur.iv.Start, cur.iv.End, cur.iv.Paired}, nil
+		})
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_connections"},
+			[]string{"proxy_id", "connection_id", "start_time", "end_time", "paired"}, src); err != nil {
+			cancel()
+			return fmt.Errorf("workload: store intervals: %w", err)
+		}
+		if err := <-readErr; err != nil {
+			return fmt.Errorf("workload: read connections: %w", err)
+		}
+		dp, dd := make([]string, 0, len(days)), make([]time.Time, 0, len(days))
+		for d := range days {
+			dp, dd = append(dp, d.ProxyID), append(dd, d.Day)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO usage_invalidations (proxy_id, day) SELECT * FROM unnest($1::text[], $2::date[])`, dp, dd)
+		return err
+	})
+}
