@@ -27,6 +27,7 @@ func (b *bench) catchUp(ctx context.Context, pool *pgxpool.Pool, r *reads) error
 			break
 		}
 	}
+	resetStatements(ctx, pool)
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := workload.CopyEvents(ctx, tx, "usage_events", events, time.Now()); err != nil {
 			return err
@@ -81,6 +82,7 @@ func (b *bench) catchUp(ctx context.Context, pool *pgxpool.Pool, r *reads) error
 	b.add(result{"6", fmt.Sprintf("rollup catch-up: %s late events over %d days, service worker (default batch 5,000)", count(len(events)), b.opt.lateDays),
 		fmt.Sprintf("%.1f s (%s events/s; %s proxy-days, %s connections re-rolled)", took.Seconds(), rate(float64(len(events))/took.Seconds()), count(days), count(conns)),
 		"measured", ""})
-	b.addEvidence("(6) rollup catch-up", "CPU: "+cpuSplit(start, end)+". A report over the late days, computed from raw events afterwards, equals the API's.")
+	b.addEvidence("(6) rollup catch-up", "CPU: "+cpuSplit(start, end)+". A report over the late days, computed from raw events afterwards, equals the API's.\n\n"+
+		"Server time per statement (`pg_stat_statements`, from the COPY of the late events to the end):\n\n"+topStatements(ctx, pool, 8))
 	return nil
 }

@@ -526,9 +526,9 @@ func trimPprof(s string) string {
 // the last reset.
 func topStatements(ctx context.Context, pool *pgxpool.Pool, n int) string {
 	rows, err := pool.Query(ctx, `
-		SELECT calls, total_exec_time, mean_exec_time, rows, regexp_replace(left(query, 160), '\s+', ' ', 'g')
+		SELECT calls, total_exec_time, mean_exec_time, rows, regexp_replace(query, '\s+', ' ', 'g')
 		  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-		 ORDER BY total_exec_time DESC LIMIT $1`, n)
+		 ORDER BY total_exec_time DESC`)
 	if err != nil {
 		return "pg_stat_statements: " + err.Error()
 	}
@@ -537,14 +537,61 @@ func topStatements(ctx context.Context, pool *pgxpool.Pool, n int) string {
 	var calls, nrows int64
 	var total, mean float64
 	var q string
+	byPart := map[string]float64{}
+	var all float64
+	i := 0
 	_, err = pgx.ForEachRow(rows, []any{&calls, &total, &mean, &nrows, &q}, func() error {
-		fmt.Fprintf(&sb, "| %d | %.0f | %.3f | %d | `%s` |\n", calls, total, mean, nrows, strings.ReplaceAll(q, "|", "\\|"))
+		byPart[partOf(q)] += total
+		all += total
+		if i++; i <= n {
+			fmt.Fprintf(&sb, "| %d | %.0f | %.3f | %d | `%s` |\n", calls, total, mean, nrows, strings.ReplaceAll(truncate(q, 160), "|", "\\|"))
+		}
 		return nil
 	})
 	if err != nil {
 		return "pg_stat_statements: " + err.Error()
 	}
+	if all > 0 {
+		var parts []string
+		for _, p := range []string{"ingest", "rollup worker", "reads", "other"} {
+			if byPart[p] > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.1f s (%.0f %%)", p, byPart[p]/1000, 100*byPart[p]/all))
+			}
+		}
+		sb.WriteString("\nStatement time by part of the service: " + strings.Join(parts, ", ") +
+			". (Execution time as PostgreSQL measures it: on a saturated machine it includes waiting for a CPU.)\n")
+	}
 	return sb.String()
+}
+
+// partOf says which part of the service issued a statement.
+func partOf(q string) string {
+	l := strings.ToLower(q)
+	switch {
+	case strings.Contains(l, "refresh_continuous_aggregate"), strings.Contains(l, "usage_connections"),
+		strings.Contains(l, "usage_daily_peak (proxy_id, day, peak)"), strings.Contains(l, "delete from usage_"),
+		strings.Contains(l, "insert into usage_daily"), strings.Contains(l, "insert into usage_latency_daily"),
+		strings.Contains(l, "from usage_invalidations order by id"), strings.Contains(l, "from usage_connection_invalidations order by id"),
+		strings.Contains(l, "min(logged_at)"), strings.Contains(l, "advisory_lock"), strings.Contains(l, "event_type = 'connection_start' from unnest"),
+		strings.Contains(l, "e.event_type = $3 from unnest"), strings.Contains(l, "retention_policy"):
+		return "rollup worker"
+	case strings.Contains(l, "usage_event_keys"), strings.Contains(l, "copy \"usage_events\""),
+		strings.Contains(l, "insert into usage_invalidations"), strings.Contains(l, "from proxies where id = any"),
+		l == "begin", l == "commit", l == "savepoint claim", strings.Contains(l, "rollback"):
+		return "ingest"
+	case strings.Contains(l, "_materialized_hypertable"), strings.Contains(l, "from usage_daily"), strings.Contains(l, "usage_latency_daily"),
+		strings.Contains(l, "usage_daily_peak where"), strings.Contains(l, "from proxies where user_id"), strings.Contains(l, "user_tiers"),
+		strings.Contains(l, "user_contracts"), strings.Contains(l, "begin isolation level repeatable read"), strings.Contains(l, "not exists (select 1 from usage_invalidations"):
+		return "reads"
+	}
+	return "other"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
 
 func resetStatements(ctx context.Context, pool *pgxpool.Pool) {

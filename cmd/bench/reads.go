@@ -73,15 +73,17 @@ func (b *bench) readPhases(ctx context.Context) error {
 		return err
 	}
 	var tableSize, dailyRows, histRows string
+	var perDay float64
+	_ = pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM usage_latency_daily)::float8 / greatest(1, (SELECT count(*) FROM usage_daily))`).Scan(&perDay)
 	_ = pool.QueryRow(ctx, `SELECT pg_size_pretty(hypertable_size('usage_events'))`).Scan(&tableSize)
 	if tableSize == "" {
 		_ = pool.QueryRow(ctx, `SELECT pg_size_pretty(pg_total_relation_size('usage_events'))`).Scan(&tableSize)
 	}
 	_ = pool.QueryRow(ctx, `SELECT to_char(count(*), 'FM999,999,999') FROM usage_daily`).Scan(&dailyRows)
 	_ = pool.QueryRow(ctx, `SELECT to_char(count(*), 'FM999,999,999') FROM usage_latency_daily`).Scan(&histRows)
-	dataset := fmt.Sprintf("Read dataset: %s events over %d days (%s to %s), %d proxies of %d users, usage_events %s; seeded by COPY with its invalidation logs in %.0f s, connections paired in bulk (`workload.PairAll`, the worker's `rollup.Pair` over every connection at once) in %.0f s, days and peaks rolled up by `rollup.Worker` (batch %s) in %.0f s; %s rows in usage_daily, %s in usage_latency_daily.",
+	dataset := fmt.Sprintf("Read dataset: %s events over %d days (%s to %s), %d proxies of %d users, usage_events %s; seeded by COPY with its invalidation logs in %.0f s, connections paired in bulk (`workload.PairAll`, the worker's `rollup.Pair` over every connection at once) in %.0f s, days and peaks rolled up by `rollup.Worker` (batch %s) in %.0f s; %s rows in usage_daily, %s in usage_latency_daily (%.0f latency buckets per proxy-day).",
 		count(n), b.opt.readDays, first.Format(dateLayout), today.Format(dateLayout), b.opt.proxies, b.opt.users, tableSize,
-		seedTime.Seconds(), pairTime.Seconds(), count(b.opt.rollupBatch), rollTime.Seconds(), dailyRows, histRows)
+		seedTime.Seconds(), pairTime.Seconds(), count(b.opt.rollupBatch), rollTime.Seconds(), dailyRows, histRows, perDay)
 	if b.backend == database.TimescaleDB {
 		var compressed, chunks int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE is_compressed), count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'usage_events'`).Scan(&compressed, &chunks); err == nil {

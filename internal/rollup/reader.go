@@ -352,6 +352,20 @@ func scanFastHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 
 var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
+// histogramKeyColumns selects the proxy and bucket of histogram rows, or
+// constants for what the grouping ignores.
+func histogramKeyColumns(by Group) string {
+	switch by {
+	case ByDay:
+		return "''::text, bucket"
+	case ByProxy:
+		return "proxy_id, '2000-01-01'::timestamptz"
+	case ByProxyDay:
+		return "proxy_id, bucket"
+	}
+	return "''::text, '2000-01-01'::timestamptz"
+}
+
 // scanHistogramRows is scanFastHistograms through pgx's scanning.
 func scanHistogramRows(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 	var (
@@ -388,8 +402,10 @@ SELECT proxy_id, bucket, event_count, connection_count, success_count, error_cou
        coalesce(latency_sum_us, 0)::bigint, latency_count, latency_max_us, first_event_at, last_event_at
   FROM %s
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
+	// Columns a grouping does not use are sent as constants: these are the
+	// bulk of a read's rows.
 	fastHistograms = `
-SELECT proxy_id, bucket, latency_bucket, samples
+SELECT %s, latency_bucket, samples
   FROM %s
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
 	fastPeaks = `
@@ -411,7 +427,7 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 	b.Queue(fastClean, args[:3]...)
 	b.Queue(fmt.Sprintf(fastSums, rel.daily), args...)
-	b.Queue(fmt.Sprintf(fastHistograms, rel.latency), args...)
+	b.Queue(fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency), args...)
 	b.Queue(fastPeaks, args[:3]...)
 	b.Queue("COMMIT")
 	br := r.pool.SendBatch(ctx, b)
