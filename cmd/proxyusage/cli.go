@@ -293,8 +293,9 @@ func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 		}()
 	}
 	bar := newProgress(stderr, *events)
-	done := make(chan struct{})
+	done, drawn := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(drawn)
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -316,6 +317,7 @@ func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	close(batches)
 	wg.Wait()
 	close(done)
+	<-drawn // the drawing goroutine has stopped writing
 	bar.show(int(sent.Load()))
 	bar.finish()
 	if firstErr != nil {
