@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -45,9 +46,10 @@ type bench struct {
 	evidence []string // markdown sections
 	client   *http.Client
 
-	copyRate float64 // (1), events/s
-	rssPeak  int64   // (5)
-	hwm      int64
+	copyRate  float64 // (1), events/s, one stream
+	copyRate2 float64 // two concurrent streams
+	rssPeak   int64   // (5)
+	hwm       int64
 }
 
 func (b *bench) run(ctx context.Context) error {
@@ -168,6 +170,7 @@ func (b *bench) report() {
 	sb.WriteString("| machine | |\n|---|---|\n")
 	fmt.Fprintf(&sb, "| nproc | %d |\n| CPU | %s |\n| memory | %s |\n| Go | %s |\n| PostgreSQL | %s |\n| backend | %s |\n| commit | %s |\n\n",
 		m.nproc, m.cpu, m.memory, m.goVersion, m.pgVersion, b.backend, m.commit)
+	sort.SliceStable(b.results, func(i, j int) bool { return b.results[i].id < b.results[j].id })
 	sb.WriteString("| # | measure | result | target | met |\n|---|---|---|---|---|\n")
 	for _, r := range b.results {
 		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", r.id, r.measure, r.value, r.target, r.met)
