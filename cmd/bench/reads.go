@@ -323,8 +323,8 @@ func (r *reads) measure(ctx context.Context, dataset string) error {
 	if err != nil {
 		return err
 	}
-	if plan, err := reader.ExplainSums(ctx, q.proxies, q.from, q.to, rollup.ByDay); err == nil {
-		ev += "\n<details><summary>EXPLAIN (ANALYZE, BUFFERS) of the report's rolled-up sums query (rollup.Reader.ExplainSums)</summary>\n\n```\n" + plan + "\n```\n</details>\n"
+	if plan, err := reader.ExplainHistograms(ctx, q.proxies, q.from, q.to, rollup.ByDay); err == nil {
+		ev += "\n<details><summary>EXPLAIN (ANALYZE, BUFFERS) of the report's latency histogram read, the bulk of its rows (rollup.Reader.ExplainHistograms)</summary>\n\n```\n" + plan + "\n```\n</details>\n"
 	}
 	if plan, err := explain(ctx, r.pool, rawSQL("day"), q.proxies, q.from, q.to); err == nil {
 		ev += "\n<details><summary>EXPLAIN (ANALYZE, BUFFERS) of the same report computed from raw events</summary>\n\n```\n" + plan + "\n```\n</details>\n"

@@ -633,6 +633,27 @@ func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.T
 	return n, nil
 }
 
+// ExplainHistograms returns the EXPLAIN (ANALYZE, BUFFERS) plan of the
+// one-round-trip path's latency histogram query — the bulk of a clean
+// read's rows — for the given request.
+func (r *Reader) ExplainHistograms(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
+	rel, err := r.rollupRelations(ctx)
+	if err != nil {
+		return "", err
+	}
+	from, to = Day(from), Day(to)
+	rows, err := r.pool.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency),
+		proxies, from, to, from, to.AddDate(0, 0, 1))
+	if err != nil {
+		return "", err
+	}
+	plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(plan, "\n"), nil
+}
+
 // ExplainSums returns the EXPLAIN (ANALYZE, BUFFERS) plan of the sums query
 // for the given request, with the dirty days as they are now. It shows
 // which raw events a read touches (tests, operators).

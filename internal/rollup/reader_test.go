@@ -82,6 +82,9 @@ func TestFastPathMatchesFullPath(t *testing.T) {
 			}
 		}
 		compare(true)
+		if plan, err := reader.ExplainHistograms(ctx, ids, ranges[0][0], ranges[0][1], rollup.ByDay); err != nil || plan == "" {
+			t.Fatalf("explain: %v", err)
+		}
 		// Late events leave days and connections to re-roll: the fast path
 		// steps aside until the worker has run.
 		post(workload.New(workload.Config{Seed: 8, Users: 2, Proxies: 6, Start: now.Add(-3 * 24 * time.Hour), End: now.Add(-2 * 24 * time.Hour), Events: 200, Prefix: "late"}))
