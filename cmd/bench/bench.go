@@ -117,6 +117,13 @@ func yes(ok bool) string {
 	return "❌ no"
 }
 
+func mark(ok bool) string {
+	if ok {
+		return "✅"
+	}
+	return "❌"
+}
+
 func rate(n float64) string {
 	switch {
 	case n >= 1e6:

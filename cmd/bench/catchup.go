@@ -44,23 +44,8 @@ func (b *bench) catchUp(ctx context.Context, pool *pgxpool.Pool, r *reads) error
 	}
 	fmt.Printf("  committed: %s proxy-days and %s connections to roll up\n", count(days), count(conns))
 	start := b.cpu()
-	for {
-		d, c, err := pending(ctx, pool)
-		if err != nil {
-			return err
-		}
-		progress("pending: %s proxy-days, %s connections  (%.0f s)", count(d), count(c), time.Since(t0).Seconds())
-		if d+c == 0 {
-			break
-		}
-		if time.Since(t0) > time.Hour {
-			return fmt.Errorf("rollup did not catch up within an hour")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+	if _, err := watch(ctx, pool, time.Hour); err != nil {
+		return err
 	}
 	took := time.Since(t0)
 	end := b.cpu()
