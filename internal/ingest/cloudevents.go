@@ -144,48 +144,11 @@ func decodeStrict(data []byte, v any) error {
 	return nil
 }
 
-// noDuplicateKeys refuses JSON that repeats a key in any object.
+// noDuplicateKeys refuses JSON that repeats a key in any object, with the
+// same scanner the native decoder uses.
 func noDuplicateKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	type frame struct {
-		keys   map[string]bool
-		object bool
-		key    bool // next token is a key
-	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return invalid("body is not valid JSON")
-		}
-		if k, isKey := tok.(string); isKey && len(stack) > 0 && stack[len(stack)-1].object && stack[len(stack)-1].key {
-			n := len(stack)
-			if stack[n-1].keys[k] {
-				return invalid("duplicate key %q", truncate(k, 64))
-			}
-			stack[n-1].keys[k], stack[n-1].key = true, false
-			continue
-		}
-		if delim, ok := tok.(json.Delim); ok {
-			switch delim {
-			case '{':
-				stack = append(stack, &frame{keys: map[string]bool{}, object: true, key: true})
-				continue
-			case '[':
-				stack = append(stack, &frame{})
-				continue
-			default:
-				stack = stack[:len(stack)-1]
-			}
-		}
-		if n := len(stack); n > 0 && stack[n-1].object {
-			stack[n-1].key = true
-		}
-	}
+	_, _, _, err := scanBody(data)
+	return err
 }
 
 // RecordCloudEvents records a structured CloudEvent (batch false) or a
