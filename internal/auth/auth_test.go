@@ -49,3 +49,52 @@ func TestVerifierRejectsWrongAlgorithmFamily(t *testing.T) {
 		t.Error("verifier without a key")
 	}
 }
+
+// A verified token is remembered until the earlier of cacheTTL and its
+// expiry; a stale entry is verified again; the cache stays bounded.
+func TestVerifierCache(t *testing.T) {
+	v, _ := NewVerifier(t.Context(), Config{Secret: secret})
+	tok, _ := Mint(secret, "alice", []string{"admin"}, 20*time.Second, "", "")
+	p, err := v.Verify(t.Context(), "Bearer "+tok)
+	if err != nil || p.UserID != "alice" {
+		t.Fatalf("verify: %+v %v", p, err)
+	}
+	e, ok := v.cache.entries[tok]
+	if !ok {
+		t.Fatal("verified token not cached")
+	}
+	if left := time.Until(e.until); left > 20*time.Second || left < 15*time.Second {
+		t.Fatalf("cached for %v, want until the token's expiry (20s)", left)
+	}
+	long, _ := Mint(secret, "bob", nil, time.Hour, "", "")
+	if _, err := v.Verify(t.Context(), "Bearer "+long); err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(v.cache.entries[long].until); left > cacheTTL {
+		t.Fatalf("cached for %v, longer than %v", left, cacheTTL)
+	}
+
+	// The cache answers while fresh, and only then.
+	v.cache.entries[tok] = cachedToken{principal: Principal{UserID: "from-cache"}, until: time.Now().Add(time.Minute)}
+	if p, _ := v.Verify(t.Context(), "Bearer "+tok); p.UserID != "from-cache" {
+		t.Fatalf("fresh entry not used: %+v", p)
+	}
+	v.cache.entries[tok] = cachedToken{principal: Principal{UserID: "from-cache"}, until: time.Now().Add(-time.Second)}
+	if p, _ := v.Verify(t.Context(), "Bearer "+tok); p.UserID != "alice" {
+		t.Fatalf("stale entry used: %+v", p)
+	}
+
+	// A forged signature is a different string: never a cache hit.
+	forged := tok[:len(tok)-4] + "AAAA"
+	if _, err := v.Verify(t.Context(), "Bearer "+forged); err == nil {
+		t.Fatal("forged token accepted")
+	}
+
+	now := time.Now()
+	for i := range cacheEntries + 10 {
+		v.cache.put(strings.Repeat("x", i%7)+time.Duration(i).String(), Principal{}, now.Add(time.Minute), now)
+	}
+	if n := len(v.cache.entries); n > cacheEntries {
+		t.Fatalf("cache holds %d entries, bound %d", n, cacheEntries)
+	}
+}

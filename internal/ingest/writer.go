@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -77,6 +78,8 @@ type Writer struct {
 	mu     sync.RWMutex
 	closed bool
 	wg     sync.WaitGroup
+
+	lastFlush atomic.Int64 // unix nanoseconds of the latest flush start
 }
 
 type pending struct {
@@ -209,8 +212,15 @@ func (w *Writer) loop() {
 			}
 		}
 		w.cfg.Metrics.IngestQueueDepth.Set(float64(len(w.queue)))
+		w.lastFlush.Store(time.Now().UnixNano())
 		w.flushAll(batch)
 	}
+}
+
+// Active reports whether the writer flushed within the last window: the
+// rollup worker yields the database to ingest while it is.
+func (w *Writer) Active(window time.Duration) bool {
+	return time.Since(time.Unix(0, w.lastFlush.Load())) < window
 }
 
 // flushAll writes batch in one transaction. If that fails for a reason

@@ -216,3 +216,22 @@ func TestWriterAuthorizes(t *testing.T) {
 		t.Fatalf("admin: %d %v %v", acc, denied, err)
 	}
 }
+
+// Active tells the rollup worker to yield: false until a flush, true just
+// after one, false again once the window has passed.
+func TestWriterActive(t *testing.T) {
+	w, _ := startWriter(t, database.Postgres)
+	if w.Active(time.Hour) {
+		t.Fatal("active before any write")
+	}
+	if _, _, err := w.WriteAs(context.Background(), auth.Principal{UserID: "alice"}, events("a1", "", 3), true); err != nil {
+		t.Fatal(err)
+	}
+	if !w.Active(time.Hour) {
+		t.Fatal("not active right after a write")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if w.Active(10 * time.Millisecond) {
+		t.Fatal("still active after the window")
+	}
+}

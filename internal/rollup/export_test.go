@@ -15,3 +15,5 @@ func (r *Reader) FastTotals(ctx context.Context, proxies []string, from, to time
 func (r *Reader) SlowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
 	return r.slowTotals(ctx, proxies, Day(from), Day(to), by)
 }
+
+func (w *Worker) Pause(next, took time.Duration) time.Duration { return w.pause(next, took) }

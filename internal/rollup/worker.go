@@ -31,6 +31,15 @@ type WorkerConfig struct {
 	MaxConnectionAge time.Duration
 	RawRetention     time.Duration // TimescaleDB retention policy; 0 leaves it
 
+	// IngestActive, when set, reports whether this process is ingesting.
+	// While it is, the worker pauses BusyPause times its last run's length
+	// between runs, so ingest keeps most of the database. Fewer, larger
+	// runs also cost less in total: refreshing today costs the same
+	// whether it absorbs one second of events or ten. Reads stay exact
+	// meanwhile (they recompute what the worker has not absorbed yet).
+	IngestActive func() bool
+	BusyPause    float64 // default 3: the worker takes at most a quarter of the time
+
 	Interval   time.Duration // between runs when idle (default 1s)
 	BatchSize  int           // invalidation log entries per run (default 5000)
 	RunTimeout time.Duration // per run (default 60s)
@@ -78,6 +87,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		return nil, err
 	}
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
+	cfg.BusyPause = cmp.Or(cfg.BusyPause, 3)
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, 5000)
 	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
 	return &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}, nil
@@ -117,6 +127,7 @@ func (w *Worker) loop(ctx context.Context) {
 			if w.cfg.RawRetention > 0 && w.cfg.Backend == database.TimescaleDB {
 				w.applyRetention(ctx)
 			}
+			start := time.Now()
 			stats, err := w.RunOnce(ctx)
 			switch {
 			case err != nil && !errors.Is(err, context.Canceled):
@@ -124,9 +135,19 @@ func (w *Worker) loop(ctx context.Context) {
 			case stats.Full:
 				next = 0 // more waiting: go again at once
 			}
+			next = w.pause(next, time.Since(start))
 		}
 		timer.Reset(next)
 	}
+}
+
+// pause stretches the wait after a run that took took while ingest is
+// active, to BusyPause times the run.
+func (w *Worker) pause(next, took time.Duration) time.Duration {
+	if w.cfg.IngestActive == nil || !w.cfg.IngestActive() {
+		return next
+	}
+	return max(next, time.Duration(float64(took)*w.cfg.BusyPause))
 }
 
 // acquireLeadership holds the advisory lock on a dedicated connection,
