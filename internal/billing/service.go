@@ -79,13 +79,9 @@ func (s *Service) Bill(ctx context.Context, caller auth.Principal, userID, start
 	for i, p := range list {
 		ids[i] = p.ID
 	}
-	totals, err := s.reader.Totals(ctx, ids, period.Start, period.End, rollup.ByDay)
+	daily, err := s.reader.DailyBytes(ctx, ids, period.Start, period.End)
 	if err != nil {
 		return Bill{}, err
-	}
-	daily := make(map[time.Time]int64, len(totals))
-	for k, t := range totals {
-		daily[k.Day] = t.BytesSent + t.BytesReceived
 	}
 	history, err := s.users.History(ctx, uid)
 	if err != nil {

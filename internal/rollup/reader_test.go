@@ -71,6 +71,21 @@ func TestFastPathMatchesFullPath(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
+						if by == rollup.ByDay {
+							// Billing's bytes-only read agrees with the full
+							// path, dirty or not.
+							got, err := reader.DailyBytes(ctx, set, rg[0], rg[1])
+							if err != nil {
+								t.Fatal(err)
+							}
+							want := map[time.Time]int64{}
+							for k, x := range slow {
+								want[k.Day] = x.BytesSent + x.BytesReceived
+							}
+							if !reflect.DeepEqual(got, want) {
+								t.Fatalf("range %v: daily bytes %v, full path %v", rg, got, want)
+							}
+						}
 						if !ok {
 							continue
 						}
