@@ -141,7 +141,7 @@ func (b *bench) rollUp(ctx context.Context, pool *pgxpool.Pool) (time.Duration, 
 }
 
 func pending(ctx context.Context, pool *pgxpool.Pool) (days, conns int, err error) {
-	err = pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM usage_invalidations), (SELECT count(*) FROM usage_connection_invalidations)`).Scan(&days, &conns)
+	err = pool.QueryRow(ctx, `SELECT (SELECT coalesce(sum(cardinality(proxy_ids)), 0) FROM usage_invalidations), (SELECT coalesce(sum(cardinality(proxy_ids)), 0) FROM usage_connection_invalidations)`).Scan(&days, &conns)
 	return days, conns, err
 }
 

@@ -284,11 +284,15 @@ SELECT proxy_id, event_id, now() FROM unnest($1::text[], $2::text[]) AS k(proxy_
 ON CONFLICT DO NOTHING
 RETURNING proxy_id, event_id`
 
+	// logInvalidations appends one row per log holding the flush's
+	// distinct entries as parallel arrays: one row with two GIN-indexed
+	// arrays costs a third of a row per entry (BENCHMARKS.md).
 	logInvalidations = `
 WITH days AS (
-  INSERT INTO usage_invalidations (proxy_id, day) SELECT * FROM unnest($1::text[], $2::date[])
+  INSERT INTO usage_invalidations (proxy_ids, days) SELECT $1::text[], $2::date[]
 )
-INSERT INTO usage_connection_invalidations (proxy_id, connection_id) SELECT * FROM unnest($3::text[], $4::text[])`
+INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
+SELECT $3::text[], $4::text[] WHERE cardinality($3::text[]) > 0`
 
 	// flushStatement writes a small flush at once: it claims the keys, stores
 	// the events without a key or with a fresh one, logs the invalidations
@@ -312,11 +316,15 @@ WITH fresh AS (` + claimKeysReturning + `
          duration_us, latency_us, latency_bucket, error_message, ip_address
     FROM chosen
 ), days AS (
-  INSERT INTO usage_invalidations (proxy_id, day)
-  SELECT DISTINCT proxy_id, (time AT TIME ZONE 'UTC')::date FROM chosen
+  INSERT INTO usage_invalidations (proxy_ids, days)
+  SELECT array_agg(proxy_id), array_agg(day)
+    FROM (SELECT DISTINCT proxy_id, (time AT TIME ZONE 'UTC')::date AS day FROM chosen) d
+  HAVING count(*) > 0
 ), conns AS (
-  INSERT INTO usage_connection_invalidations (proxy_id, connection_id)
-  SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')
+  INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
+  SELECT array_agg(proxy_id), array_agg(connection_id)
+    FROM (SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')) c
+  HAVING count(*) > 0
 )
 SELECT req, count(*)::int FROM chosen GROUP BY req`
 )

@@ -110,13 +110,22 @@ func TestWriterDeduplicates(t *testing.T) {
 						t.Fatal("no day invalidations logged")
 					}
 					starts := count(t, pool, `SELECT count(DISTINCT connection_id) FROM usage_events WHERE event_type = 'connection_start'`)
-					if got := count(t, pool, `SELECT count(DISTINCT connection_id) FROM usage_connection_invalidations`); got != starts {
+					if got := count(t, pool, `SELECT count(DISTINCT c) FROM usage_connection_invalidations, unnest(connection_ids) AS c`); got != starts {
 						t.Fatalf("%d connections logged, want %d", got, starts)
 					}
-					// Only duplicates: nothing stored, nothing fails.
+					// Each log row holds one flush's distinct entries.
+					if got := count(t, pool, `SELECT count(*) FROM usage_invalidations
+						WHERE cardinality(proxy_ids) <> (SELECT count(DISTINCT (p, d)) FROM unnest(proxy_ids, days) AS u(p, d))`); got != 0 {
+						t.Fatalf("%d day log rows repeat an entry", got)
+					}
+					logRows := count(t, pool, `SELECT count(*) FROM usage_invalidations`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`)
+					// Only duplicates: nothing stored, nothing logged, nothing fails.
 					acc, _, err = w.WriteAs(ctx, alice, first[:3], false)
 					if err != nil || acc != 0 {
 						t.Fatalf("duplicates: %d %v", acc, err)
+					}
+					if got := count(t, pool, `SELECT count(*) FROM usage_invalidations`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); got != logRows {
+						t.Fatalf("a flush storing nothing logged %d rows", got-logRows)
 					}
 				})
 			}

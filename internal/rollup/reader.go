@@ -104,7 +104,7 @@ func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-	b.Queue(`SELECT NOT EXISTS (SELECT 1 FROM usage_invalidations WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3)`, proxies, from, to)
+	b.Queue(`SELECT NOT `+dirtyDayExists, proxies, from, to)
 	b.Queue(fmt.Sprintf(`
 SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::bigint
   FROM %s
@@ -203,8 +203,9 @@ func (k Key) totals(out map[Key]*Totals) *Totals {
 // dirtyDays lists the proxy-days in range still in the invalidation log.
 func dirtyDays(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time) ([]DayKey, error) {
 	rows, err := tx.Query(ctx, `
-		SELECT DISTINCT proxy_id, day FROM usage_invalidations
-		 WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3`, proxies, from, to)
+		SELECT DISTINCT u.proxy_id, u.day
+		  FROM usage_invalidations l, unnest(l.proxy_ids, l.days) AS u(proxy_id, day)
+		 WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3`, proxies, from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -458,8 +459,13 @@ func scanHistogramRows(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 // in the invalidation log and no connection of its proxies waiting to be
 // re-paired. $1 proxies, $2/$3 first and last day, $4/$5 bucket range.
 const (
-	cleanCondition = `NOT EXISTS (SELECT 1 FROM usage_invalidations WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3)
-	AND NOT EXISTS (SELECT 1 FROM usage_connection_invalidations WHERE proxy_id = ANY($1))`
+	// The logs hold a row per flush with its entries as arrays: the GIN
+	// index on proxy_ids finds the rows naming a requested proxy, then
+	// their entries are checked.
+	dirtyDayExists = `EXISTS (SELECT 1 FROM usage_invalidations l, unnest(l.proxy_ids, l.days) AS u(proxy_id, day)
+	 WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3)`
+	cleanCondition = `NOT ` + dirtyDayExists + `
+	AND NOT EXISTS (SELECT 1 FROM usage_connection_invalidations WHERE proxy_ids && $1)`
 	fastClean = `SELECT ` + cleanCondition
 	// The rows are merged into groups in Go: cheaper here than the
 	// database's hash aggregation, which is the slow part of these reads.
@@ -643,7 +649,9 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 
 func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]ConnKey, error) {
 	rows, err := tx.Query(ctx, `
-		SELECT DISTINCT proxy_id, connection_id FROM usage_connection_invalidations WHERE proxy_id = ANY($1)`, proxies)
+		SELECT DISTINCT u.proxy_id, u.connection_id
+		  FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)
+		 WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1)`, proxies)
 	if err != nil {
 		return nil, err
 	}

@@ -237,15 +237,15 @@ func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
 		w.observeLag(ctx)
 	}()
 
-	dayIDs, days, err := w.readDayLog(ctx)
+	dayIDs, days, dayFull, err := w.readDayLog(ctx)
 	if err != nil {
 		return stats, err
 	}
-	connIDs, conns, err := w.readConnLog(ctx)
+	connIDs, conns, connFull, err := w.readConnLog(ctx)
 	if err != nil {
 		return stats, err
 	}
-	stats.Full = len(dayIDs) == w.cfg.BatchSize || len(connIDs) == w.cfg.BatchSize
+	stats.Full = dayFull || connFull
 	if len(dayIDs) == 0 && len(connIDs) == 0 {
 		return stats, nil
 	}
@@ -287,41 +287,44 @@ func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
 	return stats, nil
 }
 
-func (w *Worker) readDayLog(ctx context.Context) ([]int64, []DayKey, error) {
-	rows, err := w.cfg.Pool.Query(ctx, `SELECT id, proxy_id, day FROM usage_invalidations ORDER BY id LIMIT $1`, w.cfg.BatchSize)
-	if err != nil {
-		return nil, nil, fmt.Errorf("rollup: read invalidations: %w", err)
-	}
-	var ids []int64
+// readDayLog reads the oldest rows of the day log until they hold
+// BatchSize entries (at least one row), and the distinct proxy-days in them.
+func (w *Worker) readDayLog(ctx context.Context) ([]int64, []DayKey, bool, error) {
 	set := map[DayKey]bool{}
-	var id int64
-	var k DayKey
-	if _, err := pgx.ForEachRow(rows, []any{&id, &k.ProxyID, &k.Day}, func() error {
-		ids = append(ids, id)
-		k.Day = k.Day.UTC()
-		set[k] = true
-		return nil
-	}); err != nil {
-		return nil, nil, fmt.Errorf("rollup: read invalidations: %w", err)
+	var proxies []string
+	var days []time.Time
+	ids, full, err := w.readLog(ctx, `SELECT id, proxy_ids, days FROM usage_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
+		[]any{&proxies, &days}, func() (int, error) {
+			if len(proxies) != len(days) {
+				return 0, errors.New("malformed invalidation row")
+			}
+			for i, p := range proxies {
+				set[DayKey{ProxyID: p, Day: days[i].UTC()}] = true
+			}
+			return len(proxies), nil
+		})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("rollup: read invalidations: %w", err)
 	}
-	return ids, sortedDays(set), nil
+	return ids, sortedDays(set), full, nil
 }
 
-func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, error) {
-	rows, err := w.cfg.Pool.Query(ctx, `SELECT id, proxy_id, connection_id FROM usage_connection_invalidations ORDER BY id LIMIT $1`, w.cfg.BatchSize)
-	if err != nil {
-		return nil, nil, fmt.Errorf("rollup: read connection invalidations: %w", err)
-	}
-	var ids []int64
+// readConnLog is readDayLog for the connection log.
+func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, bool, error) {
 	set := map[ConnKey]bool{}
-	var id int64
-	var k ConnKey
-	if _, err := pgx.ForEachRow(rows, []any{&id, &k.ProxyID, &k.ConnectionID}, func() error {
-		ids = append(ids, id)
-		set[k] = true
-		return nil
-	}); err != nil {
-		return nil, nil, fmt.Errorf("rollup: read connection invalidations: %w", err)
+	var proxies, conns []string
+	ids, full, err := w.readLog(ctx, `SELECT id, proxy_ids, connection_ids FROM usage_connection_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
+		[]any{&proxies, &conns}, func() (int, error) {
+			if len(proxies) != len(conns) {
+				return 0, errors.New("malformed connection invalidation row")
+			}
+			for i, p := range proxies {
+				set[ConnKey{ProxyID: p, ConnectionID: conns[i]}] = true
+			}
+			return len(proxies), nil
+		})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("rollup: read connection invalidations: %w", err)
 	}
 	keys := make([]ConnKey, 0, len(set))
 	for k := range set {
@@ -333,7 +336,43 @@ func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, error) {
 		}
 		return keys[i].ConnectionID < keys[j].ConnectionID
 	})
-	return ids, keys, nil
+	return ids, keys, full, nil
+}
+
+// readLog scans log rows (id first, then dest) oldest first, calling add
+// for each, until the rows read hold BatchSize entries. A row holds one
+// flush's entries (hundreds on a busy system, one on a quiet one), so rows
+// are fetched in growing pages. full reports that more rows may wait.
+func (w *Worker) readLog(ctx context.Context, query string, dest []any, add func() (int, error)) (ids []int64, full bool, err error) {
+	var id, after int64
+	entries := 0
+	for page := 64; entries < w.cfg.BatchSize; page = min(2*page, 4096) {
+		rows, err := w.cfg.Pool.Query(ctx, query, page, after)
+		if err != nil {
+			return nil, false, err
+		}
+		n := 0
+		for entries < w.cfg.BatchSize && rows.Next() {
+			if err := rows.Scan(append([]any{&id}, dest...)...); err != nil {
+				rows.Close()
+				return nil, false, err
+			}
+			k, err := add()
+			if err != nil {
+				rows.Close()
+				return nil, false, err
+			}
+			ids, after, entries, n = append(ids, id), id, entries+k, n+1
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, false, err
+		}
+		if n < page && entries < w.cfg.BatchSize {
+			return ids, false, nil // the log is read to its end
+		}
+	}
+	return ids, true, nil
 }
 
 // refreshAggregates refreshes the continuous aggregates over each run of
@@ -488,9 +527,9 @@ func (w *Worker) writePeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error
 func (w *Worker) observeLag(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	// Index-only: the oldest entry is the lowest id, and ids are dense
-	// enough (entries are deleted oldest first) that max - min + 1 bounds
-	// the backlog without counting it.
+	// Index-only: the oldest row is the lowest id, and ids are dense
+	// enough (rows are deleted oldest first) that max - min + 1 bounds the
+	// backlog, in rows, without counting it.
 	var lag float64
 	var pending int64
 	err := w.cfg.Pool.QueryRow(ctx, `

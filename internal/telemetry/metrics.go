@@ -91,7 +91,7 @@ func New() *Metrics {
 		}),
 		RollupPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "proxyusage_rollup_pending_invalidations",
-			Help: "Invalidation log entries (proxy-days and connections) waiting for the rollup worker.",
+			Help: "Invalidation log rows waiting for the rollup worker (one per ingest flush, holding its proxy-days or connections).",
 		}),
 		RollupLastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "proxyusage_rollup_last_success_timestamp_seconds",

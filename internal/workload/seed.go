@@ -85,8 +85,8 @@ func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event,
 }
 
 // LogInvalidations appends what events touch to the invalidation logs, as
-// the ingest writer does: each distinct (proxy, UTC day) to
-// usage_invalidations and each (proxy, connection) of a start or end to
+// the ingest writer does: the distinct (proxy, UTC day) to
+// usage_invalidations and the (proxy, connection) of starts and ends to
 // usage_connection_invalidations, so the rollup worker rolls them up.
 func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 	days := map[rollup.DayKey]struct{}{}
@@ -106,16 +106,25 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 	for k := range conns {
 		cp, cc = append(cp, k.ProxyID), append(cc, k.ConnectionID)
 	}
-	if _, err := db.Exec(ctx, `INSERT INTO usage_invalidations (proxy_id, day)
-		SELECT * FROM unnest($1::text[], $2::date[])`, dp, dd); err != nil {
+	if _, err := db.Exec(ctx, logDays, dp, dd); err != nil {
 		return fmt.Errorf("workload: log invalidations: %w", err)
 	}
-	if _, err := db.Exec(ctx, `INSERT INTO usage_connection_invalidations (proxy_id, connection_id)
-		SELECT * FROM unnest($1::text[], $2::text[])`, cp, cc); err != nil {
+	if _, err := db.Exec(ctx, `INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
+		SELECT array_agg(p), array_agg(c) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, c, n)
+		 GROUP BY (n - 1) / `+logRowEntries, cp, cc); err != nil {
 		return fmt.Errorf("workload: log connection invalidations: %w", err)
 	}
 	return nil
 }
+
+// The logs hold one row per ingest flush; bulk set-up writes rows of at
+// most logRowEntries entries, so each worker run stays bounded.
+const (
+	logRowEntries = "5000"
+	logDays       = `INSERT INTO usage_invalidations (proxy_ids, days)
+		SELECT array_agg(p), array_agg(d) FROM unnest($1::text[], $2::date[]) WITH ORDINALITY AS u(p, d, n)
+		 GROUP BY (n - 1) / ` + logRowEntries
+)
 
 // Seed copies the generator's remaining events into usage_events in
 // transactions of chunk events, each with its invalidation log entries,
@@ -283,7 +292,7 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 		for d := range days {
 			dp, dd = append(dp, d.ProxyID), append(dd, d.Day)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO usage_invalidations (proxy_id, day) SELECT * FROM unnest($1::text[], $2::date[])`, dp, dd)
+		_, err := tx.Exec(ctx, logDays, dp, dd)
 		return err
 	})
 }
