@@ -81,7 +81,7 @@ func (b *bench) readPhases(ctx context.Context) error {
 	}
 	_ = pool.QueryRow(ctx, `SELECT to_char(count(*), 'FM999,999,999') FROM usage_daily`).Scan(&dailyRows)
 	_ = pool.QueryRow(ctx, `SELECT to_char(count(*), 'FM999,999,999') FROM usage_latency_daily`).Scan(&histRows)
-	dataset := fmt.Sprintf("Read dataset: %s events over %d days (%s to %s), %d proxies of %d users, usage_events %s; seeded by COPY with its invalidation logs in %.0f s, connections paired in bulk (`workload.PairAll`, the worker's `rollup.Pair` over every connection at once) in %.0f s, days and peaks rolled up by `rollup.Worker` (batch %s) in %.0f s; %s rows in usage_daily, %s in usage_latency_daily (%.0f latency buckets per proxy-day).",
+	dataset := fmt.Sprintf("Read dataset: %s events over %d days (%s to %s), %d proxies of %d users, usage_events %s; seeded by COPY with its invalidation logs in %.0f s, connections paired in bulk (`workload.PairAll`, the worker's `rollup.Pair` over every connection at once) in %.0f s, days and peaks rolled up by `rollup.Worker` (batch %s) in %.0f s; %s rows in usage_daily, %s latency buckets in usage_latency_daily (%.0f per proxy-day), read packed one row per proxy-day from usage_latency_daily_packed.",
 		count(n), b.opt.readDays, first.Format(dateLayout), today.Format(dateLayout), b.opt.proxies, b.opt.users, tableSize,
 		seedTime.Seconds(), pairTime.Seconds(), count(b.opt.rollupBatch), rollTime.Seconds(), dailyRows, histRows, perDay)
 	if b.backend == database.TimescaleDB {

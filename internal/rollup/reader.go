@@ -1,9 +1,7 @@
 package rollup
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -292,12 +290,13 @@ func scanSums(rows pgx.Rows, out map[Key]*Totals) error {
 	return err
 }
 
+// histogramQuery: %[1]s the group columns, %[2]s the packed histograms.
 const histogramQuery = `
 WITH dirty AS (
   SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
 ), parts AS (
-  SELECT l.proxy_id, (l.bucket AT TIME ZONE 'UTC')::date AS day, l.latency_bucket, l.samples
-    FROM usage_latency_daily l
+  SELECT l.proxy_id, (l.bucket AT TIME ZONE 'UTC')::date AS day, u.latency_bucket, u.samples
+    FROM %[2]s l, unnest(l.latency_buckets, l.samples) AS u(latency_bucket, samples)
    WHERE l.proxy_id = ANY($1) AND l.bucket >= $2 AND l.bucket < $3
      AND NOT EXISTS (SELECT 1 FROM dirty x WHERE x.proxy_id = l.proxy_id AND x.day = (l.bucket AT TIME ZONE 'UTC')::date)
   UNION ALL
@@ -308,11 +307,15 @@ WITH dirty AS (
    WHERE e.latency_bucket IS NOT NULL
    GROUP BY x.proxy_id, x.day, e.latency_bucket
 )
-SELECT %s, latency_bucket, sum(samples)::bigint FROM parts GROUP BY 1, 2, 3`
+SELECT %[1]s, latency_bucket, sum(samples)::bigint FROM parts GROUP BY 1, 2, 3`
 
 func (r *Reader) histograms(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
+	rel, err := r.rollupRelations(ctx)
+	if err != nil {
+		return err
+	}
 	dp, dd := splitDayKeys(dirty)
-	rows, err := tx.Query(ctx, fmt.Sprintf(histogramQuery, groupColumns(by)), proxies, from, to.AddDate(0, 0, 1), dp, dd)
+	rows, err := tx.Query(ctx, fmt.Sprintf(histogramQuery, groupColumns(by), rel.latency), proxies, from, to.AddDate(0, 0, 1), dp, dd)
 	if err != nil {
 		return err
 	}
@@ -355,11 +358,11 @@ func (r *Reader) rollupRelations(ctx context.Context) (*rollupRelations, error) 
 	if r.relations != nil {
 		return r.relations, nil
 	}
-	rel := &rollupRelations{daily: "usage_daily", latency: "usage_latency_daily"}
+	rel := &rollupRelations{daily: "usage_daily", latency: "usage_latency_daily_packed"}
 	rows, err := r.pool.Query(ctx, `
 		SELECT view_name, format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
 		  FROM timescaledb_information.continuous_aggregates
-		 WHERE view_schema = current_schema() AND view_name IN ('usage_daily', 'usage_latency_daily')`)
+		 WHERE view_schema = current_schema() AND view_name IN ('usage_daily', 'usage_latency_daily_packed')`)
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"): // no TimescaleDB here
@@ -382,44 +385,30 @@ func (r *Reader) rollupRelations(ctx context.Context) (*rollupRelations, error) 
 	return rel, nil
 }
 
-// scanFastHistograms merges (proxy, bucket, latency bucket, samples) rows
-// into their groups' histograms. There can be many thousands per request,
-// so binary values are read straight from the wire.
+// scanFastHistograms merges (proxy, bucket, latency buckets, samples)
+// rows, one per proxy-day, into their groups' histograms.
 func scanFastHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
-	defer rows.Close()
-	fds := rows.FieldDescriptions()
-	if len(fds) != 4 || fds[1].Format != pgx.BinaryFormatCode || fds[2].Format != pgx.BinaryFormatCode || fds[3].Format != pgx.BinaryFormatCode {
-		return scanHistogramRows(rows, by, out)
-	}
-	const usPerDay = 86_400_000_000
 	var (
-		lastProxy []byte
-		lastDay   int64
-		lastT     *Totals
+		proxyID string
+		bucket  time.Time
+		lbs     []int16
+		ns      []int64
 	)
-	for rows.Next() {
-		raw := rows.RawValues()
-		if raw[0] == nil || len(raw[1]) != 8 || len(raw[2]) != 2 || len(raw[3]) != 8 {
-			return errors.New("unexpected latency histogram row")
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &lbs, &ns}, func() error {
+		if len(lbs) != len(ns) {
+			return errors.New("malformed packed latency histogram")
 		}
-		us := int64(binary.BigEndian.Uint64(raw[1])) // since 2000-01-01 UTC
-		day := us / usPerDay
-		if us < 0 && us%usPerDay != 0 {
-			day--
+		t := groupKey(by, proxyID, Day(bucket)).totals(out)
+		if t.Latency == nil {
+			t.Latency = make(Histogram, len(lbs))
 		}
-		if lastT == nil || day != lastDay || ((by == ByProxy || by == ByProxyDay) && !bytes.Equal(raw[0], lastProxy)) {
-			lastDay, lastProxy = day, append(lastProxy[:0], raw[0]...)
-			lastT = groupKey(by, string(raw[0]), pgEpoch.AddDate(0, 0, int(day))).totals(out)
-			if lastT.Latency == nil {
-				lastT.Latency = Histogram{}
-			}
+		for i, lb := range lbs {
+			t.Latency[lb] += ns[i]
 		}
-		lastT.Latency[int16(binary.BigEndian.Uint16(raw[2]))] += int64(binary.BigEndian.Uint64(raw[3]))
-	}
-	return rows.Err()
+		return nil
+	})
+	return err
 }
-
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // histogramKeyColumns selects the proxy and bucket of histogram rows, or
 // constants for what the grouping ignores.
@@ -433,25 +422,6 @@ func histogramKeyColumns(by Group) string {
 		return "proxy_id, bucket"
 	}
 	return "''::text, '2000-01-01'::timestamptz"
-}
-
-// scanHistogramRows is scanFastHistograms through pgx's scanning.
-func scanHistogramRows(rows pgx.Rows, by Group, out map[Key]*Totals) error {
-	var (
-		proxyID string
-		bucket  time.Time
-		lb      int16
-		n       int64
-	)
-	_, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &lb, &n}, func() error {
-		t := groupKey(by, proxyID, Day(bucket)).totals(out)
-		if t.Latency == nil {
-			t.Latency = Histogram{}
-		}
-		t.Latency[lb] += n
-		return nil
-	})
-	return err
 }
 
 // Queries of the fast path. They share one repeatable-read snapshot and
@@ -479,7 +449,7 @@ SELECT proxy_id, bucket, event_count, connection_count, success_count, error_cou
 	// Columns a grouping does not use are sent as constants: these are the
 	// bulk of a read's rows.
 	fastHistograms = `
-SELECT %s, latency_bucket, samples
+SELECT %s, latency_buckets, samples
   FROM %s
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
 	fastPeaks = `

@@ -33,10 +33,16 @@ func TestTimescalePolicies(t *testing.T) {
 		t.Fatalf("chunk interval %v", interval)
 	}
 	if n := env.Count(`SELECT count(*) FROM timescaledb_information.continuous_aggregates
-		WHERE view_name IN ('usage_daily', 'usage_latency_daily') AND NOT materialized_only`); n != 2 {
-		t.Fatalf("%d real-time continuous aggregates, want 2", n)
+		WHERE view_name IN ('usage_daily', 'usage_latency_daily', 'usage_latency_daily_packed') AND NOT materialized_only`); n != 3 {
+		t.Fatalf("%d real-time continuous aggregates, want 3", n)
 	}
-	for proc, want := range map[string]int{"policy_refresh_continuous_aggregate": 2, "policy_compression": 1, "policy_retention": 1} {
+	// The packed histograms are a continuous aggregate on top of another.
+	if n := env.Count(`SELECT count(*) FROM _timescaledb_catalog.continuous_agg c
+		JOIN _timescaledb_catalog.continuous_agg p ON p.mat_hypertable_id = c.parent_mat_hypertable_id
+		WHERE c.user_view_name = 'usage_latency_daily_packed' AND p.user_view_name = 'usage_latency_daily'`); n != 1 {
+		t.Fatal("usage_latency_daily_packed is not a hierarchical continuous aggregate over usage_latency_daily")
+	}
+	for proc, want := range map[string]int{"policy_refresh_continuous_aggregate": 3, "policy_compression": 1, "policy_retention": 1} {
 		if n := env.Count(`SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = $1`, proc); n != want {
 			t.Errorf("%d %s jobs, want %d", n, proc, want)
 		}

@@ -394,7 +394,9 @@ func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
 			j++
 		}
 		start, end := list[i], list[j].AddDate(0, 0, 1)
-		for _, view := range []string{"usage_daily", "usage_latency_daily"} {
+		// In dependency order: the packed histograms aggregate
+		// usage_latency_daily.
+		for _, view := range []string{"usage_daily", "usage_latency_daily", "usage_latency_daily_packed"} {
 			// Simple protocol: CALL must not run inside an (implicit
 			// extended-protocol) transaction block.
 			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz)`,
@@ -479,17 +481,19 @@ func rewriteDays(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 	for _, stmt := range []string{
 		`DELETE FROM usage_daily d USING ` + keys + `
 		  WHERE d.proxy_id = k.proxy_id AND d.bucket = k.day::timestamp AT TIME ZONE 'UTC'`,
-		`DELETE FROM usage_latency_daily d USING ` + keys + `
+		`DELETE FROM usage_latency_daily_packed d USING ` + keys + `
 		  WHERE d.proxy_id = k.proxy_id AND d.bucket = k.day::timestamp AT TIME ZONE 'UTC'`,
 		`INSERT INTO usage_daily (proxy_id, bucket, ` + rollupColumns + `)
 		 SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC', ` + aggregateColumns + `
 		   FROM ` + keys + ` JOIN usage_events e ON ` + match + `
 		  GROUP BY k.proxy_id, k.day`,
-		`INSERT INTO usage_latency_daily (proxy_id, bucket, latency_bucket, samples)
-		 SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC', e.latency_bucket, count(*)
-		   FROM ` + keys + ` JOIN usage_events e ON ` + match + `
-		  WHERE e.latency_bucket IS NOT NULL
-		  GROUP BY k.proxy_id, k.day, e.latency_bucket`,
+		`INSERT INTO usage_latency_daily_packed (proxy_id, bucket, latency_buckets, samples)
+		 SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
+		   FROM (SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC' AS bucket, e.latency_bucket, count(*) AS samples
+		           FROM ` + keys + ` JOIN usage_events e ON ` + match + `
+		          WHERE e.latency_bucket IS NOT NULL
+		          GROUP BY k.proxy_id, k.day, e.latency_bucket) h
+		  GROUP BY proxy_id, bucket`,
 	} {
 		if _, err := tx.Exec(ctx, stmt, proxies, dates); err != nil {
 			return err
