@@ -71,12 +71,7 @@ func (t *Totals) Merge(o *Totals) {
 		t.LastEventAt = o.LastEventAt
 	}
 	t.Peak = max(t.Peak, o.Peak)
-	if len(o.Latency) > 0 {
-		if t.Latency == nil {
-			t.Latency = Histogram{}
-		}
-		t.Latency.Add(o.Latency)
-	}
+	t.Latency.Add(o.Latency)
 }
 
 // Metrics are the SPEC §4 fields, as served. Nullable fields are nil when

@@ -1,6 +1,7 @@
 package rollup
 
 import (
+	"reflect"
 	"testing"
 	"time"
 )
@@ -90,9 +91,26 @@ func TestLatencyHistogram(t *testing.T) {
 			t.Errorf("%d µs in bucket %d valued %v: relative error %v", us, k, v, rel)
 		}
 	}
-	h := Histogram{}
-	for i := int64(1); i <= 100; i++ {
-		h[LatencyBucket(i*1000)]++
+	// Added out of order, and merged from two halves: the same histogram.
+	var h, odd, even Histogram
+	for i := int64(100); i >= 1; i-- {
+		h.Inc(LatencyBucket(i*1000), 1)
+		if i%2 == 1 {
+			odd.Inc(LatencyBucket(i*1000), 1)
+		} else {
+			even.Inc(LatencyBucket(i*1000), 1)
+		}
+	}
+	odd.Add(even)
+	if !reflect.DeepEqual(h, odd) {
+		t.Fatalf("merged %+v, built %+v", odd, h)
+	}
+	var total int64
+	for _, c := range h.counts {
+		total += c
+	}
+	if total != 100 || h.counts[0] == 0 || h.counts[len(h.counts)-1] == 0 {
+		t.Fatalf("histogram %+v: %d samples, edges must be non-empty", h, total)
 	}
 	p95, ok := h.Quantile(0.95, 100_000)
 	if !ok || p95 < 95_000*0.99 || p95 > 95_000*1.01 {
@@ -111,5 +129,29 @@ func BenchmarkPeak(b *testing.B) {
 	}
 	for b.Loop() {
 		Peak(ivs, t0)
+	}
+}
+
+// BenchmarkHistogramReport is a 30-day report's latency work for 10
+// proxies: 300 proxy-day histograms of ~40 buckets merged into 30 days and
+// a total, each asked for its p95.
+func BenchmarkHistogramReport(b *testing.B) {
+	days := make([]Histogram, 300)
+	for i := range days {
+		for j := range 50 {
+			days[i].Inc(LatencyBucket(int64(20_000+(i*37+j*911)%30_000)), 1)
+		}
+	}
+	for b.Loop() {
+		var total Histogram
+		for d := range 30 {
+			var day Histogram
+			for p := range 10 {
+				day.Add(days[d*10+p])
+			}
+			day.Quantile(0.95, 1<<40)
+			total.Add(day)
+		}
+		total.Quantile(0.95, 1<<40)
 	}
 }

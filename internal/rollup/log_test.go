@@ -14,8 +14,8 @@ import (
 )
 
 // The logs hold a row per flush. A run reads whole rows, oldest first,
-// until they hold BatchSize entries; Full says more wait; every entry is
-// consumed exactly once and the rollups end up as one big run makes them.
+// until they name BatchSize distinct keys; Full says more wait; every row
+// is consumed once and the rollups end up as one big run makes them.
 func TestWorkerReadsLogRowsInBatches(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
@@ -25,10 +25,13 @@ func TestWorkerReadsLogRowsInBatches(t *testing.T) {
 		env.MustRegister(tok, "p2")
 		today := rollup.Day(time.Now())
 		// Seven one-entry rows (sequential requests are separate flushes),
-		// then one row of eight entries (p1 and p2 on four days) with a
-		// connection row of two entries.
+		// three more repeating the first proxy-day, then one row of eight
+		// entries (p1 and p2 on four days) with a connection row of two.
 		for n := 1; n <= 7; n++ {
 			send(t, env, tok, ev("p1", "data_transfer", today.AddDate(0, 0, -n).Add(time.Hour), map[string]any{"bytesSent": n}))
+		}
+		for n := range 3 {
+			send(t, env, tok, ev("p1", "data_transfer", today.AddDate(0, 0, -1).Add(time.Duration(n)*time.Minute), map[string]any{"bytesSent": n}))
 		}
 		var batch []map[string]any
 		for n := 10; n < 14; n++ {
@@ -41,8 +44,8 @@ func TestWorkerReadsLogRowsInBatches(t *testing.T) {
 			ev("p2", "connection_end", today.AddDate(0, 0, -11).Add(time.Minute), map[string]any{"connectionId": "c1", "durationSeconds": 60}),
 			ev("p1", "connection_start", today.AddDate(0, 0, -12), map[string]any{"connectionId": "c2"}))
 		send(t, env, tok, batch...)
-		if rows := env.Count(`SELECT count(*) FROM usage_invalidations`); rows != 8 {
-			t.Fatalf("%d day log rows, want 8 (one per flush)", rows)
+		if rows := env.Count(`SELECT count(*) FROM usage_invalidations`); rows != 11 {
+			t.Fatalf("%d day log rows, want 11 (one per flush)", rows)
 		}
 
 		w, err := rollup.NewWorker(rollup.WorkerConfig{
@@ -52,13 +55,15 @@ func TestWorkerReadsLogRowsInBatches(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Runs take 3, 3, then 1 + 8 entries (a row is never split), then
-		// find nothing.
+		// Runs take 3 rows of distinct proxy-days, 3 more, then rows until
+		// 3 distinct ones are read: the seventh day, three repeats of the
+		// first (they count once) and the eight-entry row (a row is never
+		// split): 10 days; then they find nothing.
 		var days []rollup.DayKey
 		for i, want := range []struct {
 			days int
 			full bool
-		}{{3, true}, {3, true}, {9, true}, {0, false}} {
+		}{{3, true}, {3, true}, {10, true}, {0, false}} {
 			s, err := w.RunOnce(context.Background())
 			if err != nil {
 				t.Fatal(err)

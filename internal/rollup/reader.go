@@ -339,11 +339,7 @@ func scanHistograms(rows pgx.Rows, out map[Key]*Totals) error {
 		if day != nil {
 			k.Day = day.UTC()
 		}
-		t := k.totals(out)
-		if t.Latency == nil {
-			t.Latency = Histogram{}
-		}
-		t.Latency[bucket] += n
+		k.totals(out).Latency.Inc(bucket, n)
 		return nil
 	})
 	return err
@@ -399,11 +395,8 @@ func scanFastHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 			return errors.New("malformed packed latency histogram")
 		}
 		t := groupKey(by, proxyID, Day(bucket)).totals(out)
-		if t.Latency == nil {
-			t.Latency = make(Histogram, len(lbs))
-		}
 		for i, lb := range lbs {
-			t.Latency[lb] += ns[i]
+			t.Latency.Inc(lb, ns[i])
 		}
 		return nil
 	})

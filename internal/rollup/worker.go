@@ -40,9 +40,15 @@ type WorkerConfig struct {
 	IngestActive func() bool
 	BusyPause    float64 // default 3: the worker takes at most a quarter of the time
 
-	Interval   time.Duration // between runs when idle (default 1s)
-	BatchSize  int           // invalidation log entries per run (default 5000)
-	RunTimeout time.Duration // per run (default 60s)
+	Interval time.Duration // between runs when idle (default 1s)
+	// BatchSize bounds a run: it stops reading a log once the rows read
+	// name this many distinct proxy-days (or connections). The background
+	// loop doubles it, up to MaxBatchSize, while runs keep finding more:
+	// a run's fixed costs (refreshing a day, recomputing its peaks) then
+	// serve more entries, and a backlog shrinks instead of growing.
+	BatchSize    int           // default 5000
+	MaxBatchSize int           // default 20 × BatchSize
+	RunTimeout   time.Duration // per run (default 60s)
 }
 
 func (c *WorkerConfig) validate() error {
@@ -89,6 +95,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
 	cfg.BusyPause = cmp.Or(cfg.BusyPause, 3)
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, 5000)
+	cfg.MaxBatchSize = max(cmp.Or(cfg.MaxBatchSize, 20*cfg.BatchSize), cfg.BatchSize)
 	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
 	return &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}, nil
 }
@@ -116,6 +123,7 @@ func (w *Worker) Stop() {
 func (w *Worker) loop(ctx context.Context) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	batch := w.cfg.BatchSize
 	for {
 		select {
 		case <-ctx.Done():
@@ -128,12 +136,14 @@ func (w *Worker) loop(ctx context.Context) {
 				w.applyRetention(ctx)
 			}
 			start := time.Now()
-			stats, err := w.RunOnce(ctx)
+			stats, err := w.run(ctx, batch)
+			batch = w.cfg.BatchSize
 			switch {
 			case err != nil && !errors.Is(err, context.Canceled):
 				w.log.Error("rollup run failed", slog.Any("error", err))
 			case stats.Full:
-				next = 0 // more waiting: go again at once
+				next = 0 // more waiting: go again at once, with a larger batch
+				batch = min(2*batch, w.cfg.MaxBatchSize)
 			}
 			next = w.pause(next, time.Since(start))
 		}
@@ -219,8 +229,13 @@ type RunStats struct {
 	Full        bool      // a log held a full batch: more may wait
 }
 
-// RunOnce consumes up to BatchSize entries of each invalidation log.
+// RunOnce consumes log rows naming up to BatchSize distinct proxy-days
+// and as many distinct connections.
 func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
+	return w.run(ctx, w.cfg.BatchSize)
+}
+
+func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
@@ -237,11 +252,11 @@ func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
 		w.observeLag(ctx)
 	}()
 
-	dayIDs, days, dayFull, err := w.readDayLog(ctx)
+	dayIDs, days, dayFull, err := w.readDayLog(ctx, batch)
 	if err != nil {
 		return stats, err
 	}
-	connIDs, conns, connFull, err := w.readConnLog(ctx)
+	connIDs, conns, connFull, err := w.readConnLog(ctx, batch)
 	if err != nil {
 		return stats, err
 	}
@@ -287,13 +302,13 @@ func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
 	return stats, nil
 }
 
-// readDayLog reads the oldest rows of the day log until they hold
-// BatchSize entries (at least one row), and the distinct proxy-days in them.
-func (w *Worker) readDayLog(ctx context.Context) ([]int64, []DayKey, bool, error) {
+// readDayLog reads the oldest rows of the day log until they name batch
+// distinct proxy-days (at least one row), and returns those.
+func (w *Worker) readDayLog(ctx context.Context, batch int) ([]int64, []DayKey, bool, error) {
 	set := map[DayKey]bool{}
 	var proxies []string
 	var days []time.Time
-	ids, full, err := w.readLog(ctx, `SELECT id, proxy_ids, days FROM usage_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
+	ids, full, err := w.readLog(ctx, batch, `SELECT id, proxy_ids, days FROM usage_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
 		[]any{&proxies, &days}, func() (int, error) {
 			if len(proxies) != len(days) {
 				return 0, errors.New("malformed invalidation row")
@@ -301,7 +316,7 @@ func (w *Worker) readDayLog(ctx context.Context) ([]int64, []DayKey, bool, error
 			for i, p := range proxies {
 				set[DayKey{ProxyID: p, Day: days[i].UTC()}] = true
 			}
-			return len(proxies), nil
+			return len(set), nil
 		})
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("rollup: read invalidations: %w", err)
@@ -310,10 +325,10 @@ func (w *Worker) readDayLog(ctx context.Context) ([]int64, []DayKey, bool, error
 }
 
 // readConnLog is readDayLog for the connection log.
-func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, bool, error) {
+func (w *Worker) readConnLog(ctx context.Context, batch int) ([]int64, []ConnKey, bool, error) {
 	set := map[ConnKey]bool{}
 	var proxies, conns []string
-	ids, full, err := w.readLog(ctx, `SELECT id, proxy_ids, connection_ids FROM usage_connection_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
+	ids, full, err := w.readLog(ctx, batch, `SELECT id, proxy_ids, connection_ids FROM usage_connection_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
 		[]any{&proxies, &conns}, func() (int, error) {
 			if len(proxies) != len(conns) {
 				return 0, errors.New("malformed connection invalidation row")
@@ -321,7 +336,7 @@ func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, bool, err
 			for i, p := range proxies {
 				set[ConnKey{ProxyID: p, ConnectionID: conns[i]}] = true
 			}
-			return len(proxies), nil
+			return len(set), nil
 		})
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("rollup: read connection invalidations: %w", err)
@@ -340,35 +355,35 @@ func (w *Worker) readConnLog(ctx context.Context) ([]int64, []ConnKey, bool, err
 }
 
 // readLog scans log rows (id first, then dest) oldest first, calling add
-// for each, until the rows read hold BatchSize entries. A row holds one
-// flush's entries (hundreds on a busy system, one on a quiet one), so rows
-// are fetched in growing pages. full reports that more rows may wait.
-func (w *Worker) readLog(ctx context.Context, query string, dest []any, add func() (int, error)) (ids []int64, full bool, err error) {
+// for each (it returns the distinct keys read so far), until batch keys
+// are read. A row holds one flush's entries (hundreds on a busy system,
+// one on a quiet one), so rows are fetched in growing pages. full reports
+// that more rows may wait.
+func (w *Worker) readLog(ctx context.Context, batch int, query string, dest []any, add func() (int, error)) (ids []int64, full bool, err error) {
 	var id, after int64
-	entries := 0
-	for page := 64; entries < w.cfg.BatchSize; page = min(2*page, 4096) {
+	keys := 0
+	for page := 64; keys < batch; page = min(2*page, 4096) {
 		rows, err := w.cfg.Pool.Query(ctx, query, page, after)
 		if err != nil {
 			return nil, false, err
 		}
 		n := 0
-		for entries < w.cfg.BatchSize && rows.Next() {
+		for keys < batch && rows.Next() {
 			if err := rows.Scan(append([]any{&id}, dest...)...); err != nil {
 				rows.Close()
 				return nil, false, err
 			}
-			k, err := add()
-			if err != nil {
+			if keys, err = add(); err != nil {
 				rows.Close()
 				return nil, false, err
 			}
-			ids, after, entries, n = append(ids, id), id, entries+k, n+1
+			ids, after, n = append(ids, id), id, n+1
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return nil, false, err
 		}
-		if n < page && entries < w.cfg.BatchSize {
+		if n < page && keys < batch {
 			return ids, false, nil // the log is read to its end
 		}
 	}
