@@ -185,6 +185,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	proxies := proxy.NewStore(m.Pool)
 	m.Writer, err = ingest.NewWriter(ctx, ingest.WriterConfig{
 		PoolConfig: m.Pool.Config(), Metrics: m.Metrics, Logger: m.Logger,
+		Writers: int(m.Config.IngestWriters),
 	})
 	if err != nil {
 		return err

@@ -39,8 +39,10 @@ func startWriter(t *testing.T, b database.Backend) (*Writer, *pgxpool.Pool) {
 			t.Fatal(err)
 		}
 	}
+	// Several flushes at once, as several replicas would run them: the
+	// database must arbitrate keys between them.
 	w, err := NewWriter(ctx, WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Writers: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
