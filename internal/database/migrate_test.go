@@ -2,10 +2,12 @@ package database_test
 
 import (
 	"context"
+	"database/sql"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 
 	"proxyusage/internal/database"
 	"proxyusage/internal/pgtest"
@@ -13,23 +15,32 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
+// migrator returns a migrated database of backend b, a connection to it set
+// up as the migrator's, and the migration provider.
+func migrator(t *testing.T, b database.Backend) (string, *sql.DB, *goose.Provider) {
+	t.Helper()
+	url := pgtest.NewDB(t, b)
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["proxyusage.backend"] = string(b)
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { db.Close() })
+	p, err := database.NewProvider(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return url, db, p
+}
+
 // Migration 6 turns the row-per-entry invalidation logs into a row per
 // flush: pending entries survive it, and its Down, unchanged.
 func TestInvalidationLogMigrationKeepsPendingEntries(t *testing.T) {
 	for _, b := range pgtest.Backends(t) {
 		t.Run(string(b), func(t *testing.T) {
 			ctx := context.Background()
-			cfg, err := pgx.ParseConfig(pgtest.NewDB(t, b))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.RuntimeParams["proxyusage.backend"] = string(b)
-			db := stdlib.OpenDB(*cfg)
-			defer db.Close()
-			p, err := database.NewProvider(db)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, db, p := migrator(t, b)
 			if _, err := p.DownTo(ctx, 5); err != nil {
 				t.Fatal(err)
 			}
@@ -78,18 +89,7 @@ func TestPackedLatencyMigrationKeepsHistograms(t *testing.T) {
 	for _, b := range pgtest.Backends(t) {
 		t.Run(string(b), func(t *testing.T) {
 			ctx := context.Background()
-			url := pgtest.NewDB(t, b)
-			cfg, err := pgx.ParseConfig(url)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.RuntimeParams["proxyusage.backend"] = string(b)
-			db := stdlib.OpenDB(*cfg)
-			defer db.Close()
-			p, err := database.NewProvider(db)
-			if err != nil {
-				t.Fatal(err)
-			}
+			url, db, p := migrator(t, b)
 			if _, err := p.DownTo(ctx, 6); err != nil {
 				t.Fatal(err)
 			}

@@ -32,7 +32,7 @@ type WriterConfig struct {
 	Metrics    *telemetry.Metrics
 	Logger     *slog.Logger
 
-	Writers        int           // concurrent flushes (default 1: each takes all that queued)
+	Writers        int           // concurrent flushes (default 2)
 	QueueSize      int           // requests waiting before load is shed (default 4096)
 	MaxFlushEvents int           // events per transaction (default 50,000)
 	FlushTimeout   time.Duration // per transaction (default 10s)
@@ -102,7 +102,7 @@ func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cfg.Writers = cmp.Or(cfg.Writers, 1)
+	cfg.Writers = cmp.Or(cfg.Writers, 2)
 	cfg.QueueSize = cmp.Or(cfg.QueueSize, 4096)
 	cfg.MaxFlushEvents = cmp.Or(cfg.MaxFlushEvents, 50_000)
 	cfg.FlushTimeout = cmp.Or(cfg.FlushTimeout, 10*time.Second)
