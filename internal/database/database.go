@@ -131,14 +131,3 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
 	return provider.HasPending(ctx)
 }
 
-// BackendOf reports the backend a migrated database uses.
-func BackendOf(ctx context.Context, pool *pgxpool.Pool) (Backend, error) {
-	var ts bool
-	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')`).Scan(&ts); err != nil {
-		return "", err
-	}
-	if ts {
-		return TimescaleDB, nil
-	}
-	return Postgres, nil
-}

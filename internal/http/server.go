@@ -176,9 +176,6 @@ func (s *Server) URL() string {
 	return "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
 }
 
-// Handler exposes the full handler chain (tests without a listener).
-func (s *Server) Handler() http.Handler { return s.srv.Handler }
-
 // Close stops accepting connections and waits for in-flight requests.
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)

@@ -84,9 +84,9 @@ type Writer struct {
 
 type pending struct {
 	events []Event
-	// caller, when set, must be allowed to write every event's proxy; the
+	// caller must be allowed to write every event's proxy; the
 	// check runs inside the flush, against the proxies as they are then.
-	caller *auth.Principal
+	caller auth.Principal
 	batch  bool         // denials name the event's index
 	done   chan outcome // buffered: the writer never blocks on a gone caller
 }
@@ -148,21 +148,16 @@ func (w *Writer) Stop() {
 	w.pool.Close()
 }
 
-// Write stores events durably and returns how many were new (the rest were
-// duplicates). It returns only after the commit, or with an error when the
-// queue is full or the database cannot be reached. An error does not
-// guarantee the events were not stored: clients retry with eventIds.
-func (w *Writer) Write(ctx context.Context, events []Event) (accepted int, err error) {
-	o, err := w.submit(ctx, &pending{events: events})
-	return o.accepted, err
-}
-
-// WriteAs is Write for a caller who must be allowed to record into every
-// event's proxy (proxy.CheckWritable). The check runs in the flush's
+// WriteAs stores events durably for a caller who must be allowed to record
+// into every event's proxy (proxy.CheckWritable), and returns how many were
+// new (the rest were duplicates). It returns only after the commit, or with
+// an error when the queue is full or the database cannot be reached; an
+// error does not guarantee the events were not stored, so clients retry
+// with eventIds. The check runs in the flush's
 // transaction; the first event that fails it fails the request (with its
 // index when batch), nothing of the request is stored, and denied is true.
 func (w *Writer) WriteAs(ctx context.Context, caller auth.Principal, events []Event, batch bool) (accepted int, denied bool, err error) {
-	o, err := w.submit(ctx, &pending{events: events, caller: &caller, batch: batch})
+	o, err := w.submit(ctx, &pending{events: events, caller: caller, batch: batch})
 	return o.accepted, o.denied, err
 }
 
@@ -373,9 +368,6 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	seen := map[string]struct{}{}
 	for _, p := range batch {
 		total += len(p.events)
-		if p.caller == nil {
-			continue
-		}
 		for i := range p.events {
 			if _, ok := seen[p.events[i].ProxyID]; !ok {
 				seen[p.events[i].ProxyID] = struct{}{}
@@ -604,20 +596,16 @@ func (st *flushState) fresh(fresh map[string]bool) []*Event {
 	return out
 }
 
-// authorize checks each request that carries a caller against the proxies
-// found; the first failing event decides, as a request is all or nothing.
+// authorize checks each request's caller against the proxies found; the first failing event decides, as a request is all or nothing.
 func (st *flushState) authorize(batch []*pending, found map[string]proxy.Proxy) {
 	for r, p := range batch {
 		st.live[r] = true
-		if p.caller == nil {
-			continue
-		}
 		for i := range p.events {
 			var px *proxy.Proxy
 			if f, ok := found[p.events[i].ProxyID]; ok {
 				px = &f
 			}
-			if err := proxy.CheckWritable(*p.caller, px); err != nil {
+			if err := proxy.CheckWritable(p.caller, px); err != nil {
 				if p.batch {
 					err = apperr.AtIndex(err, i)
 				}

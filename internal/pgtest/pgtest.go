@@ -103,12 +103,6 @@ func AdminURL(t testing.TB) string {
 	return adminURL
 }
 
-// Cluster is the local test cluster (nil with TEST_DATABASE_URL).
-func Cluster(t testing.TB) *database.LocalCluster {
-	Backends(t)
-	return cluster
-}
-
 func withDB(url, name string) string {
 	i := strings.LastIndex(url, "/")
 	q := ""

@@ -83,9 +83,6 @@ func (h *Histogram) cover(lo, hi int16) {
 	}
 }
 
-// Empty reports whether h holds no samples.
-func (h Histogram) Empty() bool { return len(h.counts) == 0 }
-
 // Quantile returns the q-quantile (nearest rank: the sample at rank
 // ceil(q·n)) in microseconds, within 1 % of the exact value, clamped to the
 // known maximum. ok is false for an empty histogram.

@@ -146,12 +146,6 @@ func (g *Generator) Users() []string {
 // Proxies lists the proxies, in order.
 func (g *Generator) Proxies() []Proxy { return g.proxies }
 
-// Config is the generator's configuration with defaults applied.
-func (g *Generator) Config() Config { return g.cfg }
-
-// Emitted is the number of events returned so far.
-func (g *Generator) Emitted() int { return g.emitted }
-
 // Next appends up to max events to dst, in time order, and returns it. An
 // empty result means the workload is exhausted.
 func (g *Generator) Next(dst []ingest.Event, max int) []ingest.Event {
