@@ -130,4 +130,3 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
 	}
 	return provider.HasPending(ctx)
 }
-

@@ -100,42 +100,25 @@ func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read bytes: %w", err)
 	}
-	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-	b.Queue(`SELECT NOT `+dirtyDayExists, proxies, from, to)
-	b.Queue(fmt.Sprintf(`
+	clean, err := r.snapshot(ctx, `SELECT NOT `+dirtyDayExists, []any{proxies, from, to}, func(b *pgx.Batch) {
+		b.Queue(fmt.Sprintf(`
 SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::bigint
   FROM %s
  WHERE proxy_id = ANY($1) AND bucket >= $2 AND bucket < $3
  GROUP BY bucket`, rel.daily), proxies, from, to.AddDate(0, 0, 1))
-	b.Queue("COMMIT")
-	clean, err := func() (bool, error) {
-		br := r.pool.SendBatch(ctx, b)
-		defer br.Close()
-		if _, err := br.Exec(); err != nil {
-			return false, err
-		}
-		var clean bool
-		if err := br.QueryRow().Scan(&clean); err != nil {
-			return false, err
-		}
+	}, func(br pgx.BatchResults) error {
 		rows, err := br.Query()
 		if err != nil {
-			return false, err
+			return err
 		}
 		var day time.Time
 		var n int64
-		if _, err := pgx.ForEachRow(rows, []any{&day, &n}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&day, &n}, func() error {
 			out[Day(day)] = n
 			return nil
-		}); err != nil {
-			return false, err
-		}
-		if _, err := br.Exec(); err != nil {
-			return false, err
-		}
-		return clean, br.Close()
-	}()
+		})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read bytes: %w", err)
 	}
@@ -460,60 +443,72 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 	}
 	end := to.AddDate(0, 0, 1)
 	args := []any{proxies, from, to, from, end}
+	return r.snapshot(ctx, fastClean, args[:3], func(b *pgx.Batch) {
+		b.Queue(fmt.Sprintf(fastSums, rel.daily), args...)
+		b.Queue(fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency), args...)
+		b.Queue(fastPeaks, args[:3]...)
+	}, func(br pgx.BatchResults) error {
+		var (
+			proxyID string
+			bucket  time.Time
+			t       Totals
+			maxLat  *int64
+		)
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		if _, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
+			&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
+			&t.FirstEventAt, &t.LastEventAt}, func() error {
+			row := t
+			if maxLat != nil {
+				row.LatencyMaxUS = *maxLat
+			}
+			groupKey(by, proxyID, Day(bucket)).totals(out).Merge(&row)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if rows, err = br.Query(); err != nil {
+			return err
+		}
+		if err := scanFastHistograms(rows, by, out); err != nil {
+			return err
+		}
+		if rows, err = br.Query(); err != nil {
+			return err
+		}
+		var dk DayKey
+		var peak int
+		_, err = pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
+			t := groupKey(by, dk.ProxyID, dk.Day.UTC()).totals(out)
+			t.Peak = max(t.Peak, peak)
+			return nil
+		})
+		return err
+	})
+}
+
+// snapshot runs, in one round trip, a read-only repeatable-read
+// transaction: the clean check (a query returning one boolean), the reads
+// queue adds, and COMMIT. read consumes the reads' results in order; clean
+// says whether they can be trusted (nothing they cover waits for the worker).
+func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, queue func(*pgx.Batch), read func(pgx.BatchResults) error) (clean bool, err error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-	b.Queue(fastClean, args[:3]...)
-	b.Queue(fmt.Sprintf(fastSums, rel.daily), args...)
-	b.Queue(fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency), args...)
-	b.Queue(fastPeaks, args[:3]...)
+	b.Queue(check, checkArgs...)
+	queue(b)
 	b.Queue("COMMIT")
 	br := r.pool.SendBatch(ctx, b)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
 		return false, err
 	}
-	var clean bool
 	if err := br.QueryRow().Scan(&clean); err != nil {
 		return false, err
 	}
-	var (
-		proxyID string
-		bucket  time.Time
-		t       Totals
-		maxLat  *int64
-	)
-	rows, err := br.Query()
-	if err != nil {
-		return false, err
-	}
-	if _, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
-		&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
-		&t.FirstEventAt, &t.LastEventAt}, func() error {
-		row := t
-		if maxLat != nil {
-			row.LatencyMaxUS = *maxLat
-		}
-		groupKey(by, proxyID, Day(bucket)).totals(out).Merge(&row)
-		return nil
-	}); err != nil {
-		return false, err
-	}
-	if rows, err = br.Query(); err != nil {
-		return false, err
-	}
-	if err := scanFastHistograms(rows, by, out); err != nil {
-		return false, err
-	}
-	if rows, err = br.Query(); err != nil {
-		return false, err
-	}
-	var dk DayKey
-	var peak int
-	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
-		t := groupKey(by, dk.ProxyID, dk.Day.UTC()).totals(out)
-		t.Peak = max(t.Peak, peak)
-		return nil
-	}); err != nil {
+	if err := read(br); err != nil {
 		return false, err
 	}
 	if _, err := br.Exec(); err != nil {
