@@ -31,6 +31,18 @@ type apiClient struct {
 	http  *http.Client
 }
 
+// commandFlags is the flag set of an API subcommand: its usage line and
+// help go to stderr, followed by the flags.
+func commandFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
 func apiFlags(fs *flag.FlagSet) (*string, *string) {
 	u := fs.String("url", envOr("PROXYUSAGE_URL", "http://localhost:8080"), "API base URL (env PROXYUSAGE_URL)")
 	t := fs.String("token", os.Getenv("TOKEN"), "bearer token (env TOKEN); see `proxyusage token`")
@@ -109,12 +121,7 @@ func optional(v *float64, format string) string {
 }
 
 func reportCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("report", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: proxyusage report -start YYYY-MM-DD -end YYYY-MM-DD [-group-by day|proxy] [-user ID]\n\nPrints the usage report of the token's user (admins: -user) as a table.")
-		fs.PrintDefaults()
-	}
+	fs := commandFlags("report", "Usage: proxyusage report -start YYYY-MM-DD -end YYYY-MM-DD [-group-by day|proxy] [-user ID]\n\nPrints the usage report of the token's user (admins: -user) as a table.", stderr)
 	base, token := apiFlags(fs)
 	today := time.Now().UTC().Format("2006-01-02")
 	start := fs.String("start", time.Now().UTC().AddDate(0, 0, -6).Format("2006-01-02"), "first day")
@@ -144,31 +151,22 @@ func reportCmd(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, strings.ToUpper(*groupBy)+"\tEVENTS\tCONNECTIONS\tBYTES\tPEAK\tERRORS\tERROR RATE\tP95 MS\t")
 	row := func(label string, m metricsRow) {
+		if m.ErrorRate != nil {
+			percent := *m.ErrorRate * 100
+			m.ErrorRate = &percent
+		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%d\t%s\t%s\t\n", label, m.EventCount, m.ConnectionCount, humanBytes(m.TotalBytes),
 			m.PeakConcurrentConnections, m.ErrorCount, optional(m.ErrorRate, "%.2f%%"), optional(m.P95LatencyMs, "%.1f"))
 	}
 	for _, r := range rep.Rows {
-		if r.ErrorRate != nil {
-			v := *r.ErrorRate * 100
-			r.ErrorRate = &v
-		}
 		row(r.Date+r.ProxyID, r)
-	}
-	if rep.Totals.ErrorRate != nil {
-		v := *rep.Totals.ErrorRate * 100
-		rep.Totals.ErrorRate = &v
 	}
 	row("total", rep.Totals)
 	return tw.Flush()
 }
 
 func billCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bill", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: proxyusage bill -start YYYY-MM-DD -end YYYY-MM-DD [-user ID]\n\nPrints the billing summary of the token's user (admins: -user).")
-		fs.PrintDefaults()
-	}
+	fs := commandFlags("bill", "Usage: proxyusage bill -start YYYY-MM-DD -end YYYY-MM-DD [-user ID]\n\nPrints the billing summary of the token's user (admins: -user).", stderr)
 	base, token := apiFlags(fs)
 	now := time.Now().UTC()
 	first := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
@@ -223,12 +221,7 @@ func billCmd(args []string, stdout, stderr io.Writer) error {
 // seedCmd registers demo users' proxies and sends a generated workload
 // through the API, showing progress.
 func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: proxyusage seed [-users N] [-proxies N] [-days N] [-events N]\n\nRegisters demo proxies and records a realistic workload through the API.\nTokens are minted with JWT_SECRET (or the local dev secret).")
-		fs.PrintDefaults()
-	}
+	fs := commandFlags("seed", "Usage: proxyusage seed [-users N] [-proxies N] [-days N] [-events N]\n\nRegisters demo proxies and records a realistic workload through the API.\nTokens are minted with JWT_SECRET (or the local dev secret).", stderr)
 	base, _ := apiFlags(fs)
 	users := fs.Int("users", 5, "users")
 	proxies := fs.Int("proxies", 20, "proxies, spread over the users")
