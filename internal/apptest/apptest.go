@@ -126,6 +126,13 @@ func (r Response) Decode(t testing.TB, v any) {
 // Do sends a request. body may be nil, []byte, string or a value to encode.
 func (e *Env) Do(method, path, token string, body any) Response {
 	e.T.Helper()
+	return e.Send(e.Request(method, path, token, body))
+}
+
+// Request prepares what Do sends: body as in Do, JSON content type when
+// there is one, the bearer token when given.
+func (e *Env) Request(method, path, token string, body any) *http.Request {
+	e.T.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -150,7 +157,7 @@ func (e *Env) Do(method, path, token string, body any) Response {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	return e.Send(req)
+	return req
 }
 
 // Send sends a prepared request.
