@@ -299,17 +299,19 @@ func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, sta
 			}
 		}
 	} else {
+		// Rows list the proxies with events; the totals cover every proxy,
+		// so a connection held open from before the period still counts in
+		// the peak (as with groupBy=day).
 		keys := make([]string, 0, len(m))
 		for k, t := range m {
 			if t.EventCount > 0 {
 				keys = append(keys, k.ProxyID)
 			}
+			total.Merge(t)
 		}
 		sort.Strings(keys)
 		for _, id := range keys {
-			t := m[rollup.Key{ProxyID: id}]
-			out.Rows = append(out.Rows, ReportRow{ProxyID: id, Metrics: metricsOf(t)})
-			total.Merge(t)
+			out.Rows = append(out.Rows, ReportRow{ProxyID: id, Metrics: metricsOf(m[rollup.Key{ProxyID: id}])})
 		}
 	}
 	out.Totals = total.Metrics()
