@@ -1,6 +1,7 @@
 package rollup
 
 import (
+	"iter"
 	"sort"
 	"time"
 )
@@ -71,6 +72,25 @@ func (iv Interval) Days() []time.Time {
 		out = append(out, d)
 	}
 	return out
+}
+
+// daysWithin yields the UTC days from..to (inclusive) the interval is open
+// on, without walking the days of a long interval outside them.
+func (iv Interval) daysWithin(from, to time.Time) iter.Seq[time.Time] {
+	return func(yield func(time.Time) bool) {
+		if !iv.Start.Before(iv.End) {
+			return
+		}
+		d := Day(iv.Start)
+		if d.Before(from) {
+			d = from
+		}
+		for ; d.Before(iv.End) && !d.After(to); d = d.AddDate(0, 0, 1) {
+			if !yield(d) {
+				return
+			}
+		}
+	}
 }
 
 // Peak returns the exact maximum number of intervals open at the same

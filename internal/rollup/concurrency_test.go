@@ -155,3 +155,28 @@ func BenchmarkHistogramReport(b *testing.B) {
 		total.Quantile(0.95, 1<<40)
 	}
 }
+
+// daysWithin must yield exactly Days() clipped to the range, whatever the
+// interval's length or position (reference: filter the full list).
+func TestIntervalDaysWithin(t *testing.T) {
+	from, to := t0.AddDate(0, 0, -3), t0.AddDate(0, 0, 4)
+	hours := []int{-24 * 400, -24 * 4, -75, -1, 0, 1, 23, 24, 25, 24 * 3, 24 * 7, 24*8 + 5, 24 * 30}
+	for _, a := range hours {
+		for _, b := range hours {
+			iv := Interval{Start: t0.Add(time.Duration(a) * time.Hour), End: t0.Add(time.Duration(b) * time.Hour)}
+			var want []time.Time
+			for _, d := range iv.Days() {
+				if !d.Before(from) && !d.After(to) {
+					want = append(want, d)
+				}
+			}
+			var got []time.Time
+			for d := range iv.daysWithin(from, to) {
+				got = append(got, d)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%v..%v: got %v, want %v", iv.Start, iv.End, got, want)
+			}
+		}
+	}
+}

@@ -546,24 +546,39 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 	for _, d := range dirty {
 		recompute[d] = true
 	}
-	var fresh map[ConnKey][]Interval
+	// Fresh intervals of pending connections, filed under each requested
+	// day they cover: the work is the intervals' days within the range,
+	// never pending connections × days.
+	freshByDay := map[DayKey][]Interval{}
 	if len(pending) > 0 {
 		stored, err := storedIntervals(ctx, tx, pending)
 		if err != nil {
 			return err
 		}
-		if fresh, err = freshIntervals(ctx, tx, pending, r.maxAge); err != nil {
+		fresh, err := freshIntervals(ctx, tx, pending, r.maxAge)
+		if err != nil {
 			return err
 		}
-		for _, m := range []map[ConnKey][]Interval{stored, fresh} {
-			for k, ivs := range m {
-				for _, iv := range ivs {
-					for _, d := range iv.Days() {
-						if !d.Before(from) && !d.After(to) {
-							recompute[DayKey{k.ProxyID, d}] = true
-						}
-					}
+		for k, ivs := range stored {
+			for _, iv := range ivs {
+				for d := range iv.daysWithin(from, to) {
+					recompute[DayKey{k.ProxyID, d}] = true
 				}
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		for k, ivs := range fresh {
+			for _, iv := range ivs {
+				for d := range iv.daysWithin(from, to) {
+					dk := DayKey{k.ProxyID, d}
+					recompute[dk] = true
+					freshByDay[dk] = append(freshByDay[dk], iv)
+				}
+			}
+			if err := ctx.Err(); err != nil {
+				return err
 			}
 		}
 	}
@@ -580,19 +595,19 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 		for _, k := range pending {
 			isPending[k] = true
 		}
-		for _, d := range days {
+		for i, d := range days {
+			if i%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
 			var ivs []Interval
 			for _, ki := range open[d] {
 				if !isPending[ConnKey{d.ProxyID, ki.ConnectionID}] {
 					ivs = append(ivs, ki.Interval)
 				}
 			}
-			for k, fs := range fresh {
-				if k.ProxyID == d.ProxyID {
-					ivs = append(ivs, fs...)
-				}
-			}
-			perDay[d] = Peak(ivs, d.Day)
+			perDay[d] = Peak(append(ivs, freshByDay[d]...), d.Day)
 		}
 	}
 	for d, p := range perDay {
