@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -108,7 +110,39 @@ func Migrate(ctx context.Context, url, want string, log *slog.Logger) (Backend, 
 	for _, r := range results {
 		log.Info("migration applied", slog.String("source", r.Source.Path), slog.Duration("took", r.Duration))
 	}
+	if backend == TimescaleDB {
+		var version string
+		if err := db.QueryRowContext(ctx, `SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'`).Scan(&version); err != nil {
+			return "", fmt.Errorf("timescaledb version: %w", err)
+		}
+		if !TimescaleVersionSupported(version) {
+			return "", fmt.Errorf("timescaledb %s is too old: %s or later is required (forced refreshes of continuous aggregates)", version, MinTimescaleVersion)
+		}
+	}
 	return backend, nil
+}
+
+// MinTimescaleVersion is the oldest TimescaleDB the service runs on: the
+// rollup worker refreshes the hierarchical latency aggregate with force
+// (TimescaleDB 2.18), see rollup.Worker.refreshAggregates.
+const MinTimescaleVersion = "2.18.0"
+
+// TimescaleVersionSupported reports whether an extension version such as
+// "2.28.3" (or "2.18.0-dev") is at least MinTimescaleVersion.
+func TimescaleVersionSupported(version string) bool {
+	parse := func(v string) (major, minor int) {
+		v, _, _ = strings.Cut(v, "-")
+		parts := strings.SplitN(v, ".", 3)
+		if len(parts) < 2 {
+			return 0, 0
+		}
+		major, _ = strconv.Atoi(parts[0])
+		minor, _ = strconv.Atoi(parts[1])
+		return major, minor
+	}
+	major, minor := parse(version)
+	wantMajor, wantMinor := parse(MinTimescaleVersion)
+	return major > wantMajor || major == wantMajor && minor >= wantMinor
 }
 
 func newProvider(db *sql.DB) (*goose.Provider, error) {

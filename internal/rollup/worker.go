@@ -414,8 +414,17 @@ func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
 		for _, view := range []string{"usage_daily", "usage_latency_daily", "usage_latency_daily_packed"} {
 			// Simple protocol: CALL must not run inside an (implicit
 			// extended-protocol) transaction block.
-			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz)`,
-				view, start.Format(time.RFC3339), end.Format(time.RFC3339))
+			// The packed histograms (an aggregate over usage_latency_daily)
+			// are refreshed with force: TimescaleDB's invalidations of
+			// the level below left today's bucket behind when a window was
+			// refreshed a second time (the level below correct, the packed
+			// row stale until the day changed again; regression test
+			// TestTodayLatencyAfterLateBacklog). A forced refresh
+			// re-materialises the window from the level below, which an
+			// invalidated refresh of these whole-day windows does anyway.
+			force := view == "usage_latency_daily_packed"
+			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz, force => %t)`,
+				view, start.Format(time.RFC3339), end.Format(time.RFC3339), force)
 			if err := w.refresh(ctx, sql); err != nil {
 				return fmt.Errorf("rollup: refresh %s: %w", view, err)
 			}
