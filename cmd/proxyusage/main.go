@@ -25,8 +25,10 @@ import (
 	"time"
 
 	"proxyusage/internal/app"
+	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/config"
+	"proxyusage/internal/user"
 )
 
 const usage = `proxyusage meters proxy usage for billing and analytics.
@@ -191,6 +193,9 @@ func token(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory holding the dev secret when JWT_SECRET is unset")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if err := user.ValidateID(*sub); err != nil {
+		return fmt.Errorf("-sub: %s", apperr.MessageOf(err)) // the service would refuse the token
 	}
 	secret := cfg.JWTSecret
 	if secret == "" {

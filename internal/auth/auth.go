@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/user"
 )
 
 // Roles a token may carry in its "roles" claim.
@@ -37,16 +38,26 @@ type Principal struct {
 // IsAdmin reports whether the caller has the admin role.
 func (p Principal) IsAdmin() bool { return slices.Contains(p.Roles, RoleAdmin) }
 
+// Subject resolves whose data a request is about: the caller's own when
+// userID is empty or the caller's, another user's only for admins. A
+// userID that breaks the user id rule is 400 whoever asks.
+func (p Principal) Subject(userID string) (string, error) {
+	if userID == "" || userID == p.UserID {
+		return p.UserID, nil
+	}
+	if err := user.ValidateID(userID); err != nil {
+		return "", err
+	}
+	if !p.IsAdmin() {
+		return "", apperr.Errorf(apperr.Forbidden, "only admins may act on another user's data")
+	}
+	return userID, nil
+}
+
 // CanWriteAny reports whether the caller may record events for any
 // registered proxy, not only its own.
 func (p Principal) CanWriteAny() bool {
 	return p.IsAdmin() || slices.Contains(p.Roles, RoleService)
-}
-
-// Claims is the token payload we read.
-type Claims struct {
-	Roles []string `json:"roles,omitempty"`
-	jwt.RegisteredClaims
 }
 
 // Config configures a Verifier. At least one of Secret and JWKSURL is
@@ -177,9 +188,6 @@ func NewVerifier(ctx context.Context, cfg Config) (*Verifier, error) {
 	return v, nil
 }
 
-// MaxUserIDLength bounds the sub claim (users.id).
-const MaxUserIDLength = 256
-
 // Verify parses an Authorization header value and returns the caller.
 func (v *Verifier) Verify(ctx context.Context, header string) (Principal, error) {
 	raw, ok := strings.CutPrefix(header, "Bearer ")
@@ -206,8 +214,9 @@ func (v *Verifier) Verify(ctx context.Context, header string) (Principal, error)
 	if err != nil {
 		return Principal{}, apperr.Errorf(apperr.Unauthenticated, "invalid token: %s", reason(err))
 	}
-	if claims.Subject == "" || len(claims.Subject) > MaxUserIDLength {
-		return Principal{}, apperr.Errorf(apperr.Unauthenticated, "invalid token: sub claim missing or too long")
+	if user.ValidateID(claims.Subject) != nil {
+		return Principal{}, apperr.Errorf(apperr.Unauthenticated,
+			"invalid token: sub must be 1 to %d characters of UTF-8 without control characters", user.MaxIDLength)
 	}
 	p := Principal{UserID: claims.Subject, Roles: slices.Clip(claims.Roles)}
 	// The parser requires exp, so ExpiresAt is set.
@@ -232,13 +241,13 @@ func headerAlg(token string) string {
 	if err != nil {
 		return ""
 	}
-	var h struct {
-		Alg string `json:"alg"`
-	}
+	// A map, like the parser's own header: "alg" only, never "ALG".
+	var h map[string]any
 	if json.Unmarshal(b, &h) != nil {
 		return ""
 	}
-	return h.Alg
+	alg, _ := h["alg"].(string)
+	return alg
 }
 
 // reason names what was wrong with a token without echoing it.
@@ -256,6 +265,10 @@ func reason(err error) string {
 		return "wrong audience"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
 		return "bad signature or algorithm"
+	case errors.Is(err, errDuplicateClaim):
+		return "duplicate claim"
+	case errors.Is(err, errClaimsText):
+		return "claims are not valid UTF-8"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "malformed"
 	default:

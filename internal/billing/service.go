@@ -60,12 +60,9 @@ func NewService(cfg Config) (*Service, error) {
 // Bill computes the billing summary of a user for a period. Usage comes
 // from the same rollups as the reports, so bill and report agree.
 func (s *Service) Bill(ctx context.Context, caller auth.Principal, userID, start, end string) (Bill, error) {
-	uid := caller.UserID
-	if userID != "" && userID != caller.UserID {
-		if !caller.IsAdmin() {
-			return Bill{}, apperr.Errorf(apperr.Forbidden, "only admins may bill another user")
-		}
-		uid = userID
+	uid, err := caller.Subject(userID)
+	if err != nil {
+		return Bill{}, err
 	}
 	period, err := usage.ParsePeriod("periodStart", start, "periodEnd", end)
 	if err != nil {
@@ -155,8 +152,8 @@ func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, user
 	if !caller.IsAdmin() {
 		return Account{}, apperr.Errorf(apperr.Forbidden, "this endpoint requires the admin role")
 	}
-	if userID == "" || len(userID) > auth.MaxUserIDLength {
-		return Account{}, apperr.Errorf(apperr.Invalid, "userId must be 1 to %d characters", auth.MaxUserIDLength)
+	if err := user.ValidateID(userID); err != nil {
+		return Account{}, err
 	}
 	if req.Tier == "" && req.Contract == nil {
 		return Account{}, apperr.Errorf(apperr.Invalid, "set tier and/or contract")
@@ -241,6 +238,9 @@ func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, user
 func (s *Service) GetAccount(ctx context.Context, caller auth.Principal, userID string) (Account, error) {
 	if !caller.IsAdmin() {
 		return Account{}, apperr.Errorf(apperr.Forbidden, "this endpoint requires the admin role")
+	}
+	if err := user.ValidateID(userID); err != nil {
+		return Account{}, err
 	}
 	var exists bool
 	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)`, userID).Scan(&exists); err != nil {

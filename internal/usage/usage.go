@@ -232,21 +232,6 @@ func utc(t *time.Time) *time.Time {
 	return &u
 }
 
-// subject resolves whose data is asked for: the caller's own, or with
-// userID another user's, which only an admin may read.
-func subject(caller auth.Principal, userID string) (string, error) {
-	if userID == "" || userID == caller.UserID {
-		return caller.UserID, nil
-	}
-	if !caller.IsAdmin() {
-		return "", apperr.Errorf(apperr.Forbidden, "only admins may read another user's usage")
-	}
-	if len(userID) > auth.MaxUserIDLength {
-		return "", apperr.Errorf(apperr.Invalid, "userId is too long")
-	}
-	return userID, nil
-}
-
 func (s *Service) proxyIDs(ctx context.Context, userID string) ([]string, error) {
 	list, err := s.proxies.List(ctx, userID)
 	if err != nil {
@@ -261,7 +246,7 @@ func (s *Service) proxyIDs(ctx context.Context, userID string) ([]string, error)
 
 // Report returns a user's usage grouped by day or by proxy.
 func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, start, end, groupBy string) (Report, error) {
-	uid, err := subject(caller, userID)
+	uid, err := caller.Subject(userID)
 	if err != nil {
 		return Report{}, err
 	}
@@ -320,7 +305,7 @@ func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, sta
 
 // Aggregation returns a user's live period aggregation.
 func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, userID, start, end string) (Aggregation, error) {
-	uid, err := subject(caller, userID)
+	uid, err := caller.Subject(userID)
 	if err != nil {
 		return Aggregation{}, err
 	}
@@ -425,7 +410,7 @@ func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, st
 // Snapshot computes the caller's period aggregation and upserts it into
 // proxy_usage_aggregation, returning the stored row.
 func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, userID, start, end string) (Snapshot, error) {
-	uid, err := subject(caller, userID)
+	uid, err := caller.Subject(userID)
 	if err != nil {
 		return Snapshot{}, err
 	}
