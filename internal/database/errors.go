@@ -39,3 +39,10 @@ func IsUnavailable(err error) bool {
 func isClosedPool(err error) bool {
 	return err != nil && err.Error() == "closed pool"
 }
+
+// IsForeignKeyViolation reports whether err is a write refused because a
+// row it references does not exist (SQLSTATE 23503).
+func IsForeignKeyViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23503"
+}

@@ -198,3 +198,30 @@ func TestUserIDRule(t *testing.T) {
 		}
 	})
 }
+
+// An admin snapshot for a user that does not exist is 404, not a
+// foreign-key 500, and stores nothing.
+func TestAggregateUnknownUser(t *testing.T) {
+	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
+		t.Parallel()
+		env := apptest.Start(t, b)
+		admin := apptest.Token(t, "root", "admin")
+		body := `{"periodStart":"2026-01-01","periodEnd":"2026-01-02","userId":"nobody"}`
+		r := env.Do("POST", "/proxy/usage/aggregate", admin, body)
+		r.ExpectError(t, 404, "PROXY_USAGE_006")
+		onlyErrorFields(t, r)
+		if n := env.Count(`SELECT count(*) FROM proxy_usage_aggregation`); n != 0 {
+			t.Fatalf("stored %d snapshots", n)
+		}
+		if n := env.Count(`SELECT count(*) FROM users WHERE id = 'nobody'`); n != 0 {
+			t.Fatal("the snapshot created the user")
+		}
+		// Once the user exists (here: created by an admin), the same call works.
+		if r := env.Do("PUT", "/admin/users/nobody", admin, `{"tier":"premium"}`); r.Status != 200 {
+			t.Fatalf("create nobody: %d %s", r.Status, r.Body)
+		}
+		if r := env.Do("POST", "/proxy/usage/aggregate", admin, body); r.Status != 200 || !strings.Contains(string(r.Body), `"userId":"nobody"`) {
+			t.Fatalf("aggregate for a known user: %d %s", r.Status, r.Body)
+		}
+	})
+}

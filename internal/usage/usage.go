@@ -15,6 +15,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
+	"proxyusage/internal/database"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/user"
@@ -439,6 +440,11 @@ func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, userID, s
 		uid, period.Start, period.End, agg.Tier, agg.ProxyCount, agg.ActiveDays, totals).Scan(
 		&stored.Aggregation.UserID, &ps, &pe, &stored.Aggregation.Tier, &stored.Aggregation.ProxyCount,
 		&stored.Aggregation.ActiveDays, &storedTotals, &stored.SnapshotAt)
+	if database.IsForeignKeyViolation(err) {
+		// Only an admin can name a user that has no row (a caller's own is
+		// created when it authenticates): the reference decides, atomically.
+		return Snapshot{}, apperr.Errorf(apperr.NotFound, "user not found")
+	}
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("store snapshot: %w", err)
 	}
