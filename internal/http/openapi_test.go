@@ -438,6 +438,7 @@ func runSession(t *testing.T, s *session) {
 	s.do("GET", "/proxy/usage/report"+rng+"&userId=alice", admin, nil, 200)
 	s.do("GET", "/proxy/usage/report"+rng+"&userId=alice", alice, nil, 200)
 	s.do("GET", "/proxy/usage/report"+rng+"&userId=bob", alice, nil, 403)
+	s.do("GET", "/proxy/usage/report"+rng+"&userId="+strings.Repeat("x", 257), admin, nil, 400, breaks("Query parameter 'userId'"))
 	s.do("GET", "/proxy/usage/report"+rng+"&groupBy=week", alice, nil, 400, breaks("Query parameter 'groupBy'"))
 	s.do("GET", "/proxy/usage/report?startDate="+day(-400)+"&endDate="+day(0), alice, nil, 400)
 
@@ -454,6 +455,8 @@ func runSession(t *testing.T, s *session) {
 	s.do("POST", "/proxy/usage/aggregate", alice, snap, 200) // upsert
 	s.do("POST", "/proxy/usage/aggregate", admin, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "userId": "bob"}, 200)
 	s.do("POST", "/proxy/usage/aggregate", alice, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "userId": "bob"}, 403)
+	s.do("POST", "/proxy/usage/aggregate", admin, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "userId": "nobody"}, 404)
+	s.do("POST", "/proxy/usage/aggregate", admin, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "userId": "a\u0007b"}, 400, breaks("request body"))
 	s.do("POST", "/proxy/usage/aggregate", alice, map[string]string{"periodStart": "last week", "periodEnd": day(0)}, 400, breaks("request body"))
 	s.do("POST", "/proxy/usage/aggregate", alice, `{"periodStart": "`+strings.Repeat("9", 70<<10)+`"}`, 413, breaks("request body"))
 
@@ -474,6 +477,7 @@ func runSession(t *testing.T, s *session) {
 	s.do("GET", "/admin/users/alice", admin, nil, 200)
 	s.do("GET", "/admin/users/dave", admin, nil, 200)
 	s.do("GET", "/admin/users/nobody", admin, nil, 404)
+	s.do("GET", "/admin/users/a%00b", admin, nil, 400, breaks("Path parameter 'userId'"))
 	s.do("GET", "/admin/users/alice", alice, nil, 403)
 
 	bill := "?periodStart=" + day(-9) + "&periodEnd=" + day(0)
