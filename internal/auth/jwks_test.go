@@ -8,8 +8,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -74,6 +76,19 @@ func signed(t *testing.T, m jwt.SigningMethod, kid string, key any, claims jwt.M
 	return s
 }
 
+// signedPayload signs payload byte for byte (MapClaims cannot repeat a
+// name, and sorts its keys).
+func signedPayload(t *testing.T, m jwt.SigningMethod, kid string, key any, payload string) string {
+	t.Helper()
+	head, _ := json.Marshal(map[string]string{"alg": m.Alg(), "kid": kid, "typ": "JWT"})
+	signing := base64.RawURLEncoding.EncodeToString(head) + "." + base64.RawURLEncoding.EncodeToString([]byte(payload))
+	sig, err := m.Sign(signing, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
 func TestJWKS(t *testing.T) {
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -109,6 +124,19 @@ func TestJWKS(t *testing.T) {
 	accept("ES256", signed(t, jwt.SigningMethodES256, "ec-1", ecKey, claims("b")), "b")
 	accept("EdDSA", signed(t, jwt.SigningMethodEdDSA, "ed-1", edKey, claims("c")), "c")
 	accept("HS256 with the configured secret", signed(t, jwt.SigningMethodHS256, "", secret, claims("d")), "d")
+
+	// Claim names match exactly with JWKS keys too: SUB, Roles and EXP are
+	// other claims, wherever they stand.
+	future, past := time.Now().Add(time.Hour).Unix(), time.Now().Add(-time.Hour).Unix()
+	lookalike := fmt.Sprintf(`{"sub":"a","aud":"proxyusage","exp":%d,"SUB":"bob","Roles":["admin"]}`, future)
+	if p, err := v.Verify(t.Context(), "Bearer "+signedPayload(t, jwt.SigningMethodRS256, "rsa-1", rsaKey, lookalike)); err != nil || p.UserID != "a" || p.IsAdmin() {
+		t.Fatalf("look-alike claims read as %+v (%v)", p, err)
+	}
+	lateEXP := fmt.Sprintf(`{"sub":"x","aud":"proxyusage","exp":%d,"EXP":%d}`, past, future)
+	refuse("expired with a later EXP", signedPayload(t, jwt.SigningMethodES256, "ec-1", ecKey, lateEXP))
+	twice := fmt.Sprintf(`{"sub":"x","aud":"proxyusage","exp":%d,"sub":"y"}`, future)
+	refuse("sub twice", signedPayload(t, jwt.SigningMethodEdDSA, "ed-1", edKey, twice))
+	refuse("sub with NUL", signed(t, jwt.SigningMethodEdDSA, "ed-1", edKey, claims("a\x00b")))
 
 	// HS/RS confusion: an HMAC keyed with the RSA public key is refused.
 	der, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
