@@ -67,6 +67,11 @@ func FuzzVerifyClaims(f *testing.F) {
 		`{"sub":"alice","exp":%[1]d,"roles":"admin"}`,
 		`["sub","alice"]`,
 		` {"sub" : "alice" , "exp" : %[1]d } `,
+		`{"x":"}\"{,","sub":"alice","exp":%[1]d}`,
+		`{"x":[{"a":"]","sub":"bob"}],"sub":"alice","exp":%[1]d}`,
+		`{"x":true,"y":null,"z":-1.5e3,"sub":"alice","exp":%[1]d,"w":{}}`,
+		`{"\\":1,"sub":"alice","exp":%[1]d,"\\":2}`,
+		`{}`,
 	} {
 		f.Add([]byte(fmt.Sprintf(p, exp, past)))
 	}
