@@ -1,10 +1,11 @@
 package billing
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,6 +16,7 @@ import (
 	"proxyusage/internal/auth"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
+	"proxyusage/internal/strictjson"
 	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
 )
@@ -124,26 +126,86 @@ type TierEntry struct {
 
 // AccountUpdate is the body of PUT /admin/users/{userId}.
 type AccountUpdate struct {
-	Tier          string           `json:"tier"`
-	EffectiveFrom string           `json:"effectiveFrom"`
-	Contract      *json.RawMessage `json:"contract"`
+	Tier          string `json:"tier"`
+	EffectiveFrom string `json:"effectiveFrom"` // needs Tier; default today
+	// Contract: absent keeps the contract, null removes it.
+	Contract strictjson.Nullable[ContractInput] `json:"contract"`
 }
 
-type contractInput struct {
+// ContractInput is an enterprise contract as sent: amounts are decimal
+// strings.
+type ContractInput struct {
 	BaseMonthly string `json:"baseMonthly"`
 	PerGB       string `json:"perGB"`
-	Currency    string `json:"currency"`
+	Currency    string `json:"currency"` // default the plans' currency
 }
 
-func parseAmount(field, s string) (decimal.Decimal, error) {
-	v, err := decimal.NewFromString(s)
-	if err != nil || v.IsNegative() || s == "" {
-		return decimal.Decimal{}, apperr.Errorf(apperr.Invalid, "contract.%s must be a non-negative decimal string, e.g. \"500.00\"", field)
+// Contract bounds: prices a real contract may have, far inside the
+// numeric(20,9) columns that store them (11 integer digits, 9 decimals).
+var (
+	MaxBaseMonthly = decimal.New(1, 9) // 1,000,000,000 per month
+	MaxPerGB       = decimal.New(1, 6) // 1,000,000 per GB
+)
+
+// MaxContractDecimals is how many decimal places a contract price may have.
+const MaxContractDecimals = 6
+
+// Validate checks the tier, the date and the contract's amounts (the
+// contract's currency against the plans is checked by UpdateAccount).
+func (u *AccountUpdate) Validate() error {
+	if u.Tier == "" && !u.Contract.Set {
+		return apperr.Errorf(apperr.Invalid, "set tier and/or contract")
 	}
-	if v.Exponent() < -9 || v.GreaterThan(decimal.New(1, 12)) {
-		return decimal.Decimal{}, apperr.Errorf(apperr.Invalid, "contract.%s has too many digits", field)
+	if u.Tier != "" {
+		switch u.Tier {
+		case user.TierFree, user.TierPremium, user.TierEnterprise:
+		default:
+			return apperr.Errorf(apperr.Invalid, "tier must be free, premium or enterprise")
+		}
+		if u.EffectiveFrom != "" {
+			if _, err := usage.ParseDate("effectiveFrom", u.EffectiveFrom); err != nil {
+				return err
+			}
+		}
+	} else if u.EffectiveFrom != "" {
+		return apperr.Errorf(apperr.Invalid, "effectiveFrom needs a tier")
+	}
+	if u.Contract.Set && !u.Contract.Null {
+		_, err := u.Contract.Value.parse("")
+		return err
+	}
+	return nil
+}
+
+// amountPattern is a non-negative decimal with at most
+// MaxContractDecimals places: no sign, exponent or spaces.
+var amountPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]{1,6})?$`)
+
+func parseAmount(field, s string, limit decimal.Decimal) (decimal.Decimal, error) {
+	v, err := decimal.NewFromString(s)
+	if err != nil || !amountPattern.MatchString(s) || v.GreaterThan(limit) {
+		return decimal.Decimal{}, apperr.Errorf(apperr.Invalid,
+			"contract.%s must be a decimal string from 0 to %s with at most %d decimal places, e.g. \"500.00\"",
+			field, limit.String(), MaxContractDecimals)
 	}
 	return v, nil
+}
+
+// parse turns the input into a Contract, the currency defaulting to
+// defaultCurrency (empty: not checked).
+func (in ContractInput) parse(defaultCurrency string) (Contract, error) {
+	c := Contract{Currency: cmp.Or(in.Currency, defaultCurrency)}
+	var err error
+	if c.BaseMonthly, err = parseAmount("baseMonthly", in.BaseMonthly, MaxBaseMonthly); err != nil {
+		return Contract{}, err
+	}
+	if c.PerGB, err = parseAmount("perGB", in.PerGB, MaxPerGB); err != nil {
+		return Contract{}, err
+	}
+	if c.Currency != "" && !currencyPattern.MatchString(c.Currency) {
+		return Contract{}, apperr.Errorf(apperr.Invalid, "contract.currency must be a 3-letter ISO 4217 code")
+	}
+	return c, nil
 }
 
 // UpdateAccount sets a user's tier (from a date) and/or contract, creating
@@ -155,52 +217,22 @@ func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, user
 	if err := user.ValidateID(userID); err != nil {
 		return Account{}, err
 	}
-	if req.Tier == "" && req.Contract == nil {
-		return Account{}, apperr.Errorf(apperr.Invalid, "set tier and/or contract")
-	}
-	var from time.Time
-	if req.Tier != "" {
-		switch req.Tier {
-		case user.TierFree, user.TierPremium, user.TierEnterprise:
-		default:
-			return Account{}, apperr.Errorf(apperr.Invalid, "tier must be free, premium or enterprise")
+	// req has passed Validate; what follows derives the values to store.
+	from := rollup.Day(s.now())
+	if req.EffectiveFrom != "" {
+		var err error
+		if from, err = usage.ParseDate("effectiveFrom", req.EffectiveFrom); err != nil {
+			return Account{}, err
 		}
-		from = rollup.Day(s.now())
-		if req.EffectiveFrom != "" {
-			var err error
-			if from, err = usage.ParseDate("effectiveFrom", req.EffectiveFrom); err != nil {
-				return Account{}, err
-			}
-		}
-	} else if req.EffectiveFrom != "" {
-		return Account{}, apperr.Errorf(apperr.Invalid, "effectiveFrom needs a tier")
 	}
 	var contract *Contract
-	clearContract := false
-	if req.Contract != nil {
-		if string(*req.Contract) == "null" {
-			clearContract = true
-		} else {
-			var in contractInput
-			if err := json.Unmarshal(*req.Contract, &in); err != nil {
-				return Account{}, apperr.Errorf(apperr.Invalid, `contract must be {"baseMonthly": "500.00", "perGB": "0.005", "currency": "USD"}`)
-			}
-			c := Contract{Currency: in.Currency}
-			var err error
-			if c.BaseMonthly, err = parseAmount("baseMonthly", in.BaseMonthly); err != nil {
-				return Account{}, err
-			}
-			if c.PerGB, err = parseAmount("perGB", in.PerGB); err != nil {
-				return Account{}, err
-			}
-			if c.Currency == "" {
-				c.Currency = s.plans.Currency
-			}
-			if !currencyPattern.MatchString(c.Currency) {
-				return Account{}, apperr.Errorf(apperr.Invalid, "contract.currency must be a 3-letter ISO 4217 code")
-			}
-			contract = &c
+	clearContract := req.Contract.Set && req.Contract.Null
+	if req.Contract.Set && !req.Contract.Null {
+		c, err := req.Contract.Value.parse(s.plans.Currency)
+		if err != nil {
+			return Account{}, err
 		}
+		contract = &c
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO users (id) VALUES ($1) ON CONFLICT DO NOTHING`, userID); err != nil {

@@ -1,11 +1,8 @@
 package http
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
 
-	"proxyusage/internal/apperr"
 	"proxyusage/internal/billing"
 )
 
@@ -43,27 +40,10 @@ func (s *Server) handlePutAccount(w http.ResponseWriter, r *http.Request) {
 		Error(w, r, err)
 		return
 	}
-	body, err := readBody(r, 64<<10, false)
-	if err != nil {
+	var req billing.AccountUpdate
+	if err := decodeBody(r, 64<<10, false, &req); err != nil {
 		Error(w, r, err)
 		return
-	}
-	// contract is a json.RawMessage here so that "contract": null (remove
-	// the contract) stays distinguishable from an absent contract.
-	var wire struct {
-		Tier          string          `json:"tier"`
-		EffectiveFrom string          `json:"effectiveFrom"`
-		Contract      json.RawMessage `json:"contract"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&wire); err != nil {
-		Error(w, r, apperr.Errorf(apperr.Invalid, `body must be {"tier": "premium", "effectiveFrom": "YYYY-MM-DD", "contract": {...}}`))
-		return
-	}
-	req := billing.AccountUpdate{Tier: wire.Tier, EffectiveFrom: wire.EffectiveFrom}
-	if wire.Contract != nil {
-		req.Contract = &wire.Contract
 	}
 	out, err := s.billing.UpdateAccount(r.Context(), caller(r), pathVar(r, "userId"), req)
 	if err != nil {

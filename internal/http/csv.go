@@ -21,7 +21,8 @@ import (
 // is streamed with encoding/csv (RFC 4180, CRLF line ends): a header row,
 // then one row per entry. Cells hold exactly the JSON value of the same
 // request: numbers spelled as encoding/json spells them, an empty cell for
-// null. Errors stay JSON error bodies.
+// null; text that a spreadsheet would run as a formula is the one
+// exception (textCell). Errors stay JSON error bodies.
 
 const csvContentType = "text/csv; charset=utf-8"
 
@@ -143,9 +144,23 @@ func (c *csvOut) finish() {
 	}
 }
 
-// metricsRow writes first followed by the metric cells.
+// textCell guards a text cell against spreadsheet formula injection: text
+// starting with =, +, -, @, tab or carriage return gets a leading ', so a
+// spreadsheet shows it as text instead of evaluating it (a proxy id may
+// start with "-"). Every text cell goes through here. Numeric cells do
+// not: the service writes them itself (never negative), and they must
+// stay numbers for the spreadsheet to add them up.
+func textCell(s string) string {
+	if s != "" && strings.IndexByte("=+-@\t\r", s[0]) >= 0 {
+		return "'" + s
+	}
+	return s
+}
+
+// metricsRow writes first (a text cell: a date, proxyId or "total")
+// followed by the metric cells.
 func (c *csvOut) metricsRow(first string, m *rollup.Metrics) {
-	c.row = append(c.row[:0], first)
+	c.row = append(c.row[:0], textCell(first))
 	c.row = appendMetricCells(c.row, m)
 	c.write(c.row)
 }
@@ -239,12 +254,12 @@ func writeBillCSV(w http.ResponseWriter, r *http.Request, out *billing.Bill) {
 	name := "bill-" + out.PeriodStart + "-" + out.PeriodEnd + ".csv"
 	c := startCSV(w, r, name, billColumns)
 	for _, li := range out.LineItems {
-		c.write([]string{li.Description, li.Quantity, li.Unit, li.UnitPrice, li.Amount, out.Currency})
+		c.write([]string{textCell(li.Description), li.Quantity, textCell(li.Unit), li.UnitPrice, li.Amount, textCell(out.Currency)})
 	}
 	total := ""
 	if out.Total != nil {
 		total = *out.Total
 	}
-	c.write([]string{"total", "", "", "", total, out.Currency})
+	c.write([]string{"total", "", "", "", total, textCell(out.Currency)})
 	c.finish()
 }

@@ -1,16 +1,19 @@
 package http
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
+	"proxyusage/internal/strictjson"
 )
 
 func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
@@ -48,6 +51,23 @@ func mediaType(r *http.Request) string {
 	return mt
 }
 
+// decodeBody reads a JSON request body of at most limit bytes into req by
+// the rules every body follows (strictjson: exact member names, no
+// duplicate or unknown ones, no invalid UTF-8, NUL or trailing data) and
+// validates it. Every handler that takes a JSON body other than events
+// (which have their own decoder with the same rules) reads it here. An
+// empty body is allowed only when allowEmpty; req is validated as it is.
+func decodeBody(r *http.Request, limit int64, allowEmpty bool, req strictjson.Validator) error {
+	body, err := readBody(r, limit, allowEmpty)
+	if err != nil {
+		return err
+	}
+	if len(body) == 0 {
+		return req.Validate()
+	}
+	return strictjson.Decode(body, req)
+}
+
 func readRaw(r *http.Request, limit int64, allowEmpty bool) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
 	var tooBig *http.MaxBytesError
@@ -79,21 +99,12 @@ func toProxyJSON(p proxy.Proxy) proxyJSON {
 }
 
 func (s *Server) handleRegisterProxy(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r, 64<<10, true)
-	if err != nil {
+	var req proxy.Registration
+	if err := decodeBody(r, 64<<10, true, &req); err != nil {
 		Error(w, r, err)
 		return
 	}
-	var req struct {
-		Name *string `json:"name"`
-	}
-	if len(body) > 0 {
-		if err := json.Unmarshal(body, &req); err != nil {
-			Error(w, r, apperr.Errorf(apperr.Invalid, `body must be {"name": "..."}`))
-			return
-		}
-	}
-	p, created, err := s.proxies.Register(r.Context(), caller(r), pathVar(r, "proxyId"), req.Name)
+	p, created, err := s.proxies.Register(r.Context(), caller(r), pathVar(r, "proxyId"), req)
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -105,17 +116,52 @@ func (s *Server) handleRegisterProxy(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, toProxyJSON(p))
 }
 
+// proxyPage is the answer of GET /proxies.
+type proxyPage struct {
+	Proxies   []proxyJSON `json:"proxies"`
+	Count     int         `json:"count"`     // of this page
+	NextAfter *string     `json:"nextAfter"` // the cursor of the next page; null on the last
+}
+
 func (s *Server) handleListProxies(w http.ResponseWriter, r *http.Request) {
-	list, err := s.proxies.List(r.Context(), caller(r).UserID)
+	req, err := pageRequest(r.URL.Query())
 	if err != nil {
 		Error(w, r, err)
 		return
 	}
-	out := make([]proxyJSON, len(list))
-	for i, p := range list {
-		out[i] = toProxyJSON(p)
+	list, more, err := s.proxies.Page(r.Context(), caller(r).UserID, req)
+	if err != nil {
+		Error(w, r, err)
+		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"proxies": out, "count": len(out)})
+	out := proxyPage{Proxies: make([]proxyJSON, len(list)), Count: len(list)}
+	for i, p := range list {
+		out.Proxies[i] = toProxyJSON(p)
+	}
+	if more {
+		out.NextAfter = &list[len(list)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// pageRequest reads limit (digits only, default the largest page) and
+// after from the query; each at most once.
+func pageRequest(q url.Values) (proxy.PageRequest, error) {
+	req := proxy.PageRequest{Limit: proxy.MaxPageSize}
+	if v, ok := q["limit"]; ok {
+		n, err := strconv.Atoi(v[0])
+		if len(v) != 1 || err != nil || strings.TrimLeft(v[0], "0123456789") != "" {
+			return req, apperr.Errorf(apperr.Invalid, "limit must be an integer from 1 to %d", proxy.MaxPageSize)
+		}
+		req.Limit = n
+	}
+	if v, ok := q["after"]; ok {
+		if len(v) != 1 || v[0] == "" {
+			return req, apperr.Errorf(apperr.Invalid, "after must be a proxyId (the nextAfter of the previous page)")
+		}
+		req.After = v[0]
+	}
+	return req, req.Validate()
 }
 
 func (s *Server) handleArchiveProxy(w http.ResponseWriter, r *http.Request) {

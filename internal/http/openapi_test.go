@@ -332,6 +332,16 @@ func runSession(t *testing.T, s *session) {
 	s.do("DELETE", "/proxies/a3", alice, nil, 204)
 	s.do("DELETE", "/proxies/b1", alice, nil, 404)
 	s.do("GET", "/proxies", alice, nil, 200)
+	if m := s.do("GET", "/proxies?limit=2", alice, nil, 200).JSON(t); m["nextAfter"] != "a2" || m["count"] != float64(2) {
+		t.Errorf("first page of 2: %v", m)
+	}
+	if m := s.do("GET", "/proxies?limit=2&after=a2", alice, nil, 200).JSON(t); m["nextAfter"] != nil || m["count"] != float64(1) {
+		t.Errorf("last page: %v", m)
+	}
+	s.do("GET", "/proxies?limit=0", alice, nil, 400, breaks("Query parameter 'limit'"))
+	s.do("GET", "/proxies?limit=1001", alice, nil, 400, breaks("Query parameter 'limit'"))
+	s.do("GET", "/proxies?after=bad%20id", alice, nil, 400, breaks("Query parameter 'after'"))
+	s.do("PUT", "/proxies/a5", alice, `{"NAME":"x"}`, 400, breaks("request body"))
 
 	// Single events: a connection, a repeat, a transfer, an error.
 	start := map[string]any{"eventType": "connection_start", "eventId": "a1-start-1", "timestamp": at(-2 * time.Hour),
@@ -346,6 +356,8 @@ func runSession(t *testing.T, s *session) {
 	s.do("POST", "/proxy/usage/a1/record", alice, map[string]any{"eventType": "data_transfer", "eventData": map[string]any{"dataBytes": 1024}}, 201)
 	s.do("POST", "/proxy/usage/b1/record", svc, map[string]any{"eventType": "error", "eventData": map[string]any{"errorMessage": "upstream refused"}}, 201)
 	s.do("POST", "/proxy/usage/a1/record", alice, map[string]any{"eventType": "connection_start"}, 400, breaks("request body"))
+	s.do("POST", "/proxy/usage/a1/record", alice, map[string]any{"eventType": "error", "EVENTTYPE": "data_transfer"}, 400, breaks("request body"))
+	s.do("POST", "/proxy/usage/events", alice, map[string]any{"events": []map[string]any{{"proxyId": "a1", "eventType": "error", "eventData": map[string]any{"BytesSent": 1}}}}, 400, breaks("request body"))
 	s.do("POST", "/proxy/usage/b1/record", alice, map[string]any{"eventType": "error"}, 404)
 	s.do("POST", "/proxy/usage/a3/record", alice, map[string]any{"eventType": "error"}, 409)
 	s.do("POST", "/proxy/usage/a1/record", alice, map[string]any{"eventType": "error",
@@ -458,6 +470,7 @@ func runSession(t *testing.T, s *session) {
 	s.do("POST", "/proxy/usage/aggregate", admin, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "userId": "nobody"}, 404)
 	s.do("POST", "/proxy/usage/aggregate", admin, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "userId": "a\u0007b"}, 400, breaks("request body"))
 	s.do("POST", "/proxy/usage/aggregate", alice, map[string]string{"periodStart": "last week", "periodEnd": day(0)}, 400, breaks("request body"))
+	s.do("POST", "/proxy/usage/aggregate", alice, map[string]string{"periodStart": day(-6), "periodEnd": day(0), "UserId": "bob"}, 400, breaks("request body"))
 	s.do("POST", "/proxy/usage/aggregate", alice, `{"periodStart": "`+strings.Repeat("9", 70<<10)+`"}`, 413, breaks("request body"))
 
 	// Accounts and bills: alice premium from five days ago, carol
@@ -473,6 +486,8 @@ func runSession(t *testing.T, s *session) {
 	s.do("PUT", "/admin/users/alice", alice, map[string]any{"tier": "enterprise"}, 403)
 	s.do("PUT", "/admin/users/alice", admin, map[string]any{"tier": "gold"}, 400, breaks("request body"))
 	s.do("PUT", "/admin/users/alice", admin, map[string]any{"effectiveFrom": day(0)}, 400)
+	s.do("PUT", "/admin/users/erin", admin, map[string]any{"contract": map[string]string{"baseMonthly": "100", "perGB": "0.0000001"}}, 400, breaks("request body"))
+	s.do("PUT", "/admin/users/erin", admin, map[string]any{"contract": map[string]string{"baseMonthly": "100", "perGB": "0.01", "PerGB": "5"}}, 400, breaks("request body"))
 	s.do("PUT", "/admin/users/alice", admin, `{"tier": "premium", "x": "`+strings.Repeat("y", 70<<10)+`"}`, 413, breaks("request body"))
 	s.do("GET", "/admin/users/alice", admin, nil, 200)
 	s.do("GET", "/admin/users/dave", admin, nil, 200)

@@ -1,10 +1,10 @@
 package http
 
 import (
-	"encoding/json"
 	"net/http"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/usage"
 )
 
 func (s *Server) handleDailyMetrics(w http.ResponseWriter, r *http.Request) {
@@ -92,18 +92,9 @@ func (s *Server) handleAggregation(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r, 64<<10, false)
-	if err != nil {
+	var req usage.SnapshotRequest
+	if err := decodeBody(r, 64<<10, false, &req); err != nil {
 		Error(w, r, err)
-		return
-	}
-	var req struct {
-		PeriodStart string `json:"periodStart"`
-		PeriodEnd   string `json:"periodEnd"`
-		UserID      string `json:"userId"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		Error(w, r, apperr.Errorf(apperr.Invalid, `body must be {"periodStart": "YYYY-MM-DD", "periodEnd": "YYYY-MM-DD"}`))
 		return
 	}
 	out, err := s.usage.Snapshot(r.Context(), caller(r), req.UserID, req.PeriodStart, req.PeriodEnd)

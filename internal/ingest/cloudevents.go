@@ -1,12 +1,10 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"io"
 	"strings"
 	"unicode/utf8"
 
@@ -24,16 +22,67 @@ const (
 	cloudEventTypePrefix = "proxy.usage."
 )
 
+// cloudEvent holds the attributes the service reads. Names match exactly;
+// any other name must be an extension attribute by the CloudEvents naming
+// rule (lower-case ASCII letters and digits), which is ignored.
 type cloudEvent struct {
-	SpecVersion     *string         `json:"specversion"`
-	ID              *string         `json:"id"`
-	Source          *string         `json:"source"`
-	Type            *string         `json:"type"`
-	Subject         *string         `json:"subject"`
-	Time            *string         `json:"time"`
-	DataContentType *string         `json:"datacontenttype"`
-	Data            json.RawMessage `json:"data"`
-	DataBase64      json.RawMessage `json:"data_base64"`
+	SpecVersion     wireString
+	ID              wireString
+	Source          wireString
+	Type            wireString
+	Subject         wireString
+	Time            wireString
+	DataContentType wireString
+	Data            []byte // raw; nil when absent
+	DataBase64      []byte
+}
+
+// decodeCloudEvent reads the CloudEvent value at the cursor.
+func decodeCloudEvent(c *cursor) (cloudEvent, error) {
+	var ce cloudEvent
+	var fe fieldErrs
+	if c.kind() != '{' {
+		c.skip()
+		return ce, invalid("not a structured CloudEvent in JSON")
+	}
+	c.object(func(raw []byte) {
+		switch key := keyName(raw); string(key) {
+		case "specversion":
+			readString(c, &ce.SpecVersion, "specversion", &fe)
+		case "id":
+			readString(c, &ce.ID, "id", &fe)
+		case "source":
+			readString(c, &ce.Source, "source", &fe)
+		case "type":
+			readString(c, &ce.Type, "type", &fe)
+		case "subject":
+			readString(c, &ce.Subject, "subject", &fe)
+		case "time":
+			readString(c, &ce.Time, "time", &fe)
+		case "datacontenttype":
+			readString(c, &ce.DataContentType, "datacontenttype", &fe)
+		case "data":
+			ce.Data = c.skip()
+		case "data_base64":
+			ce.DataBase64 = c.skip()
+		default: // dataschema and extensions
+			c.skip()
+			if !extensionName(key) {
+				fe.unknownName("", key)
+			}
+		}
+	})
+	return ce, fe.err()
+}
+
+// extensionName reports whether name is a valid CloudEvents attribute name.
+func extensionName(name []byte) bool {
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return len(name) > 0
 }
 
 // cloudEventKey derives the idempotency key from (source, id): readable
@@ -49,115 +98,94 @@ func cloudEventKey(source, id string) string {
 // toNative maps one CloudEvent onto the native event shape.
 func (ce *cloudEvent) toNative() (map[string]any, error) {
 	switch {
-	case ce.SpecVersion == nil || *ce.SpecVersion != "1.0":
+	case !ce.SpecVersion.set || ce.SpecVersion.String() != "1.0":
 		return nil, invalid("specversion must be \"1.0\"")
-	case ce.ID == nil || *ce.ID == "":
+	case !ce.ID.set || len(ce.ID.raw) == 0:
 		return nil, invalid("id is required")
-	case ce.Source == nil || *ce.Source == "":
+	case !ce.Source.set || len(ce.Source.raw) == 0:
 		return nil, invalid("source is required")
-	case ce.Type == nil || !strings.HasPrefix(*ce.Type, cloudEventTypePrefix):
+	case !ce.Type.set || !strings.HasPrefix(ce.Type.String(), cloudEventTypePrefix):
 		return nil, invalid("type must be proxy.usage.<eventType>, e.g. proxy.usage.data_transfer")
-	case ce.Subject == nil || *ce.Subject == "":
+	case !ce.Subject.set || len(ce.Subject.raw) == 0:
 		return nil, invalid("subject (the proxyId) is required")
-	case ce.DataContentType != nil && !strings.HasPrefix(*ce.DataContentType, "application/json"):
+	case ce.DataContentType.set && !strings.HasPrefix(ce.DataContentType.String(), "application/json"):
 		return nil, invalid("datacontenttype must be application/json")
 	case ce.DataBase64 != nil:
 		return nil, invalid("data_base64 is not supported; send data as JSON")
 	}
 	ev := map[string]any{
-		"proxyId":   *ce.Subject,
-		"eventType": strings.TrimPrefix(*ce.Type, cloudEventTypePrefix),
-		"eventId":   cloudEventKey(*ce.Source, *ce.ID),
+		"proxyId":   ce.Subject.String(),
+		"eventType": strings.TrimPrefix(ce.Type.String(), cloudEventTypePrefix),
+		"eventId":   cloudEventKey(ce.Source.String(), ce.ID.String()),
 	}
-	if ce.Time != nil {
-		ev["timestamp"] = *ce.Time
+	if ce.Time.set {
+		ev["timestamp"] = ce.Time.String()
 	}
 	if len(ce.Data) > 0 && string(ce.Data) != "null" {
 		if ce.Data[0] != '{' {
 			return nil, invalid("data must be a JSON object (the eventData)")
 		}
-		ev["eventData"] = ce.Data
+		ev["eventData"] = json.RawMessage(ce.Data)
 	}
 	return ev, nil
 }
 
 // DecodeCloudEvents decodes a structured CloudEvent or a batch of them into
-// validated events, with the same rules (and batch error indexes) as the
-// native batch.
-func (d Decoder) DecodeCloudEvents(body []byte, batch bool) ([]Event, error) {
-	if !utf8.Valid(body) {
-		return nil, invalid("body must be UTF-8 encoded JSON")
+// validated events, with the same body rules and, through the native
+// decoder, the same event rules (and batch error indexes) as the native
+// batch. sent is how many events the body held (0: unreadable).
+func (d Decoder) DecodeCloudEvents(body []byte, batch bool) (events []Event, sent int, err error) {
+	c, more, err := parseBody(body)
+	if err != nil {
+		return nil, 0, err
 	}
-	if err := noDuplicateKeys(body); err != nil {
-		return nil, err
-	}
-	var raws []json.RawMessage
+	var raws [][]byte
 	if batch {
-		if err := decodeStrict(body, &raws); err != nil {
-			return nil, invalid("body must be a JSON array of CloudEvents")
+		if c.kind() != '[' {
+			return nil, 0, invalid("body must be a JSON array of CloudEvents")
 		}
-		if len(raws) == 0 {
-			return nil, apperr.Errorf(apperr.Invalid, "a batch holds 1 to %d events", MaxBatchEvents)
-		}
-		if len(raws) > MaxBatchEvents {
-			return nil, apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
-		}
+		c.array(func() { raws = append(raws, c.skip()) })
 	} else {
-		raws = []json.RawMessage{body}
+		raws = [][]byte{c.skip()}
+	}
+	if more {
+		return nil, 0, invalid(msgSingle)
+	}
+	if len(raws) == 0 {
+		return nil, 0, apperr.Errorf(apperr.Invalid, "a batch holds 1 to %d events", MaxBatchEvents)
+	}
+	if len(raws) > MaxBatchEvents {
+		return nil, len(raws), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
 	}
 	native := make([]map[string]any, len(raws))
 	for i, raw := range raws {
-		var ce cloudEvent
-		if err := decodeStrict(raw, &ce); err != nil {
-			return nil, &apperr.Error{Code: apperr.Invalid, Message: "not a structured CloudEvent in JSON", Index: i}
+		ce, err := decodeCloudEvent(&cursor{d: raw})
+		if err == nil {
+			native[i], err = ce.toNative()
 		}
-		ev, err := ce.toNative()
 		if err != nil {
 			if batch {
-				return nil, apperr.AtIndex(err, i)
+				return nil, len(raws), apperr.AtIndex(err, i)
 			}
-			return nil, err
+			return nil, 1, err
 		}
-		native[i] = ev
 	}
 	// Validate through the native decoder so both formats follow one set
 	// of rules. Events before a failing one are returned for authorisation.
 	b, err := json.Marshal(map[string]any{"events": native})
 	if err != nil {
-		return nil, invalid("event cannot be re-encoded")
+		return nil, len(raws), invalid("event cannot be re-encoded")
 	}
-	events, err := d.DecodeBatch(b)
+	events, _, err = d.DecodeBatch(b)
 	if err != nil && !batch {
-		return nil, apperr.AtIndex(err, -1) // a single event has no index
+		return nil, 1, apperr.AtIndex(err, -1) // a single event has no index
 	}
-	return events, err
-}
-
-func decodeStrict(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return invalid("body must hold a single JSON value")
-	}
-	return nil
-}
-
-// noDuplicateKeys refuses JSON that repeats a key in any object, with the
-// same scanner the native decoder uses.
-func noDuplicateKeys(data []byte) error {
-	_, _, _, err := scanBody(data)
-	return err
+	return events, len(raws), err
 }
 
 // RecordCloudEvents records a structured CloudEvent (batch false) or a
 // CloudEvents batch, atomically like the native batch.
 func (s *Service) RecordCloudEvents(ctx context.Context, caller auth.Principal, body []byte, batch bool) (Result, error) {
-	events, err := s.decoder.DecodeCloudEvents(body, batch)
-	if err != nil && apperr.IndexOf(err) < 0 {
-		s.reject(1)
-		return Result{}, err
-	}
-	return s.record(ctx, caller, events, err, batch)
+	events, sent, err := s.decoder.DecodeCloudEvents(body, batch)
+	return s.record(ctx, caller, events, sent, err, batch)
 }

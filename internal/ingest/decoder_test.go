@@ -44,13 +44,13 @@ func compareDecoders(t *testing.T, d Decoder, body []byte) {
 	if !reflect.DeepEqual(e1, e2) {
 		t.Fatalf("DecodeOne(%q):\n got %+v\nwant %+v", body, e1, e2)
 	}
-	b1, err1 := d.DecodeBatch(body)
-	b2, err2 := ref.DecodeBatch(body)
+	b1, n1, err1 := d.DecodeBatch(body)
+	b2, n2, err2 := ref.DecodeBatch(body)
 	if err := sameError(err1, err2); err != nil {
 		t.Fatalf("DecodeBatch(%q): %v", body, err)
 	}
-	if !reflect.DeepEqual(b1, b2) {
-		t.Fatalf("DecodeBatch(%q):\n got %+v\nwant %+v", body, b1, b2)
+	if !reflect.DeepEqual(b1, b2) || n1 != n2 {
+		t.Fatalf("DecodeBatch(%q):\n got %d: %+v\nwant %d: %+v", body, n1, b1, n2, b2)
 	}
 }
 
@@ -90,6 +90,33 @@ var trickyBodies = []string{
 	strings.Repeat("[", 10001) + strings.Repeat("]", 10001), strings.Repeat("[", 10000) + strings.Repeat("]", 10000),
 	`{"a":` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + `}`, `{} ` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001),
 	strings.Repeat("[", 20000) + "x",
+	// Names are exact: case variants and unknown names are refused, first
+	// in document order, before any wrong type; a single event has no
+	// proxyId (the path names the proxy).
+	`{"eventType":"data_transfer","EVENTTYPE":"error"}`, `{"EVENTTYPE":"error","eventType":"data_transfer"}`,
+	`{"eventType":"error","eventData":{"BytesSent":1}}`, `{"eventType":5,"x":1}`, `{"eventType":"error","eventData":5,"x":1}`,
+	`{"eventType":"error","eventData":{"bytesSent":"x","y":1}}`, `{"eventType":"error","proxyId":"p"}`,
+	`{"eventType":"error","eventData":{"connectionId":"c","\u0063onnectionId":"d"}}`, `{"eventType":"error","eventdata":{}}`,
+	`{"eventType":"error","x":` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + `}`, `{"x":1`, `{"x":1} {`, `{"x":1} x`,
+	`{"events":[{"proxyId":"p","eventType":"error"}],"EVENTS":[]}`, `{"EVENTS":[],"events":[{"proxyId":"p","eventType":"error"}]}`,
+	`{"events":[{"proxyId":"p","eventType":"error"},{"proxyId":"p","eventType":"error","Timestamp":"x"}]}`,
+	`{"events":[{"proxyId":"p","eventType":"error"},{"proxyId":"p","eventType":"error","eventData":{"ERRORMESSAGE":"x"}}]}`,
+	`{"events":[{"proxyId":"p","eventType":"error"}],"x":{"a":1,"a":2}}`, `{"events":[],"x":1}`,
+	// NUL and lone surrogates anywhere: refused for the whole body.
+	`{"eventType":"error","eventData":{"errorMessage":"a\u0000b"}}`, `{"eventType":"error","x\u0000":1}`,
+	`{"eventType":"error","eventId":"\udc00"}`, `{"eventType":"error","eventId":"\ud800\ud800\udc00"}`,
+	`{"eventType":"error","eventId":"\ud800\u0000"}`, `{"eventType":"error","eventId":"\u0000\ud800"}`,
+	`{"eventType":"error","eventId":"\ud800\n"}`, `{"eventType":"error","eventId":"\ud800"`, `{"eventType":"error","eventId":"\\u0000"}`,
+	`{"events":[{"proxyId":"p","eventType":"error"},{"proxyId":"p","eventType":"error","eventId":"\udfff"}]}`,
+	`{"a":"\u0000","a":1}`, `{"a":1,"a":"\u0000"}`, `{"a":"\u0000" x}`, `{"a" "\u0000"}`, `"\u0000\x"`,
+	// Timestamps: RFC 3339 with offsets of at most ±23:59.
+	`{"eventType":"error","timestamp":"2026-06-15T12:00:00+24:00"}`, `{"eventType":"error","timestamp":"2026-06-15T11:00:00+00:60"}`,
+	`{"eventType":"error","timestamp":"2026-06-15T13:59:00+23:59"}`, `{"eventType":"error","timestamp":"2026-06-15T11:00:00-23:59"}`,
+	`{"eventType":"error","timestamp":"2026-06-15T11:00:00+0200"}`, `{"eventType":"error","timestamp":"2026-06-15T11:00:00+02"}`,
+	`{"eventType":"error","timestamp":"2026-06-15T11:00:00.5+01:00"}`, `{"eventType":"error","timestamp":"2026-06-15T11:00:00,5+01:00"}`,
+	`{"eventType":"error","timestamp":"2026-06-15T11:00:00.123456789123+00:00"}`, `{"eventType":"error","timestamp":"2026-06-15T11:00:00.+00:00"}`,
+	`{"eventType":"error","timestamp":"2026-06-15T11:00:00+1a:00"}`, `{"eventType":"error","timestamp":"2026-06-15T11:00:00Z+01:00"}`,
+	`{"eventType":"error","timestamp":"2026-06-15T11:00:00\u002B01:00"}`, `{"eventType":"error","timestamp":"2024-02-29T11:00:00Z"}`,
 }
 
 func TestDecoderMatchesReference(t *testing.T) {
@@ -115,7 +142,8 @@ func TestDecoderMatchesReferenceMutations(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	pieces := []string{`"`, `\`, `{`, `}`, `[`, `]`, `,`, `:`, ` `, `null`, `true`, `0`, `-`, `.`, `e`, `1`, `\u00`, `\ud800`,
 		`"eventType"`, `"eventData"`, `"events"`, `"proxyId"`, `"EventId"`, `"bytesSent":`, `"dataBytes":1,`, `"x":"y",`,
-		`"connection_start"`, `"2026-06-15T11:00:00Z"`, "\x00", "é", `\"`, `\n`}
+		`"connection_start"`, `"2026-06-15T11:00:00Z"`, "\x00", "é", `\"`, `\n`, `"EVENTTYPE"`, `"eventtype"`, `"x":1,`,
+		`+24:00`, `+00:60`, `+23:59`, `-01:00`, `,5`, `\u0000`, `\udc00`, `\ud800\udc00`, `"proxyId":"p",`}
 	base := []string{
 		`{"events":[{"proxyId":"p1","eventType":"connection_start","eventId":"e1","timestamp":"2026-06-15T11:00:00.123456Z","eventData":{"connectionId":"c1","latencyMs":12.5,"ipAddress":"10.0.0.1"}},{"proxyId":"p2","eventType":"connection_end","eventData":{"connectionId":"c1","durationSeconds":3.25,"bytesSent":10,"bytesReceived":20}}]}`,
 		`{"eventType":"data_transfer","eventId":"e2","timestamp":"2026-06-15T11:59:00Z","eventData":{"connectionId":"c9","dataBytes":100,"latencyMs":0.5}}`,
@@ -170,7 +198,7 @@ func BenchmarkDecodeBatchReference(b *testing.B) {
 	d := refOf(fuzzDecoder())
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
-		if _, err := d.DecodeBatch(body); err != nil {
+		if _, _, err := d.DecodeBatch(body); err != nil {
 			b.Fatal(err)
 		}
 	}

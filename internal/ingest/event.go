@@ -14,6 +14,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/proxy"
+	"proxyusage/internal/strictjson"
 )
 
 // Event types (SPEC §3).
@@ -109,35 +110,41 @@ type wireData struct {
 	IPAddress       wireString
 }
 
-var (
-	eventFields = []string{"proxyId", "eventType", "eventId", "timestamp", "eventData"}
-	dataFields  = []string{"connectionId", "bytesSent", "bytesReceived", "dataBytes", "durationSeconds", "latencyMs", "errorMessage", "ipAddress"}
-	batchFields = []string{"events"}
-)
-
-// typeErr remembers the first field that had the wrong JSON type.
-type typeErr struct {
-	set   bool
-	field string // "" for the value itself
+// fieldErrs remembers what decoding a value found wrong with its fields:
+// the first unknown name, which wins, else the first field of the wrong
+// JSON type.
+type fieldErrs struct {
+	unknown   error
+	typeSet   bool
+	typeField string // "" for the value itself
 }
 
-func (t *typeErr) add(field string) {
-	if !t.set {
-		t.set, t.field = true, field
+func (f *fieldErrs) add(field string) {
+	if !f.typeSet {
+		f.typeSet, f.typeField = true, field
 	}
 }
 
-func (t *typeErr) err() error {
-	if !t.set {
+// unknownName records a member name the shape does not have.
+func (f *fieldErrs) unknownName(prefix string, key []byte) {
+	if f.unknown == nil {
+		f.unknown = strictjson.Unknown(prefix + string(key))
+	}
+}
+
+func (f *fieldErrs) err() error {
+	switch {
+	case f.unknown != nil:
+		return f.unknown
+	case !f.typeSet:
 		return nil
-	}
-	if t.field == "" {
+	case f.typeField == "":
 		return invalid(msgShape)
 	}
-	return invalid("%s has the wrong type", t.field)
+	return strictjson.WrongType(f.typeField)
 }
 
-func readString(c *cursor, dst *wireString, field string, te *typeErr) {
+func readString(c *cursor, dst *wireString, field string, fe *fieldErrs) {
 	switch c.kind() {
 	case '"':
 		*dst = wireString{set: true, raw: c.str()}
@@ -146,95 +153,95 @@ func readString(c *cursor, dst *wireString, field string, te *typeErr) {
 		*dst = wireString{}
 	default:
 		c.skip()
-		te.add(field)
+		fe.add(field)
 	}
 }
 
-// decodeEvent reads the event value at the cursor into w.
-func decodeEvent(c *cursor, w *wireEvent) error {
-	var te typeErr
-	switch c.kind() {
-	case 'n':
-		c.i += 4
-		return nil
-	case '{':
-	default:
+// decodeEvent reads the event value at the cursor into w; withProxy: the
+// event names its proxyId (a batch event; the single endpoint takes it
+// from the path).
+func decodeEvent(c *cursor, w *wireEvent, withProxy bool) error {
+	var fe fieldErrs
+	if c.kind() != '{' {
 		c.skip()
-		te.add("")
-		return te.err()
+		fe.add("")
+		return fe.err()
 	}
-	c.object(func(key []byte) {
-		switch fieldIndex(key, eventFields) {
-		case 0:
-			readString(c, &w.ProxyID, "proxyId", &te)
-		case 1:
-			readString(c, &w.EventType, "eventType", &te)
-		case 2:
-			readString(c, &w.EventID, "eventId", &te)
-		case 3:
-			readString(c, &w.Timestamp, "timestamp", &te)
-		case 4:
+	c.object(func(raw []byte) {
+		switch key := keyName(raw); string(key) {
+		case "proxyId":
+			if !withProxy {
+				c.skip()
+				fe.unknownName("", key)
+				return
+			}
+			readString(c, &w.ProxyID, "proxyId", &fe)
+		case "eventType":
+			readString(c, &w.EventType, "eventType", &fe)
+		case "eventId":
+			readString(c, &w.EventID, "eventId", &fe)
+		case "timestamp":
+			readString(c, &w.Timestamp, "timestamp", &fe)
+		case "eventData":
 			switch c.kind() {
 			case 'n':
 				c.i += 4
 				w.HasData, w.Data = false, wireData{}
 			case '{':
-				if !w.HasData {
-					w.HasData, w.Data = true, wireData{}
-				}
-				decodeData(c, &w.Data, &te)
+				w.HasData, w.Data = true, wireData{}
+				decodeData(c, &w.Data, &fe)
 			default:
 				c.skip()
-				te.add("eventData")
+				fe.add("eventData")
 			}
 		default:
 			c.skip()
+			fe.unknownName("", key)
 		}
 	})
-	return te.err()
+	return fe.err()
 }
 
-func decodeData(c *cursor, d *wireData, te *typeErr) {
-	c.object(func(key []byte) {
-		switch fieldIndex(key, dataFields) {
-		case 0:
-			readString(c, &d.ConnectionID, "eventData.connectionId", te)
-		case 1:
+func decodeData(c *cursor, d *wireData, fe *fieldErrs) {
+	c.object(func(raw []byte) {
+		switch key := keyName(raw); string(key) {
+		case "connectionId":
+			readString(c, &d.ConnectionID, "eventData.connectionId", fe)
+		case "bytesSent":
 			d.BytesSent = c.skip()
-		case 2:
+		case "bytesReceived":
 			d.BytesReceived = c.skip()
-		case 3:
+		case "dataBytes":
 			d.DataBytes = c.skip()
-		case 4:
+		case "durationSeconds":
 			d.DurationSeconds = c.skip()
-		case 5:
+		case "latencyMs":
 			d.LatencyMs = c.skip()
-		case 6:
-			readString(c, &d.ErrorMessage, "eventData.errorMessage", te)
-		case 7:
-			readString(c, &d.IPAddress, "eventData.ipAddress", te)
+		case "errorMessage":
+			readString(c, &d.ErrorMessage, "eventData.errorMessage", fe)
+		case "ipAddress":
+			readString(c, &d.IPAddress, "eventData.ipAddress", fe)
 		default:
 			c.skip()
+			fe.unknownName("eventData.", key)
 		}
 	})
 }
 
 // decodeEnvelope reads a batch body's value: the raw events.
 func decodeEnvelope(c *cursor) ([][]byte, error) {
-	var te typeErr
+	var fe fieldErrs
 	var events [][]byte
-	switch c.kind() {
-	case 'n':
-		return nil, nil
-	case '{':
-	default:
+	if c.kind() != '{' {
 		c.skip()
-		te.add("")
-		return nil, te.err()
+		fe.add("")
+		return nil, fe.err()
 	}
-	c.object(func(key []byte) {
-		if fieldIndex(key, batchFields) != 0 {
+	c.object(func(raw []byte) {
+		key := keyName(raw)
+		if string(key) != "events" {
 			c.skip()
+			fe.unknownName("", key)
 			return
 		}
 		switch c.kind() {
@@ -246,17 +253,17 @@ func decodeEnvelope(c *cursor) ([][]byte, error) {
 			events = nil
 		default:
 			c.skip()
-			te.add("events")
+			fe.add("events")
 		}
 	})
-	return events, te.err()
+	return events, fe.err()
 }
 
 // parseBody checks a whole body and returns a cursor on its single value.
 func parseBody(body []byte) (cursor, bool, error) {
 	// encoding/json would silently replace invalid UTF-8 with U+FFFD.
 	if !utf8.Valid(body) {
-		return cursor{}, false, invalid("body must be UTF-8 encoded JSON")
+		return cursor{}, false, invalid(strictjson.MsgNotUTF8)
 	}
 	first, more, depth, err := scanBody(body)
 	if err != nil {
@@ -284,7 +291,7 @@ func (d Decoder) DecodeOne(body []byte, proxyID string) (Event, error) {
 		return Event{}, err
 	}
 	var w wireEvent
-	if err := decodeEvent(&c, &w); err != nil {
+	if err := decodeEvent(&c, &w, false); err != nil {
 		return Event{}, err
 	}
 	if more {
@@ -295,53 +302,54 @@ func (d Decoder) DecodeOne(body []byte, proxyID string) (Event, error) {
 
 // DecodeBatch decodes a batch body. It returns the events that precede the
 // first invalid one and that failure (with its index), so the caller can
-// let a lower-index authorization failure win.
-func (d Decoder) DecodeBatch(body []byte) ([]Event, error) {
+// let a lower-index authorization failure win, and how many events the
+// body held (0 when it could not be read as a batch).
+func (d Decoder) DecodeBatch(body []byte) (events []Event, sent int, err error) {
 	c, more, err := parseBody(body)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	raws, err := decodeEnvelope(&c)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if more {
-		return nil, invalid(msgSingle)
+		return nil, 0, invalid(msgSingle)
 	}
 	if len(raws) == 0 {
-		return nil, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", MaxBatchEvents)
+		return nil, 0, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", MaxBatchEvents)
 	}
 	if len(raws) > MaxBatchEvents {
-		return nil, apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
+		return nil, len(raws), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
 	}
 	now := d.Now().UTC()
-	events := make([]Event, 0, len(raws))
+	events = make([]Event, 0, len(raws))
 	// Proxy ids repeat across a batch: decode and check each once.
 	ids := make(map[string]string, 64)
 	for i, raw := range raws {
 		var w wireEvent
 		ec := cursor{d: raw}
-		if err := decodeEvent(&ec, &w); err != nil {
-			return events, apperr.AtIndex(err, i)
+		if err := decodeEvent(&ec, &w, true); err != nil {
+			return events, len(raws), apperr.AtIndex(err, i)
 		}
 		if !w.ProxyID.set {
-			return events, &apperr.Error{Code: apperr.Invalid, Message: "proxyId is required", Index: i}
+			return events, len(raws), &apperr.Error{Code: apperr.Invalid, Message: "proxyId is required", Index: i}
 		}
 		id, ok := ids[string(w.ProxyID.raw)]
 		if !ok {
 			id = w.ProxyID.String()
 			if !validProxyID(id) {
-				return events, apperr.AtIndex(proxy.ValidateID(id), i)
+				return events, len(raws), apperr.AtIndex(proxy.ValidateID(id), i)
 			}
 			ids[string(w.ProxyID.raw)] = id
 		}
 		e, err := d.validate(&w, id, now)
 		if err != nil {
-			return events, apperr.AtIndex(err, i)
+			return events, len(raws), apperr.AtIndex(err, i)
 		}
 		events = append(events, e)
 	}
-	return events, nil
+	return events, len(raws), nil
 }
 
 // validProxyID is proxy.ValidateID without the regexp: 1-128 characters
@@ -400,9 +408,9 @@ func (d Decoder) validate(w *wireEvent, proxyID string, now time.Time) (Event, e
 		e.EventID = id
 	}
 	if w.Timestamp.set {
-		ts, err := parseTimestamp(w.Timestamp)
-		if err != nil {
-			return e, invalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z")
+		ts, ok := parseTimestamp(w.Timestamp)
+		if !ok {
+			return e, invalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z or 2026-01-02T17:04:05+02:00 (offset at most ±23:59)")
 		}
 		e.Time = ts.UTC().Truncate(time.Microsecond)
 		if err := d.Window.Check(e.Time, now); err != nil {
@@ -463,14 +471,12 @@ func (d Decoder) validate(w *wireEvent, proxyID string, now time.Time) (Event, e
 	return e, nil
 }
 
-// parseTimestamp parses an RFC 3339 timestamp. The usual UTC form
-// (2026-01-02T15:04:05.123456Z) is read directly; anything else goes to
-// time.Parse, which decides.
-func parseTimestamp(s wireString) (time.Time, error) {
-	if t, ok := fastRFC3339(s.raw); ok {
-		return t, nil
+// parseTimestamp parses an RFC 3339 timestamp strictly (parseRFC3339).
+func parseTimestamp(s wireString) (time.Time, bool) {
+	if needsUnquote(s.raw) {
+		return parseRFC3339([]byte(s.String()))
 	}
-	return time.Parse(time.RFC3339Nano, s.String())
+	return parseRFC3339(s.raw)
 }
 
 func digits(b []byte) (int, bool) {
@@ -484,10 +490,15 @@ func digits(b []byte) (int, bool) {
 	return n, true
 }
 
-// fastRFC3339 reads YYYY-MM-DDTHH:MM:SS[.fraction]Z with every field in
-// range; ok is false for anything else.
-func fastRFC3339(b []byte) (time.Time, bool) {
-	if len(b) < 20 || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' || b[len(b)-1] != 'Z' {
+// parseRFC3339 reads an RFC 3339 date-time, YYYY-MM-DDTHH:MM:SS, an
+// optional fraction ("." and digits; past nanoseconds truncated), then "Z"
+// or an offset ±HH:MM, with every field in range: a real calendar day,
+// hour ≤ 23, minute and second ≤ 59, offset hours ≤ 23 and minutes ≤ 59.
+// time.Parse is looser (offsets +24:00 and +00:60, a comma before the
+// fraction), so it is not used. "T" and "Z" must be upper case, which
+// RFC 3339 lets a format require. ok is false for anything else.
+func parseRFC3339(b []byte) (t time.Time, ok bool) {
+	if len(b) < 20 || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
 		return time.Time{}, false
 	}
 	year, ok1 := digits(b[0:4])
@@ -499,27 +510,45 @@ func fastRFC3339(b []byte) (time.Time, bool) {
 	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) {
 		return time.Time{}, false
 	}
+	if month < 1 || month > 12 || day < 1 || day > daysIn(time.Month(month), year) || hour > 23 || minute > 59 || sec > 59 {
+		return time.Time{}, false
+	}
+	rest := b[19:]
 	ns := 0
-	if frac := b[19 : len(b)-1]; len(frac) > 0 {
-		if frac[0] != '.' || len(frac) < 2 || len(frac) > 10 {
+	if len(rest) > 0 && rest[0] == '.' {
+		n := 1
+		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+			if n <= 9 {
+				ns = ns*10 + int(rest[n]-'0')
+			}
+			n++
+		}
+		if n == 1 {
 			return time.Time{}, false
 		}
-		n, ok := digits(frac[1:])
-		if !ok {
+		for range 10 - min(n, 10) {
+			ns *= 10
+		}
+		rest = rest[n:]
+	}
+	offset := 0
+	switch {
+	case len(rest) == 1 && rest[0] == 'Z':
+	case len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
+		oh, okh := digits(rest[1:3])
+		om, okm := digits(rest[4:6])
+		if !okh || !okm || oh > 23 || om > 59 {
 			return time.Time{}, false
 		}
-		for range 10 - len(frac) {
-			n *= 10
+		offset = (oh*60 + om) * 60
+		if rest[0] == '-' {
+			offset = -offset
 		}
-		ns = n
-	}
-	if month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || sec > 59 {
+	default:
 		return time.Time{}, false
 	}
-	if day > daysIn(time.Month(month), year) {
-		return time.Time{}, false
-	}
-	return time.Date(year, time.Month(month), day, hour, minute, sec, ns, time.UTC), true
+	t = time.Date(year, time.Month(month), day, hour, minute, sec, ns, time.UTC)
+	return t.Add(-time.Duration(offset) * time.Second), true
 }
 
 func daysIn(m time.Month, year int) int {

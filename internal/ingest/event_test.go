@@ -4,11 +4,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDecodeBatchIndexAndAlias(t *testing.T) {
 	d := fuzzDecoder()
-	events, err := d.DecodeBatch([]byte(`{"events":[
+	events, _, err := d.DecodeBatch([]byte(`{"events":[
 		{"proxyId":"p","eventType":"data_transfer","eventData":{"dataBytes":7}},
 		{"proxyId":"p","eventType":"connection_start","eventData":{"connectionId":"c"}},
 		{"proxyId":"p","eventType":"connection_end"}]}`))
@@ -36,7 +37,7 @@ func BenchmarkDecodeBatch(b *testing.B) {
 	d := fuzzDecoder()
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
-		if _, err := d.DecodeBatch(body); err != nil {
+		if _, _, err := d.DecodeBatch(body); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -50,8 +51,90 @@ func TestNoDuplicateKeys(t *testing.T) {
 		`[{"x":1},{"x":1}]`:                false,
 		`{"a":{"a":{"a":1}}}`:              false,
 	} {
-		if err := noDuplicateKeys([]byte(body)); (err != nil) != dup {
+		if _, _, _, err := scanBody([]byte(body)); (err != nil) != dup {
 			t.Errorf("%s: %v", body, err)
+		}
+	}
+}
+
+func TestParseRFC3339(t *testing.T) {
+	want := time.Date(2026, 6, 15, 11, 0, 0, 0, time.UTC)
+	for s, ok := range map[string]bool{
+		"2026-06-15T11:00:00Z":              true,
+		"2026-06-15T12:30:00+01:30":         true,
+		"2026-06-16T10:59:00+23:59":         true,
+		"2026-06-14T11:01:00-23:59":         true,
+		"2026-06-15T11:00:00-00:00":         true,
+		"2026-06-15T11:00:00.000000000001Z": true,
+		"2026-06-15T11:00:00+24:00":         false,
+		"2026-06-15T11:00:00+00:60":         false,
+		"2026-06-15T11:00:00+99:00":         false,
+		"2026-06-15T11:00:00,0Z":            false,
+		"2026-06-15T11:00:00.Z":             false,
+		"2026-06-15t11:00:00z":              false,
+		"2026-06-15T11:00:00+0100":          false,
+		"2026-06-15T11:00:00":               false,
+		"2026-06-15T24:00:00Z":              false,
+		"2026-06-31T11:00:00Z":              false,
+		"2026-06-15T11:00:60Z":              false,
+	} {
+		got, parsed := parseRFC3339([]byte(s))
+		if parsed != ok || ok && !got.Equal(want) {
+			t.Errorf("parseRFC3339(%q) = %v, %v; want ok=%v at %v", s, got, parsed, ok, want)
+		}
+	}
+	got, _ := parseRFC3339([]byte("2026-06-15T11:00:00.1234567891Z"))
+	if got.Nanosecond() != 123456789 {
+		t.Errorf("fraction = %d ns, want 123456789 (truncated)", got.Nanosecond())
+	}
+}
+
+// The decoder refuses, by name, what encoding/json would have let through.
+func TestStrictBodies(t *testing.T) {
+	d := fuzzDecoder()
+	for body, want := range map[string]string{
+		`{"eventType":"data_transfer","EVENTTYPE":"error"}`:             `unknown member "EVENTTYPE"`,
+		`{"eventType":"error","eventData":{"ErrorMessage":"x"}}`:        `unknown member "eventData.ErrorMessage"`,
+		`{"eventType":"error","proxyId":"p1"}`:                          `unknown member "proxyId"`,
+		`{"eventType":"error","eventData":{"errorMessage":"a\u0000"}}`:  `NUL`,
+		`{"eventType":"error","eventId":"\ud800"}`:                      `surrogate`,
+		`{"eventType":"error","timestamp":"2026-06-15T11:00:00+24:00"}`: `timestamp must be RFC 3339`,
+		`{"eventType":"error","timestamp":"2026-06-15T11:00:00+00:60"}`: `timestamp must be RFC 3339`,
+		`{"eventType":"error"} {}`:                                      `single JSON value`,
+		`null`:                                                          `JSON object`,
+	} {
+		_, err := d.DecodeOne([]byte(body), "p1")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("DecodeOne(%s) = %v, want an error with %q", body, err, want)
+		}
+	}
+	for body, want := range map[string]string{
+		`{"events":[{"proxyId":"p","eventType":"error"}],"EVENTS":[]}`:   `unknown member "EVENTS"`,
+		`{"EVENTS":[{"proxyId":"p","eventType":"error"}]}`:               `unknown member "EVENTS"`,
+		`{"events":[{"proxyId":"p","eventType":"error","PROXYID":"q"}]}`: `event 0: unknown member "PROXYID"`,
+		`{"events":[{"proxyId":"p","eventType":"error"}],"events":[]}`:   `duplicate key "events"`,
+	} {
+		_, _, err := d.DecodeBatch([]byte(body))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("DecodeBatch(%s) = %v, want an error with %q", body, err, want)
+		}
+	}
+}
+
+func TestCloudEventNames(t *testing.T) {
+	d := fuzzDecoder()
+	base := `"specversion":"1.0","id":"1","source":"s","type":"proxy.usage.error","subject":"p1"`
+	for body, want := range map[string]string{
+		`{` + base + `,"traceparent":"00-x","dataschema":"u"}`: "",
+		`{` + base + `,"ID":"2"}`:                              `unknown member "ID"`,
+		`{` + base + `,"Type":"proxy.usage.data_transfer"}`:    `unknown member "Type"`,
+		`{` + base + `,"data":{"ERRORMESSAGE":"x"}}`:           `unknown member "eventData.ERRORMESSAGE"`,
+		`{` + base + `,"time":"2026-06-15T11:00:00+24:00"}`:    `timestamp must be RFC 3339`,
+		`{` + base + `,"x_y":1}`:                               `unknown member "x_y"`,
+	} {
+		_, sent, err := d.DecodeCloudEvents([]byte(body), false)
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) || sent != 1 {
+			t.Errorf("DecodeCloudEvents(%s) = %d, %v, want %q", body, sent, err, want)
 		}
 	}
 }

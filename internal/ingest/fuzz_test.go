@@ -96,7 +96,10 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add([]byte(`{"events":[{"proxyId":"p","eventType":"error"},{"proxyId":"p","eventType":"bogus"}]}`))
 	d := fuzzDecoder()
 	f.Fuzz(func(t *testing.T, body []byte) {
-		events, err := d.DecodeBatch(body)
+		events, sent, err := d.DecodeBatch(body)
+		if err == nil && sent != len(events) || sent < len(events) {
+			t.Fatalf("%d events decoded of %d sent", len(events), sent)
+		}
 		if err != nil {
 			checkRefusal(t, err)
 			if i := apperr.IndexOf(err); i >= 0 && i != len(events) {

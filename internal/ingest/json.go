@@ -1,16 +1,17 @@
 package ingest
 
-// A small JSON reader for request bodies, without reflection. It keeps the
-// exact behaviour the service had with encoding/json (which tests pin down
-// against that reference in reference_test.go):
+// A small JSON reader for request bodies, without reflection. It follows
+// the strict rules every body of the service follows (internal/strictjson,
+// which tests use as the reference in reference_test.go), with the same
+// messages:
 //
-//   - the whole body is checked first: any syntax error is "not valid JSON",
-//     a repeated key (after unescaping) in any object is "duplicate key";
+//   - the whole body is checked first: invalid UTF-8 is refused; then the
+//     first syntax error, repeated key (after unescaping), NUL (\u0000) or
+//     lone UTF-16 surrogate (\ud800) in any object or string, in document
+//     order, decides;
 //   - the first value may nest at most 10,000 levels;
-//   - field names match exactly, else case-insensitively (bytes.EqualFold);
-//     later keys overwrite earlier ones, null resets a field;
-//   - strings are unescaped like encoding/json: invalid UTF-8 and lone
-//     surrogates become U+FFFD;
+//   - field names match exactly (case-sensitive); a name the shape does not
+//     have is refused, before any wrong type; null resets a field;
 //   - a field of the wrong JSON type is reported by its dotted name, the
 //     first one in document order, after the whole value is read;
 //   - numeric fields keep their raw text (json.RawMessage semantics).
@@ -20,17 +21,20 @@ package ingest
 
 import (
 	"bytes"
+	"cmp"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"proxyusage/internal/strictjson"
 )
 
-const maxNestingDepth = 10000 // encoding/json's limit
+const maxNestingDepth = strictjson.MaxDepth
 
 const (
-	msgNotJSON = "body is not valid JSON"
-	msgShape   = "body must be a JSON object of the documented shape"
-	msgSingle  = "body must hold a single JSON value"
+	msgNotJSON = strictjson.MsgNotJSON
+	msgShape   = strictjson.MsgShape
+	msgSingle  = strictjson.MsgSingle
 )
 
 // scanFrame is an open container during the syntax check.
@@ -70,7 +74,11 @@ func scanBody(data []byte) (first []byte, more bool, depth int, err error) {
 		case scanSyntax:
 			return nil, false, 0, invalid(msgNotJSON)
 		case scanDup:
-			return nil, false, 0, invalid("duplicate key %q", truncate(string(s.dup), 64))
+			return nil, false, 0, strictjson.Duplicate(string(s.dup))
+		case scanNUL:
+			return nil, false, 0, invalid(strictjson.MsgNUL)
+		case scanSurrogate:
+			return nil, false, 0, invalid(strictjson.MsgSurrogate)
 		case scanCut:
 			return first, more, depth, nil
 		}
@@ -86,6 +94,9 @@ const (
 	scanCut    // the input ended between tokens
 	scanSyntax // not JSON
 	scanDup    // an object repeats a key (s.dup)
+	// A string holds an escape the service refuses.
+	scanNUL       // \u0000
+	scanSurrogate // half a UTF-16 surrogate pair
 )
 
 func (s *scanner) ws() {
@@ -135,8 +146,8 @@ func (s *scanner) value() (maxDepth int, status int) {
 					mode = expectKey
 				}
 			case c == '"':
-				if _, ok := s.str(); !ok {
-					return 0, scanSyntax
+				if _, st := s.str(); st != scanDone {
+					return 0, st
 				}
 				mode = afterValue
 			case c == '-' || (c >= '0' && c <= '9'):
@@ -175,9 +186,9 @@ func (s *scanner) value() (maxDepth int, status int) {
 			if s.data[s.i] != '"' {
 				return 0, scanSyntax
 			}
-			raw, ok := s.str()
-			if !ok {
-				return 0, scanSyntax
+			raw, st := s.str()
+			if st != scanDone {
+				return 0, st
 			}
 			key := raw
 			if needsUnquote(raw) {
@@ -235,39 +246,62 @@ func (s *scanner) seen(key []byte) bool {
 	return false
 }
 
-// str scans a string at s.i and returns its content without the quotes.
-func (s *scanner) str() ([]byte, bool) {
+// str scans a string at s.i and returns its content without the quotes,
+// and scanDone, scanSyntax, or (for a string that is valid JSON) the
+// first escape the service refuses: scanNUL or scanSurrogate.
+func (s *scanner) str() ([]byte, int) {
 	start := s.i + 1
+	bad := scanDone // the first refused escape (cmp.Or keeps it: scanDone is 0)
+	high := false   // the previous escape was a high surrogate
 	for i := start; i < len(s.data); i++ {
-		switch c := s.data[i]; {
+		c := s.data[i]
+		if high && (c != '\\' || i+1 >= len(s.data) || s.data[i+1] != 'u') {
+			high = false
+			bad = cmp.Or(bad, scanSurrogate)
+		}
+		switch {
 		case c == '"':
 			s.i = i + 1
-			return s.data[start:i], true
+			return s.data[start:i], bad
 		case c == '\\':
 			i++
 			if i >= len(s.data) {
-				return nil, false
+				return nil, scanSyntax
 			}
 			switch s.data[i] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 			case 'u':
 				if i+4 >= len(s.data) {
-					return nil, false
+					return nil, scanSyntax
 				}
 				for _, h := range s.data[i+1 : i+5] {
 					if !isHex(h) {
-						return nil, false
+						return nil, scanSyntax
 					}
+				}
+				r := getu4(s.data[i-1:])
+				switch {
+				case high:
+					high = false
+					if r < 0xDC00 || r > 0xDFFF {
+						bad = cmp.Or(bad, scanSurrogate)
+					}
+				case r == 0:
+					bad = cmp.Or(bad, scanNUL)
+				case r >= 0xDC00 && r <= 0xDFFF:
+					bad = cmp.Or(bad, scanSurrogate)
+				case r >= 0xD800 && r <= 0xDBFF:
+					high = true
 				}
 				i += 4
 			default:
-				return nil, false
+				return nil, scanSyntax
 			}
 		case c < 0x20:
-			return nil, false
+			return nil, scanSyntax
 		}
 	}
-	return nil, false
+	return nil, scanSyntax
 }
 
 func isHex(c byte) bool {
@@ -538,27 +572,10 @@ func (c *cursor) array(elem func()) {
 // kind is the first byte of the value at the cursor.
 func (c *cursor) kind() byte { return c.d[c.i] }
 
-// fieldIndex matches a raw key to names: exactly, else like encoding/json,
-// case-insensitively. -1: no such field.
-func fieldIndex(raw []byte, names []string) int {
-	for i, n := range names {
-		if string(raw) == n {
-			return i
-		}
-	}
-	key := raw
+// keyName is a raw key's name: the key itself unless it holds escapes.
+func keyName(raw []byte) []byte {
 	if needsUnquote(raw) {
-		key = []byte(unquote(raw))
-		for i, n := range names {
-			if string(key) == n {
-				return i
-			}
-		}
+		return []byte(unquote(raw))
 	}
-	for i, n := range names {
-		if bytes.EqualFold(key, []byte(n)) {
-			return i
-		}
-	}
-	return -1
+	return raw
 }

@@ -1,29 +1,31 @@
 package ingest
 
-// This file keeps the original reflection-based decoder (encoding/json plus
-// a token walk for duplicate keys) as the reference the fast decoder in
-// event.go and json.go is tested against: same events, same errors, same
-// indexes (see decoder_test.go).
+// This file keeps a reflection-based decoder (internal/strictjson, which is
+// encoding/json behind a token walk that enforces the body rules and exact
+// member names) as the reference the fast decoder in event.go and json.go
+// is tested against: same events, same errors, same indexes (see
+// decoder_test.go).
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"math"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"time"
 	"unicode/utf8"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/proxy"
+	"proxyusage/internal/strictjson"
 )
 
-// refWireEvent is the JSON shape of an event. Raw fields are parsed by hand so
-// that numbers keep their exact text and types are strict.
+// refWireEvent is the JSON shape of an event of the single-event endpoint
+// (its proxy is in the path). Raw fields are parsed by hand so that numbers
+// keep their exact text and types are strict.
 type refWireEvent struct {
-	ProxyID   *string      `json:"proxyId"`
 	EventType *string      `json:"eventType"`
 	EventID   *string      `json:"eventId"`
 	Timestamp *string      `json:"timestamp"`
@@ -39,6 +41,12 @@ type refWireData struct {
 	LatencyMs       json.RawMessage `json:"latencyMs"`
 	ErrorMessage    *string         `json:"errorMessage"`
 	IPAddress       *string         `json:"ipAddress"`
+}
+
+// refWireBatchEvent is an event of a batch: it names its proxy.
+type refWireBatchEvent struct {
+	ProxyID *string `json:"proxyId"`
+	refWireEvent
 }
 
 type refWireBatch struct {
@@ -57,56 +65,54 @@ func (d refDecoder) DecodeOne(body []byte, proxyID string) (Event, error) {
 		return Event{}, apperr.Errorf(apperr.NotFound, "proxy not found")
 	}
 	var w refWireEvent
-	if err := refStrictUnmarshal(body, &w, true); err != nil {
+	if err := strictjson.Decode(body, &w); err != nil {
 		return Event{}, err
 	}
-	w.ProxyID = &proxyID
-	return d.validate(&w, d.Now().UTC())
+	return d.validate(&w, proxyID, d.Now().UTC())
 }
 
 // DecodeBatch decodes a batch body. It returns the events that precede the
 // first refInvalid one and that failure (with its index), so the caller can
-// let a lower-index authorization failure win.
-func (d refDecoder) DecodeBatch(body []byte) ([]Event, error) {
+// let a lower-index authorization failure win, and the number of events.
+func (d refDecoder) DecodeBatch(body []byte) ([]Event, int, error) {
 	var b refWireBatch
-	if err := refStrictUnmarshal(body, &b, true); err != nil {
-		return nil, err
+	if err := strictjson.Decode(body, &b); err != nil {
+		return nil, 0, err
 	}
 	if len(b.Events) == 0 {
-		return nil, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", MaxBatchEvents)
+		return nil, 0, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", MaxBatchEvents)
 	}
 	if len(b.Events) > MaxBatchEvents {
-		return nil, apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
+		return nil, len(b.Events), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
 	}
 	now := d.Now().UTC()
 	events := make([]Event, 0, len(b.Events))
 	for i, raw := range b.Events {
-		var w refWireEvent
-		// Keys were checked with the whole body.
-		if err := refStrictUnmarshal(raw, &w, false); err != nil {
-			return events, apperr.AtIndex(err, i)
+		var w refWireBatchEvent
+		if err := strictjson.Decode(raw, &w); err != nil {
+			return events, len(b.Events), apperr.AtIndex(err, i)
 		}
 		if w.ProxyID == nil {
-			return events, &apperr.Error{Code: apperr.Invalid, Message: "proxyId is required", Index: i}
+			return events, len(b.Events), &apperr.Error{Code: apperr.Invalid, Message: "proxyId is required", Index: i}
 		}
 		if err := proxy.ValidateID(*w.ProxyID); err != nil {
-			return events, apperr.AtIndex(err, i)
+			return events, len(b.Events), apperr.AtIndex(err, i)
 		}
-		e, err := d.validate(&w, now)
+		e, err := d.validate(&w.refWireEvent, *w.ProxyID, now)
 		if err != nil {
-			return events, apperr.AtIndex(err, i)
+			return events, len(b.Events), apperr.AtIndex(err, i)
 		}
 		events = append(events, e)
 	}
-	return events, nil
+	return events, len(b.Events), nil
 }
 
 func refInvalid(format string, args ...any) error {
 	return apperr.Errorf(apperr.Invalid, format, args...)
 }
 
-func (d refDecoder) validate(w *refWireEvent, now time.Time) (Event, error) {
-	e := Event{ProxyID: *w.ProxyID}
+func (d refDecoder) validate(w *refWireEvent, proxyID string, now time.Time) (Event, error) {
+	e := Event{ProxyID: proxyID}
 	if w.EventType == nil {
 		return e, refInvalid("eventType is required")
 	}
@@ -123,9 +129,9 @@ func (d refDecoder) validate(w *refWireEvent, now time.Time) (Event, error) {
 		e.EventID = *w.EventID
 	}
 	if w.Timestamp != nil {
-		ts, err := time.Parse(time.RFC3339Nano, *w.Timestamp)
+		ts, err := refParseTimestamp(*w.Timestamp)
 		if err != nil {
-			return e, refInvalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z")
+			return e, refInvalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z or 2026-01-02T17:04:05+02:00 (offset at most ±23:59)")
 		}
 		e.Time = ts.UTC().Truncate(time.Microsecond)
 		if err := d.Window.Check(e.Time, now); err != nil {
@@ -224,89 +230,24 @@ func refParseMicros(field string, raw json.RawMessage, unit, max float64) (int64
 	return int64(math.Round(v * unit)), true, nil
 }
 
-// refStrictUnmarshal decodes one JSON value, refusing trailing data and
-// duplicate keys (which decoders resolve differently, so a signed or
-// audited body could mean two things).
-func refStrictUnmarshal(data []byte, v any, checkKeys bool) error {
-	if checkKeys {
-		// encoding/json would silently replace refInvalid UTF-8 with U+FFFD.
-		if !utf8.Valid(data) {
-			return refInvalid("body must be UTF-8 encoded JSON")
-		}
-		if err := refCheckNoDuplicateKeys(data); err != nil {
-			return err
-		}
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(v); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return refInvalid("%s has the wrong type", typeErr.Field)
-		}
-		return refInvalid("body must be a JSON object of the documented shape")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return refInvalid("body must hold a single JSON value")
-	}
-	return nil
-}
+// refTimestamp is RFC 3339's date-time with upper-case T and Z; time.Parse
+// alone also takes a comma before the fraction.
+var refTimestamp = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-](\d{2}):(\d{2}))$`)
 
-// refCheckNoDuplicateKeys walks the JSON tokens and refuses an object that
-// repeats a key.
-func refCheckNoDuplicateKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	type frame struct {
-		object bool
-		keys   map[string]struct{}
-		expect bool // next string token in an object is a key
+// refParseTimestamp is time.Parse held to RFC 3339's grammar and offset
+// range (time.Parse takes +24:00 and +00:60).
+func refParseTimestamp(s string) (time.Time, error) {
+	m := refTimestamp.FindStringSubmatch(s)
+	if m == nil {
+		return time.Time{}, errors.New("not RFC 3339")
 	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil
+	if m[3] != "" {
+		if h, _ := strconv.Atoi(m[3]); h > 23 {
+			return time.Time{}, errors.New("offset hours out of range")
 		}
-		if err != nil {
-			return refInvalid("body is not valid JSON")
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if top != nil && top.object && top.expect {
-			if key, ok := tok.(string); ok {
-				if _, dup := top.keys[key]; dup {
-					return refInvalid("duplicate key %q", refTruncate(key, 64))
-				}
-				top.keys[key] = struct{}{}
-				top.expect = false
-				continue
-			}
-		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{':
-				stack = append(stack, &frame{object: true, keys: map[string]struct{}{}, expect: true})
-				continue
-			case '[':
-				stack = append(stack, &frame{})
-				continue
-			default:
-				stack = stack[:len(stack)-1]
-			}
-		}
-		// A value finished: the enclosing object now expects a key.
-		if len(stack) > 0 && stack[len(stack)-1].object {
-			stack[len(stack)-1].expect = true
+		if mm, _ := strconv.Atoi(m[4]); mm > 59 {
+			return time.Time{}, errors.New("offset minutes out of range")
 		}
 	}
-}
-
-func refTruncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
+	return time.Parse(time.RFC3339Nano, s)
 }

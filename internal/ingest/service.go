@@ -67,53 +67,65 @@ func NewService(cfg Config) (*Service, error) {
 // RecordOne records the body of the single-event endpoint.
 func (s *Service) RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (Result, error) {
 	e, err := s.decoder.DecodeOne(body, proxyID)
-	if err != nil {
-		s.reject(1)
-		return Result{}, err
-	}
-	return s.record(ctx, caller, []Event{e}, nil, false)
+	return s.record(ctx, caller, []Event{e}, 1, err, false)
 }
 
 // RecordBatch records a batch body atomically: any invalid or unwritable
 // event fails the whole batch, the lowest failing index deciding the error.
 func (s *Service) RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (Result, error) {
-	events, decodeErr := s.decoder.DecodeBatch(body)
-	if decodeErr != nil && apperr.IndexOf(decodeErr) < 0 {
-		s.reject(1)
-		return Result{}, decodeErr
-	}
-	return s.record(ctx, caller, events, decodeErr, true)
+	events, sent, err := s.decoder.DecodeBatch(body)
+	return s.record(ctx, caller, events, sent, err, true)
 }
 
-func (s *Service) record(ctx context.Context, caller auth.Principal, events []Event, decodeErr error, batch bool) (Result, error) {
+// record stores the decoded events of one request that carried sent events
+// and counts its outcome, once: accepted and duplicate events of a stored
+// request; every event it carried when the request is refused (a batch is
+// atomic), at least one for a body that could not be read as events.
+// Failures that are not the client's (503, 500) are not rejections: the
+// client retries the same events.
+func (s *Service) record(ctx context.Context, caller auth.Principal, events []Event, sent int, decodeErr error, batch bool) (Result, error) {
+	res, err := s.store(ctx, caller, events, decodeErr, batch)
+	switch {
+	case err == nil:
+		s.metrics.IngestEvents.WithLabelValues("accepted").Add(float64(res.Accepted))
+		s.metrics.IngestEvents.WithLabelValues("duplicate").Add(float64(res.Duplicates))
+	case refused(err):
+		s.metrics.IngestEvents.WithLabelValues("rejected").Add(float64(max(sent, 1)))
+	}
+	return res, err
+}
+
+// refused reports whether err refuses the request for what it holds.
+func refused(err error) bool {
+	switch apperr.CodeOf(err) {
+	case apperr.Internal, apperr.Unavailable:
+		return false
+	}
+	return true
+}
+
+func (s *Service) store(ctx context.Context, caller auth.Principal, events []Event, decodeErr error, batch bool) (Result, error) {
 	if decodeErr != nil {
+		if apperr.IndexOf(decodeErr) < 0 {
+			return Result{}, decodeErr
+		}
 		// Authorisation covers the events before the first invalid one, so a
 		// lower-index unwritable proxy wins over a later bad field.
 		if err := s.authorize(ctx, caller, events, batch); err != nil {
-			s.reject(len(events) + 1)
 			return Result{}, err
 		}
-		s.reject(len(events) + 1)
 		return Result{}, decodeErr
 	}
 	// The writer checks the caller may write each proxy inside the flush's
 	// transaction: one lookup per commit instead of one per request.
 	accepted, denied, err := s.writer.WriteAs(ctx, caller, events, batch)
-	if denied {
-		s.reject(len(events) + 1)
-		return Result{}, err
+	if !denied {
+		s.metrics.IngestBatchSize.Observe(float64(len(events)))
 	}
-	s.metrics.IngestBatchSize.Observe(float64(len(events)))
 	if err != nil {
 		return Result{}, err
 	}
-	s.metrics.IngestEvents.WithLabelValues("accepted").Add(float64(accepted))
-	s.metrics.IngestEvents.WithLabelValues("duplicate").Add(float64(len(events) - accepted))
 	return Result{Accepted: accepted, Duplicates: len(events) - accepted}, nil
-}
-
-func (s *Service) reject(n int) {
-	s.metrics.IngestEvents.WithLabelValues("rejected").Add(float64(n))
 }
 
 func (s *Service) authorize(ctx context.Context, caller auth.Principal, events []Event, batch bool) error {

@@ -61,16 +61,29 @@ func scan(row pgx.Row) (Proxy, error) {
 	return p, err
 }
 
+// Registration is the body of PUT /proxies/{proxyId}.
+type Registration struct {
+	Name *string `json:"name"` // nil: keep the name (empty for a new proxy)
+}
+
+// Validate checks the name: valid text of at most MaxNameLength characters.
+func (r *Registration) Validate() error {
+	if n := r.Name; n != nil && (utf8.RuneCountInString(*n) > MaxNameLength || !utf8.ValidString(*n) || containsNUL(*n)) {
+		return apperr.Errorf(apperr.Invalid, "name must be valid text of at most %d characters", MaxNameLength)
+	}
+	return nil
+}
+
 // Register creates the proxy for the caller, or updates (and un-archives)
 // the caller's own proxy. created reports whether it is new. An id held by
-// another user is a conflict; an admin may update any proxy.
-func (s *Store) Register(ctx context.Context, caller auth.Principal, id string, name *string) (p Proxy, created bool, err error) {
+// another user is a conflict; an admin may update any proxy. reg has
+// passed Validate (the HTTP layer decodes bodies with strictjson, which
+// runs it).
+func (s *Store) Register(ctx context.Context, caller auth.Principal, id string, reg Registration) (p Proxy, created bool, err error) {
 	if err := ValidateID(id); err != nil {
 		return Proxy{}, false, err
 	}
-	if name != nil && (utf8.RuneCountInString(*name) > MaxNameLength || !utf8.ValidString(*name) || containsNUL(*name)) {
-		return Proxy{}, false, apperr.Errorf(apperr.Invalid, "name must be valid text of at most %d characters", MaxNameLength)
-	}
+	name := reg.Name
 	// One statement decides create vs update atomically; xmax = 0 marks an
 	// inserted row.
 	row := s.pool.QueryRow(ctx, `
@@ -96,6 +109,47 @@ func (s *Store) List(ctx context.Context, userID string) ([]Proxy, error) {
 		return nil, fmt.Errorf("list proxies: %w", err)
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Proxy, error) { return scan(r) })
+}
+
+// MaxPageSize is the largest (and the default) page of GET /proxies.
+const MaxPageSize = 1000
+
+// PageRequest asks for one page of a user's proxies in ascending id order.
+type PageRequest struct {
+	Limit int    // 1 to MaxPageSize
+	After string // the cursor: the last id of the previous page; "" for the first page
+}
+
+// Validate checks the limit and the cursor's syntax (a cursor need not
+// name an existing proxy).
+func (r *PageRequest) Validate() error {
+	if r.Limit < 1 || r.Limit > MaxPageSize {
+		return apperr.Errorf(apperr.Invalid, "limit must be an integer from 1 to %d", MaxPageSize)
+	}
+	if r.After != "" && ValidateID(r.After) != nil {
+		return apperr.Errorf(apperr.Invalid, "after must be a proxyId (the nextAfter of the previous page)")
+	}
+	return nil
+}
+
+// Page returns the user's proxies (archived ones included) with ids after
+// req.After, at most req.Limit of them in ascending id order, and whether
+// more follow. One keyset query on (user_id, id) reads one row past the
+// page to tell. req has passed Validate.
+func (s *Store) Page(ctx context.Context, userID string, req PageRequest) (page []Proxy, more bool, err error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
+		userID, req.After, req.Limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("list proxies: %w", err)
+	}
+	page, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Proxy, error) { return scan(r) })
+	if err != nil {
+		return nil, false, fmt.Errorf("list proxies: %w", err)
+	}
+	if len(page) > req.Limit {
+		return page[:req.Limit], true, nil
+	}
+	return page, false, nil
 }
 
 // Archive archives a proxy the caller owns (admin: any). Archiving twice

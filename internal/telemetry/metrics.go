@@ -52,7 +52,7 @@ func New() *Metrics {
 		}),
 		IngestEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyusage_ingest_events_total",
-			Help: "Usage events received, by result: accepted (newly stored), duplicate (idempotent repeat), rejected (invalid or refused).",
+			Help: "Usage events received, by result: accepted (newly stored), duplicate (idempotent repeat), rejected (every event of a request refused with a 4xx, at least one per refused body; 5xx failures are not counted).",
 		}, []string{"result"}),
 		IngestBatchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "proxyusage_ingest_request_events",

@@ -408,6 +408,24 @@ func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, st
 	return out, nil
 }
 
+// SnapshotRequest is the body of POST /proxy/usage/aggregate.
+type SnapshotRequest struct {
+	PeriodStart string `json:"periodStart"`
+	PeriodEnd   string `json:"periodEnd"`
+	UserID      string `json:"userId"` // another user's period (admins); "" the caller's
+}
+
+// Validate checks the period and, when given, the user id.
+func (r *SnapshotRequest) Validate() error {
+	if r.UserID != "" {
+		if err := user.ValidateID(r.UserID); err != nil {
+			return err
+		}
+	}
+	_, err := ParsePeriod("periodStart", r.PeriodStart, "periodEnd", r.PeriodEnd)
+	return err
+}
+
 // Snapshot computes the caller's period aggregation and upserts it into
 // proxy_usage_aggregation, returning the stored row.
 func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, userID, start, end string) (Snapshot, error) {

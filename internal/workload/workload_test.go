@@ -72,7 +72,7 @@ func TestGeneratorShape(t *testing.T) {
 func TestJSONRoundTrip(t *testing.T) {
 	events := all(gen(3, 3000))
 	dec := ingest.Decoder{Window: ingest.Window{Late: 35 * 24 * time.Hour, Future: 5 * time.Minute}, Now: func() time.Time { return now }}
-	got, err := dec.DecodeBatch(AppendBatch(nil, events))
+	got, _, err := dec.DecodeBatch(AppendBatch(nil, events))
 	if err != nil {
 		t.Fatal(err)
 	}
