@@ -32,9 +32,12 @@ const (
 	MaxBatchEvents        = 10_000
 	MaxBatchBytes         = 10 << 20
 	MaxEventBytes         = 64 << 10
-	// Bounds that keep microsecond sums far from overflow.
-	MaxDurationSeconds = 10 * 366 * 24 * 3600 // ten years
-	MaxLatencyMs       = 24 * 3600 * 1000     // one day
+	// Bounds on one event's numbers. A larger value is a client bug or an
+	// attack, not usage: 2^50 bytes is a pebibyte in one event. Sums of
+	// them are exact at any size (see internal/exact).
+	MaxBytes           = 1 << 50         // bytesSent, bytesReceived, dataBytes
+	MaxDurationSeconds = 365 * 24 * 3600 // a year
+	MaxLatencyMs       = 3600 * 1000     // an hour
 )
 
 // Event is a validated usage event, ready to store.
@@ -570,17 +573,15 @@ func checkText(field, s string, min, max int) error {
 	return nil
 }
 
-// parseCount parses a non-negative int64 written as a JSON integer.
+// parseCount parses a byte count written as a JSON integer from 0 to
+// MaxBytes.
 func parseCount(field string, raw []byte) (int64, error) {
 	if raw == nil || string(raw) == "null" {
 		return 0, nil
 	}
-	if raw[0] == '-' || raw[0] < '0' || raw[0] > '9' {
-		return 0, invalid("%s must be a non-negative integer", field)
-	}
 	v, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		return 0, invalid("%s must be a non-negative integer of at most %d", field, int64(math.MaxInt64))
+	if err != nil || raw[0] < '0' || raw[0] > '9' || v > MaxBytes {
+		return 0, invalid("%s must be an integer from 0 to %d", field, MaxBytes)
 	}
 	return v, nil
 }
@@ -596,7 +597,7 @@ func parseMicros(field string, raw []byte, unit, max float64) (int64, bool, erro
 	}
 	v, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > max {
-		return 0, false, invalid("%s must be a number from 0 to %g", field, max)
+		return 0, false, invalid("%s must be a number from 0 to %s", field, strconv.FormatFloat(max, 'f', -1, 64))
 	}
 	return int64(math.Round(v * unit)), true, nil
 }

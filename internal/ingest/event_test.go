@@ -1,10 +1,13 @@
 package ingest
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"proxyusage/internal/apperr"
 )
 
 func TestDecodeBatchIndexAndAlias(t *testing.T) {
@@ -18,6 +21,53 @@ func TestDecodeBatchIndexAndAlias(t *testing.T) {
 	}
 	if events[0].BytesSent != 7 {
 		t.Fatalf("dataBytes alias not mapped to bytesSent: %+v", events[0])
+	}
+}
+
+// Each event number has a bound: at the bound it is stored exactly, past
+// it (or negative) the event is a 400 naming the field, at its index in a
+// batch, whichever endpoint it came through.
+func TestNumberBounds(t *testing.T) {
+	d := fuzzDecoder()
+	ok := map[string]func(Event) bool{
+		`"bytesSent":1125899906842624`:     func(e Event) bool { return e.BytesSent == 1<<50 },
+		`"dataBytes":1125899906842624`:     func(e Event) bool { return e.BytesSent == 1<<50 },
+		`"bytesReceived":1125899906842624`: func(e Event) bool { return e.BytesReceived == 1<<50 },
+		`"bytesSent":0`:                    func(e Event) bool { return e.BytesSent == 0 },
+		`"durationSeconds":31536000`:       func(e Event) bool { return e.HasDuration && e.DurationUS == 31_536_000_000_000 },
+		`"latencyMs":3600000`:              func(e Event) bool { return e.HasLatency && e.LatencyUS == 3_600_000_000 },
+	}
+	for field, check := range ok {
+		body := `{"eventType":"data_transfer","eventData":{` + field + `}}`
+		e, err := d.DecodeOne([]byte(body), "p")
+		if err != nil || !check(e) {
+			t.Errorf("%s: %+v, %v", body, e, err)
+		}
+	}
+	bad := map[string]string{
+		`"bytesSent":1125899906842625`:     "eventData.bytesSent must be an integer from 0 to 1125899906842624",
+		`"dataBytes":1125899906842625`:     "eventData.dataBytes must be an integer from 0 to 1125899906842624",
+		`"bytesReceived":1125899906842625`: "eventData.bytesReceived must be an integer from 0 to 1125899906842624",
+		`"bytesSent":9223372036854775807`:  "eventData.bytesSent must be an integer from 0 to 1125899906842624",
+		`"bytesSent":9223372036854775808`:  "eventData.bytesSent must be an integer from 0 to 1125899906842624",
+		`"bytesReceived":-1`:               "eventData.bytesReceived must be an integer from 0 to 1125899906842624",
+		`"bytesSent":-0`:                   "eventData.bytesSent must be an integer from 0 to 1125899906842624",
+		`"durationSeconds":31536000.001`:   "eventData.durationSeconds must be a number from 0 to 31536000",
+		`"durationSeconds":-1`:             "eventData.durationSeconds must be a number from 0 to 31536000",
+		`"latencyMs":3600000.001`:          "eventData.latencyMs must be a number from 0 to 3600000",
+		`"latencyMs":1e308`:                "eventData.latencyMs must be a number from 0 to 3600000",
+	}
+	for field, msg := range bad {
+		data := `"eventType":"data_transfer","eventData":{` + field + `}`
+		_, err := d.DecodeOne([]byte(`{`+data+`}`), "p")
+		var ae *apperr.Error
+		if !errors.As(err, &ae) || ae.Code != apperr.Invalid || ae.Message != msg || ae.Index != -1 {
+			t.Errorf("single %s: %v, want %q", field, err, msg)
+		}
+		events, sent, err := d.DecodeBatch([]byte(`{"events":[{"proxyId":"p","eventType":"error"},{"proxyId":"p",` + data + `}]}`))
+		if !errors.As(err, &ae) || ae.Code != apperr.Invalid || ae.Message != msg || ae.Index != 1 || len(events) != 1 || sent != 2 {
+			t.Errorf("batch %s: %v (%d events before it), want %q at index 1", field, err, len(events), msg)
+		}
 	}
 }
 

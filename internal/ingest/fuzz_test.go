@@ -39,6 +39,9 @@ func checkEvent(t *testing.T, e Event) {
 	if e.BytesSent < 0 || e.BytesReceived < 0 || e.DurationUS < 0 || e.LatencyUS < 0 {
 		t.Fatalf("accepted negative number %+v", e)
 	}
+	if e.BytesSent > 1<<50 || e.BytesReceived > 1<<50 || e.DurationUS > 31_536_000e6 || e.LatencyUS > 3_600_000e3 {
+		t.Fatalf("accepted a number beyond its bound %+v", e)
+	}
 	for _, s := range []string{e.EventID, e.ConnectionID, e.ErrorMessage} {
 		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
 			t.Fatalf("accepted text PostgreSQL cannot store: %q", s)

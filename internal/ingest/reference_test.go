@@ -168,10 +168,10 @@ func (d refDecoder) validate(w *refWireEvent, proxyID string, now time.Time) (Ev
 	if e.BytesReceived, err = refParseCount("eventData.bytesReceived", data.BytesReceived); err != nil {
 		return e, err
 	}
-	if e.DurationUS, e.HasDuration, err = refParseMicros("eventData.durationSeconds", data.DurationSeconds, 1e6, MaxDurationSeconds); err != nil {
+	if e.DurationUS, e.HasDuration, err = refParseMicros("eventData.durationSeconds", data.DurationSeconds, 1e6, 31_536_000); err != nil {
 		return e, err
 	}
-	if e.LatencyUS, e.HasLatency, err = refParseMicros("eventData.latencyMs", data.LatencyMs, 1e3, MaxLatencyMs); err != nil {
+	if e.LatencyUS, e.HasLatency, err = refParseMicros("eventData.latencyMs", data.LatencyMs, 1e3, 3_600_000); err != nil {
 		return e, err
 	}
 	if data.ErrorMessage != nil {
@@ -199,17 +199,19 @@ func refCheckText(field, s string, min, max int) error {
 	return nil
 }
 
-// refParseCount parses a non-negative int64 written as a JSON integer.
+// refParseCount parses a byte count written as a JSON integer from 0 to
+// 2^50.
 func refParseCount(field string, raw json.RawMessage) (int64, error) {
 	if raw == nil || string(raw) == "null" {
 		return 0, nil
 	}
+	const limit = 1_125_899_906_842_624
 	if raw[0] == '-' || raw[0] < '0' || raw[0] > '9' {
-		return 0, refInvalid("%s must be a non-negative integer", field)
+		return 0, refInvalid("%s must be an integer from 0 to %d", field, limit)
 	}
 	v, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		return 0, refInvalid("%s must be a non-negative integer of at most %d", field, int64(math.MaxInt64))
+	if err != nil || v > limit {
+		return 0, refInvalid("%s must be an integer from 0 to %d", field, limit)
 	}
 	return v, nil
 }
@@ -225,7 +227,7 @@ func refParseMicros(field string, raw json.RawMessage, unit, max float64) (int64
 	}
 	v, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > max {
-		return 0, false, refInvalid("%s must be a number from 0 to %g", field, max)
+		return 0, false, refInvalid("%s must be a number from 0 to %s", field, strconv.FormatFloat(max, 'f', -1, 64))
 	}
 	return int64(math.Round(v * unit)), true, nil
 }
