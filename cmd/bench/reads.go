@@ -19,6 +19,7 @@ import (
 	"proxyusage/internal/auth"
 	"proxyusage/internal/billing"
 	"proxyusage/internal/database"
+	"proxyusage/internal/exact"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
 	"proxyusage/internal/usage"
@@ -405,7 +406,7 @@ WITH ev AS (
          count(*) FILTER (WHERE event_type = 'connection_start') AS starts,
          count(*) FILTER (WHERE event_type = 'connection_end') AS ends,
          count(*) FILTER (WHERE event_type = 'error') AS errors,
-         sum(bytes_sent)::bigint AS sent, sum(bytes_received)::bigint AS received,
+         sum(bytes_sent)::text AS sent, sum(bytes_received)::text AS received,
          (avg(duration_us) FILTER (WHERE event_type = 'connection_end'))::float8 AS avg_dur,
          avg(latency_us)::float8 AS avg_lat, max(latency_us) AS max_lat,
          percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_us) AS p95_lat,
@@ -438,18 +439,19 @@ WITH ev AS (
   SELECT ` + cols + `, max(peak) AS peak FROM peaks GROUP BY 1, 2
 )
 SELECT coalesce(s.gp, p.gp), coalesce(s.gd, p.gd), coalesce(s.events, 0), coalesce(s.starts, 0), coalesce(s.ends, 0),
-       coalesce(s.errors, 0), coalesce(s.sent, 0), coalesce(s.received, 0), s.avg_dur, s.avg_lat, s.max_lat, s.p95_lat,
+       coalesce(s.errors, 0), coalesce(s.sent, '0'), coalesce(s.received, '0'), s.avg_dur, s.avg_lat, s.max_lat, s.p95_lat,
        coalesce(s.proxies, 0), coalesce(s.days, 0), coalesce(p.peak, 0)
   FROM sums s FULL JOIN gpeaks p ON coalesce(s.gp, '') = coalesce(p.gp, '') AND coalesce(s.gd, '-infinity') = coalesce(p.gd, '-infinity')`
 }
 
 type rawRow struct {
-	proxy                                      *string
-	day                                        *time.Time
-	events, starts, ends, errs, sent, received int64
-	avgDur, avgLat                             *float64
-	maxLat, p95                                *int64
-	proxies, days, peak                        int64
+	proxy                      *string
+	day                        *time.Time
+	events, starts, ends, errs int64
+	sent, received             exact.Sum
+	avgDur, avgLat             *float64
+	maxLat, p95                *int64
+	proxies, days, peak        int64
 }
 
 func (r *reads) rawGroups(group string) func(ctx context.Context, q query) (any, error) {
@@ -491,15 +493,15 @@ func (r *reads) rawReport(group string) func(ctx context.Context, q query) (any,
 
 func (r *reads) rawBill(ctx context.Context, q query) (any, error) {
 	rows, err := r.pool.Query(ctx, `
-		SELECT (time AT TIME ZONE 'UTC')::date, sum(bytes_sent + bytes_received)::bigint FROM usage_events
+		SELECT (time AT TIME ZONE 'UTC')::date, sum(bytes_sent + bytes_received)::text FROM usage_events
 		 WHERE proxy_id = ANY($1) AND time >= $2::date::timestamp AT TIME ZONE 'UTC' AND time < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'
 		 GROUP BY 1`, pgx.QueryExecModeExec, q.proxies, q.from, q.to)
 	if err != nil {
 		return nil, err
 	}
-	daily := map[time.Time]int64{}
+	daily := map[time.Time]exact.Sum{}
 	var d time.Time
-	var n int64
+	var n exact.Sum
 	if _, err := pgx.ForEachRow(rows, []any{&d, &n}, func() error {
 		daily[d.UTC()] = n
 		return nil
@@ -538,11 +540,14 @@ func compare(m rollup.Metrics, x *rawRow) error {
 		a, b int64
 	}
 	for _, p := range []pair{{"eventCount", m.EventCount, x.events}, {"connectionCount", m.ConnectionCount, x.starts},
-		{"successCount", m.SuccessCount, x.ends}, {"errorCount", m.ErrorCount, x.errs}, {"bytesSent", m.BytesSent, x.sent},
-		{"bytesReceived", m.BytesReceived, x.received}, {"peakConcurrentConnections", int64(m.PeakConcurrentConnections), x.peak}} {
+		{"successCount", m.SuccessCount, x.ends}, {"errorCount", m.ErrorCount, x.errs},
+		{"peakConcurrentConnections", int64(m.PeakConcurrentConnections), x.peak}} {
 		if p.a != p.b {
 			return fmt.Errorf("%s: API %d, raw %d", p.name, p.a, p.b)
 		}
+	}
+	if m.BytesSent.Cmp(x.sent) != 0 || m.BytesReceived.Cmp(x.received) != 0 {
+		return fmt.Errorf("bytes sent/received: API %s/%s, raw %s/%s", m.BytesSent, m.BytesReceived, x.sent, x.received)
 	}
 	opt := func(name string, a *float64, b *float64, scale, rel float64) error {
 		if (a == nil) != (b == nil) {

@@ -20,6 +20,7 @@ import (
 	"proxyusage/internal/app"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/config"
+	"proxyusage/internal/exact"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/workload"
 )
@@ -89,28 +90,29 @@ func needToken(token string) error {
 
 // metricsRow is the subset of §4 fields the tables show.
 type metricsRow struct {
-	Date                      string   `json:"date"`
-	ProxyID                   string   `json:"proxyId"`
-	EventCount                int64    `json:"eventCount"`
-	ConnectionCount           int64    `json:"connectionCount"`
-	TotalBytes                int64    `json:"totalBytes"`
-	PeakConcurrentConnections int      `json:"peakConcurrentConnections"`
-	ErrorCount                int64    `json:"errorCount"`
-	ErrorRate                 *float64 `json:"errorRate"`
-	P95LatencyMs              *float64 `json:"p95LatencyMs"`
+	Date                      string    `json:"date"`
+	ProxyID                   string    `json:"proxyId"`
+	EventCount                int64     `json:"eventCount"`
+	ConnectionCount           int64     `json:"connectionCount"`
+	TotalBytes                exact.Sum `json:"totalBytes"`
+	PeakConcurrentConnections int       `json:"peakConcurrentConnections"`
+	ErrorCount                int64     `json:"errorCount"`
+	ErrorRate                 *float64  `json:"errorRate"`
+	P95LatencyMs              *float64  `json:"p95LatencyMs"`
 }
 
-func humanBytes(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+// humanBytes shows a byte total in decimal units (1 kB = 1000 B).
+func humanBytes(n exact.Sum) string {
+	if v, ok := n.Uint64(); ok && v < 1000 {
+		return fmt.Sprintf("%d B", v)
 	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
+	const units = "kMGTPEZYRQ"
+	f, i := n.Float64()/1000, 0
+	for f >= 1000 && i < len(units)-1 {
+		f /= 1000
+		i++
 	}
-	return fmt.Sprintf("%.2f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+	return fmt.Sprintf("%.2f %cB", f, units[i])
 }
 
 func optional(v *float64, format string) string {

@@ -8,6 +8,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/exact"
 	"proxyusage/internal/user"
 )
 
@@ -36,7 +37,7 @@ type Input struct {
 	Start, End time.Time // inclusive UTC days
 	History    user.History
 	Contract   *Contract
-	DailyBytes map[time.Time]int64 // totalBytes per UTC day
+	DailyBytes map[time.Time]exact.Sum // totalBytes per UTC day
 }
 
 // LineItem is one charge. Quantities and prices are decimal strings.
@@ -78,7 +79,7 @@ type piece struct {
 	tier     string
 	from, to time.Time
 	days     int64
-	bytes    decimal.Decimal
+	bytes    exact.Sum
 }
 
 func daysIn(t time.Time) int64 {
@@ -100,13 +101,13 @@ func Compute(plans Plans, in Input) (Bill, error) {
 		tier := in.History.On(d)
 		last := len(pieces) - 1
 		if last < 0 || pieces[last].tier != tier || pieces[last].from.Month() != d.Month() || pieces[last].from.Year() != d.Year() {
-			pieces = append(pieces, &piece{tier: tier, from: d, bytes: decimal.Zero})
+			pieces = append(pieces, &piece{tier: tier, from: d})
 			last++
 		}
 		p := pieces[last]
 		p.to = d
 		p.days++
-		p.bytes = p.bytes.Add(decimal.NewFromInt(in.DailyBytes[d]))
+		p.bytes = p.bytes.Add(in.DailyBytes[d])
 		if n := len(bill.Tiers); n == 0 || bill.Tiers[n-1].Tier != tier {
 			bill.Tiers = append(bill.Tiers, TierSpan{Tier: tier, From: d.Format(dateLayout)})
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"proxyusage/internal/exact"
 	"proxyusage/internal/user"
 )
 
@@ -21,10 +22,10 @@ func d(s string) time.Time {
 }
 
 // everyDay spreads n bytes on each day from..to.
-func everyDay(from, to string, n int64) map[time.Time]int64 {
-	m := map[time.Time]int64{}
+func everyDay(from, to string, n uint64) map[time.Time]exact.Sum {
+	m := map[time.Time]exact.Sum{}
 	for t := d(from); !t.After(d(to)); t = t.AddDate(0, 0, 1) {
-		m[t] = n
+		m[t] = exact.Of(n)
 	}
 	return m
 }
@@ -50,7 +51,7 @@ func TestCompute(t *testing.T) {
 		checkFn func(t *testing.T, b Bill)
 	}{
 		{name: "premium full month, 123.456789 GB",
-			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: premium, DailyBytes: map[time.Time]int64{d("2026-01-15"): 123_456_789_000}},
+			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: premium, DailyBytes: map[time.Time]exact.Sum{d("2026-01-15"): exact.Of(123_456_789_000)}},
 			amounts: []string{"10.00", "1.23"}, total: "11.23", tiers: 1,
 			checkFn: func(t *testing.T, b Bill) {
 				if b.LineItems[0].Quantity != "1.000000" || b.LineItems[0].Unit != "month" || b.LineItems[0].UnitPrice != "10.00" {
@@ -105,13 +106,13 @@ func TestCompute(t *testing.T) {
 			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31")},
 			amounts: nil, total: "0.00", tiers: 1},
 		{name: "one byte is not a cent",
-			in:      Input{Start: d("2026-01-01"), End: d("2026-01-01"), History: premium, DailyBytes: map[time.Time]int64{d("2026-01-01"): 1}},
+			in:      Input{Start: d("2026-01-01"), End: d("2026-01-01"), History: premium, DailyBytes: map[time.Time]exact.Sum{d("2026-01-01"): exact.Of(1)}},
 			amounts: []string{"0.32"}, total: "0.32", tiers: 1},
 		{name: "a petabyte",
-			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: premium, DailyBytes: map[time.Time]int64{d("2026-01-31"): 1_000_000_000_000_000}},
+			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: premium, DailyBytes: map[time.Time]exact.Sum{d("2026-01-31"): exact.Of(1_000_000_000_000_000)}},
 			amounts: []string{"10.00", "10000.00"}, total: "10010.00", tiers: 1},
 		{name: "half a cent of data rounds up",
-			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: hist("2020-01-01", "premium"), DailyBytes: map[time.Time]int64{d("2026-01-02"): 500_000_000}},
+			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: hist("2020-01-01", "premium"), DailyBytes: map[time.Time]exact.Sum{d("2026-01-02"): exact.Of(500_000_000)}},
 			amounts: []string{"10.00", "0.01"}, total: "10.01", tiers: 1},
 		{name: "half a cent of base rounds up",
 			plans: Plans{Currency: "USD", Tiers: map[string]Plan{

@@ -168,9 +168,9 @@ func (c *csvOut) metricsRow(first string, m *rollup.Metrics) {
 func appendMetricCells(row []string, m *rollup.Metrics) []string {
 	return append(row,
 		strconv.FormatInt(m.ConnectionCount, 10),
-		strconv.FormatInt(m.BytesSent, 10),
-		strconv.FormatInt(m.BytesReceived, 10),
-		strconv.FormatInt(m.TotalBytes, 10),
+		m.BytesSent.String(),
+		m.BytesReceived.String(),
+		m.TotalBytes.String(),
 		strconv.Itoa(m.PeakConcurrentConnections),
 		floatCell(m.AvgConnectionDurationSeconds),
 		strconv.FormatInt(m.ErrorCount, 10),

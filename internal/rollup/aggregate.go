@@ -6,6 +6,8 @@ package rollup
 
 import (
 	"time"
+
+	"proxyusage/internal/exact"
 )
 
 // aggregateColumns are the per-(proxy, day) aggregates over usage_events.
@@ -30,17 +32,21 @@ const rollupColumns = `event_count, connection_count, success_count, error_count
   duration_sum_us, duration_count, latency_sum_us, latency_count, latency_max_us, first_event_at, last_event_at`
 
 // Totals are the aggregates of a group of events (one proxy-day, a day
-// across proxies, a proxy across days, a whole period).
+// across proxies, a proxy across days, a whole period). Sums of event
+// values are exact at any size: 9,000 events of the largest accepted byte
+// count already pass 2^63, and 300,000 of the longest duration do in
+// microseconds. The rollups store them as numeric and the reader scans
+// their decimal text.
 type Totals struct {
 	EventCount      int64
 	ConnectionCount int64
 	SuccessCount    int64
 	ErrorCount      int64
-	BytesSent       int64
-	BytesReceived   int64
-	DurationSumUS   int64
+	BytesSent       exact.Sum
+	BytesReceived   exact.Sum
+	DurationSumUS   exact.Sum
 	DurationCount   int64
-	LatencySumUS    int64
+	LatencySumUS    exact.Sum
 	LatencyCount    int64
 	LatencyMaxUS    int64 // valid when LatencyCount > 0
 	FirstEventAt    *time.Time
@@ -55,14 +61,14 @@ func (t *Totals) Merge(o *Totals) {
 	t.ConnectionCount += o.ConnectionCount
 	t.SuccessCount += o.SuccessCount
 	t.ErrorCount += o.ErrorCount
-	t.BytesSent += o.BytesSent
-	t.BytesReceived += o.BytesReceived
-	t.DurationSumUS += o.DurationSumUS
+	t.BytesSent = t.BytesSent.Add(o.BytesSent)
+	t.BytesReceived = t.BytesReceived.Add(o.BytesReceived)
+	t.DurationSumUS = t.DurationSumUS.Add(o.DurationSumUS)
 	t.DurationCount += o.DurationCount
 	if o.LatencyCount > 0 && (t.LatencyCount == 0 || o.LatencyMaxUS > t.LatencyMaxUS) {
 		t.LatencyMaxUS = o.LatencyMaxUS
 	}
-	t.LatencySumUS += o.LatencySumUS
+	t.LatencySumUS = t.LatencySumUS.Add(o.LatencySumUS)
 	t.LatencyCount += o.LatencyCount
 	if o.FirstEventAt != nil && (t.FirstEventAt == nil || o.FirstEventAt.Before(*t.FirstEventAt)) {
 		t.FirstEventAt = o.FirstEventAt
@@ -75,22 +81,23 @@ func (t *Totals) Merge(o *Totals) {
 }
 
 // Metrics are the SPEC §4 fields, as served. Nullable fields are nil when
-// undefined.
+// undefined. Byte totals are JSON integers with all their digits, however
+// large.
 type Metrics struct {
-	ConnectionCount              int64    `json:"connectionCount"`
-	BytesSent                    int64    `json:"bytesSent"`
-	BytesReceived                int64    `json:"bytesReceived"`
-	TotalBytes                   int64    `json:"totalBytes"`
-	PeakConcurrentConnections    int      `json:"peakConcurrentConnections"`
-	AvgConnectionDurationSeconds *float64 `json:"avgConnectionDurationSeconds"`
-	ErrorCount                   int64    `json:"errorCount"`
-	SuccessCount                 int64    `json:"successCount"`
-	ErrorRate                    *float64 `json:"errorRate"`
-	SuccessRate                  *float64 `json:"successRate"`
-	AvgLatencyMs                 *float64 `json:"avgLatencyMs"`
-	P95LatencyMs                 *float64 `json:"p95LatencyMs"`
-	MaxLatencyMs                 *float64 `json:"maxLatencyMs"`
-	EventCount                   int64    `json:"eventCount"`
+	ConnectionCount              int64     `json:"connectionCount"`
+	BytesSent                    exact.Sum `json:"bytesSent"`
+	BytesReceived                exact.Sum `json:"bytesReceived"`
+	TotalBytes                   exact.Sum `json:"totalBytes"`
+	PeakConcurrentConnections    int       `json:"peakConcurrentConnections"`
+	AvgConnectionDurationSeconds *float64  `json:"avgConnectionDurationSeconds"`
+	ErrorCount                   int64     `json:"errorCount"`
+	SuccessCount                 int64     `json:"successCount"`
+	ErrorRate                    *float64  `json:"errorRate"`
+	SuccessRate                  *float64  `json:"successRate"`
+	AvgLatencyMs                 *float64  `json:"avgLatencyMs"`
+	P95LatencyMs                 *float64  `json:"p95LatencyMs"`
+	MaxLatencyMs                 *float64  `json:"maxLatencyMs"`
+	EventCount                   int64     `json:"eventCount"`
 }
 
 // Metrics derives the served fields. Averages are weighted by their own
@@ -101,14 +108,14 @@ func (t *Totals) Metrics() Metrics {
 		ConnectionCount:           t.ConnectionCount,
 		BytesSent:                 t.BytesSent,
 		BytesReceived:             t.BytesReceived,
-		TotalBytes:                t.BytesSent + t.BytesReceived,
+		TotalBytes:                t.BytesSent.Add(t.BytesReceived),
 		PeakConcurrentConnections: t.Peak,
 		ErrorCount:                t.ErrorCount,
 		SuccessCount:              t.SuccessCount,
 		EventCount:                t.EventCount,
 	}
 	if t.DurationCount > 0 {
-		v := float64(t.DurationSumUS) / float64(t.DurationCount) / 1e6
+		v := t.DurationSumUS.Float64() / float64(t.DurationCount) / 1e6
 		m.AvgConnectionDurationSeconds = &v
 	}
 	if n := t.ErrorCount + t.SuccessCount; n > 0 {
@@ -117,7 +124,7 @@ func (t *Totals) Metrics() Metrics {
 		m.ErrorRate, m.SuccessRate = &e, &s
 	}
 	if t.LatencyCount > 0 {
-		avg := float64(t.LatencySumUS) / float64(t.LatencyCount) / 1e3
+		avg := t.LatencySumUS.Float64() / float64(t.LatencyCount) / 1e3
 		mx := float64(t.LatencyMaxUS) / 1e3
 		m.AvgLatencyMs, m.MaxLatencyMs = &avg, &mx
 		if p, ok := t.Latency.Quantile(0.95, t.LatencyMaxUS); ok {

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/exact"
 )
 
 // Group says how Totals are grouped.
@@ -90,8 +92,8 @@ func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Tim
 // When none of those proxy-days waits in the invalidation log it reads the
 // daily sums alone, in one round trip; pairing of connections cannot change
 // bytes, so it does not wait for that. Otherwise it takes Totals' full path.
-func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time.Time) (map[time.Time]int64, error) {
-	out := map[time.Time]int64{}
+func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time.Time) (map[time.Time]exact.Sum, error) {
+	out := map[time.Time]exact.Sum{}
 	if len(proxies) == 0 {
 		return out, nil
 	}
@@ -102,7 +104,7 @@ func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time
 	}
 	clean, err := r.snapshot(ctx, `SELECT NOT `+dirtyDayExists, []any{proxies, from, to}, func(b *pgx.Batch) {
 		b.Queue(fmt.Sprintf(`
-SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::bigint
+SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
   FROM %s
  WHERE proxy_id = ANY($1) AND bucket >= $2 AND bucket < $3
  GROUP BY bucket`, rel.daily), proxies, from, to.AddDate(0, 0, 1))
@@ -112,7 +114,7 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::bigin
 			return err
 		}
 		var day time.Time
-		var n int64
+		var n exact.Sum
 		_, err = pgx.ForEachRow(rows, []any{&day, &n}, func() error {
 			out[Day(day)] = n
 			return nil
@@ -131,7 +133,7 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::bigin
 	}
 	clear(out)
 	for k, t := range totals {
-		out[k.Day] = t.BytesSent + t.BytesReceived
+		out[k.Day] = t.BytesSent.Add(t.BytesReceived)
 	}
 	return out, nil
 }
@@ -213,6 +215,9 @@ func groupColumns(by Group) string {
 
 // sumsQuery combines clean rolled-up rows with dirty days recomputed from
 // raw events. $1 proxies, $2/$3 bucket range, $4/$5 dirty proxy-days.
+// Sums of event values travel as the numeric's decimal text, here and in
+// every read: exact at any size (a bigint cast fails past 2^63), and
+// exact.Sum reads it without allocating.
 const sumsQuery = `
 WITH dirty AS (
   SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
@@ -230,9 +235,9 @@ WITH dirty AS (
 )
 SELECT %s,
        sum(event_count)::bigint, sum(connection_count)::bigint, sum(success_count)::bigint, sum(error_count)::bigint,
-       coalesce(sum(bytes_sent), 0)::bigint, coalesce(sum(bytes_received), 0)::bigint,
-       coalesce(sum(duration_sum_us), 0)::bigint, sum(duration_count)::bigint,
-       coalesce(sum(latency_sum_us), 0)::bigint, sum(latency_count)::bigint, max(latency_max_us),
+       coalesce(sum(bytes_sent), 0)::text, coalesce(sum(bytes_received), 0)::text,
+       coalesce(sum(duration_sum_us), 0)::text, sum(duration_count)::bigint,
+       coalesce(sum(latency_sum_us), 0)::text, sum(latency_count)::bigint, max(latency_max_us),
        min(first_event_at), max(last_event_at)
   FROM parts GROUP BY 1, 2`
 
@@ -417,9 +422,9 @@ const (
 	// database's hash aggregation, which is the slow part of these reads.
 	fastSums = `
 SELECT proxy_id, bucket, event_count, connection_count, success_count, error_count,
-       coalesce(bytes_sent, 0)::bigint, coalesce(bytes_received, 0)::bigint,
-       coalesce(duration_sum_us, 0)::bigint, duration_count,
-       coalesce(latency_sum_us, 0)::bigint, latency_count, latency_max_us, first_event_at, last_event_at
+       coalesce(bytes_sent, 0)::text, coalesce(bytes_received, 0)::text,
+       coalesce(duration_sum_us, 0)::text, duration_count,
+       coalesce(latency_sum_us, 0)::text, latency_count, latency_max_us, first_event_at, last_event_at
   FROM %s
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
 	// Columns a grouping does not use are sent as constants: these are the

@@ -10,6 +10,7 @@ import (
 
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
+	"proxyusage/internal/exact"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/workload"
 )
@@ -78,9 +79,9 @@ func TestFastPathMatchesFullPath(t *testing.T) {
 							if err != nil {
 								t.Fatal(err)
 							}
-							want := map[time.Time]int64{}
+							want := map[time.Time]exact.Sum{}
 							for k, x := range slow {
-								want[k.Day] = x.BytesSent + x.BytesReceived
+								want[k.Day] = x.BytesSent.Add(x.BytesReceived)
 							}
 							if !reflect.DeepEqual(got, want) {
 								t.Fatalf("range %v: daily bytes %v, full path %v", rg, got, want)
@@ -119,7 +120,7 @@ func sameTotals(a, b map[rollup.Key]*rollup.Totals) error {
 		if !ok {
 			return fmt.Errorf("group %v missing from the full path", k)
 		}
-		if !reflect.DeepEqual(x.Metrics(), y.Metrics()) || x.EventCount != y.EventCount || x.LatencySumUS != y.LatencySumUS ||
+		if !reflect.DeepEqual(x.Metrics(), y.Metrics()) || x.EventCount != y.EventCount || x.LatencySumUS.Cmp(y.LatencySumUS) != 0 ||
 			!reflect.DeepEqual(x.Latency, y.Latency) || !x.FirstEventAt.Equal(*y.FirstEventAt) || !x.LastEventAt.Equal(*y.LastEventAt) {
 			return fmt.Errorf("group %v: fast %+v, full %+v", k, *x, *y)
 		}
