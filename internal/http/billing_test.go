@@ -15,7 +15,7 @@ import (
 // written with math/big rationals: cut at tier changes and month
 // boundaries, base × days / days-in-month and GB × price per piece, each
 // rounded half-up to cents, total = sum.
-func refBill(from, to time.Time, tierOn func(time.Time) string, bytesOn map[string]int64, base, perGB map[string]string) (items []string, total string) {
+func refBill(from, to time.Time, tierOn func(time.Time) string, bytesOn func(day string) *big.Int, base, perGB map[string]string) (items []string, total string) {
 	cents := func(r *big.Rat) *big.Rat {
 		// half-up for non-negative r: floor(r*100 + 1/2) / 100
 		x := new(big.Rat).Mul(r, big.NewRat(100, 1))
@@ -29,14 +29,14 @@ func refBill(from, to time.Time, tierOn func(time.Time) string, bytesOn map[stri
 		tier := tierOn(d)
 		start := d
 		days := int64(0)
-		var bytes int64
+		bytes := new(big.Int)
 		for ; !d.After(to) && tierOn(d) == tier && d.Month() == start.Month(); d = d.AddDate(0, 0, 1) {
 			days++
-			bytes += bytesOn[d.Format("2006-01-02")]
+			bytes.Add(bytes, bytesOn(d.Format("2006-01-02")))
 		}
 		dim := int64(time.Date(start.Year(), start.Month()+1, 0, 0, 0, 0, 0, time.UTC).Day())
 		b := cents(new(big.Rat).Mul(rat(base[tier]), big.NewRat(days, dim)))
-		g := cents(new(big.Rat).Mul(rat(perGB[tier]), big.NewRat(bytes, 1_000_000_000)))
+		g := cents(new(big.Rat).Mul(rat(perGB[tier]), new(big.Rat).SetFrac(bytes, big.NewInt(1_000_000_000))))
 		for _, a := range []*big.Rat{b, g} {
 			if a.Sign() != 0 {
 				items = append(items, a.FloatString(2))
@@ -92,7 +92,7 @@ func TestBillingEndToEnd(t *testing.T) {
 		}
 		base := map[string]string{"free": "0", "premium": "10.00"}
 		perGB := map[string]string{"free": "0", "premium": "0.01"}
-		wantItems, wantTotal := refBill(from, today, tierOn, bytesOn, base, perGB)
+		wantItems, wantTotal := refBill(from, today, tierOn, func(d string) *big.Int { return big.NewInt(bytesOn[d]) }, base, perGB)
 
 		var bill struct {
 			UserID, Currency, Tier string
