@@ -385,6 +385,13 @@ func runSession(t *testing.T, s *session) {
 	if m := s.do("POST", "/proxy/usage/events", alice, map[string]any{"events": bad}, 400, breaks("request body")).JSON(t); m["index"] != float64(2) {
 		t.Errorf("batch error index = %v, want 2", m["index"])
 	}
+	for _, data := range []map[string]any{{"bytesSent": 1<<50 + 1}, {"bytesReceived": 1<<50 + 1}, {"dataBytes": 1<<50 + 1},
+		{"latencyMs": 3_600_001}} {
+		over := []map[string]any{events[0], {"proxyId": "a1", "eventType": "data_transfer", "eventData": data}}
+		if m := s.do("POST", "/proxy/usage/events", alice, map[string]any{"events": over}, 400, breaks("request body")).JSON(t); m["index"] != float64(1) {
+			t.Errorf("batch error index = %v, want 1", m["index"])
+		}
+	}
 	if m := s.do("POST", "/proxy/usage/events", alice, map[string]any{"events": []map[string]any{events[0], {"proxyId": "b1", "eventType": "error"}}}, 404).JSON(t); m["index"] != float64(1) {
 		t.Errorf("batch error index = %v, want 1", m["index"])
 	}
