@@ -38,7 +38,15 @@ func (s Sum) Add(o Sum) Sum {
 			return Sum{small: v}
 		}
 	}
-	return fromBig(new(big.Int).Add(s.BigInt(), o.BigInt()))
+	return fromBig(new(big.Int).Add(s.view(), o.view()))
+}
+
+// view returns s as a big.Int that must not be changed.
+func (s Sum) view() *big.Int {
+	if s.big != nil {
+		return s.big
+	}
+	return new(big.Int).SetUint64(s.small)
 }
 
 // fromBig keeps b (non-negative) in the compact form when it fits.
@@ -66,7 +74,7 @@ func (s Sum) Cmp(o Sum) int {
 		}
 		return 0
 	}
-	return s.BigInt().Cmp(o.BigInt())
+	return s.view().Cmp(o.view())
 }
 
 // BigInt returns s as a new big.Int.
@@ -101,8 +109,11 @@ func (s Sum) Append(dst []byte) []byte {
 func (s Sum) MarshalJSON() ([]byte, error) { return s.Append(make([]byte, 0, 20)), nil }
 
 // UnmarshalJSON reads a JSON integer of any size: digits only, no sign,
-// fraction or exponent.
+// fraction or exponent. null leaves s unchanged, as encoding/json does.
 func (s *Sum) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
 	v, err := parse(b, false)
 	if err != nil {
 		return fmt.Errorf("exact: JSON %q is not a non-negative integer", truncate(b))

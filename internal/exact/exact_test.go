@@ -106,11 +106,15 @@ func TestJSON(t *testing.T) {
 			t.Fatalf("Unmarshal %s = %s, %v", b, d.N, err)
 		}
 	}
-	for _, bad := range []string{`-1`, `1.5`, `1e3`, `"1"`, `01`, `null`, `true`, `1.0`, `-0`} {
+	for _, bad := range []string{`-1`, `1.5`, `1e3`, `"1"`, `01`, `true`, `1.0`, `-0`, `[]`} {
 		var d doc
-		if err := json.Unmarshal([]byte(`{"n":`+bad+`}`), &d); err == nil && bad != `null` {
+		if err := json.Unmarshal([]byte(`{"n":`+bad+`}`), &d); err == nil {
 			t.Errorf("Unmarshal %s accepted: %s", bad, d.N)
 		}
+	}
+	d := doc{N: exact.Of(7)}
+	if err := json.Unmarshal([]byte(`{"n":null}`), &d); err != nil || d.N.String() != "7" {
+		t.Errorf("null: %s, %v", d.N, err)
 	}
 	for _, bad := range []string{"", "-1", "+1", "1_000", "١", "12a", "00"} {
 		if v, err := exact.Parse(bad); err == nil {
