@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/config"
 	"proxyusage/internal/database"
+	"proxyusage/internal/exact"
 )
 
 func TestCLISeedReportBill(t *testing.T) {
@@ -65,5 +67,27 @@ func TestHelpOnEveryCommand(t *testing.T) {
 	var out bytes.Buffer
 	if err := run([]string{"--help"}, &out, &out); err != nil || !strings.Contains(out.String(), "report") {
 		t.Fatalf("top-level help: %v\n%s", err, out.String())
+	}
+}
+
+// The report table reads byte totals of any size: past 2^63 they are still
+// JSON integers, and the table shows them in decimal units.
+func TestReportTableBytesPast2To63(t *testing.T) {
+	var row metricsRow
+	if err := json.Unmarshal([]byte(`{"totalBytes":10133099161583616000}`), &row); err != nil {
+		t.Fatal(err)
+	}
+	for n, want := range map[string]string{"0": "0 B", "999": "999 B", "1500": "1.50 kB", "1000000000": "1.00 GB",
+		"10133099161583616000": "10.13 EB", "123456789012345678901234567": "123.46 YB"} {
+		v, err := exact.Parse(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := humanBytes(v); got != want {
+			t.Errorf("humanBytes(%s) = %q, want %q", n, got, want)
+		}
+	}
+	if humanBytes(row.TotalBytes) != "10.13 EB" {
+		t.Errorf("decoded %s", row.TotalBytes)
 	}
 }
