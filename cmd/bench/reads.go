@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -512,16 +511,19 @@ func (r *reads) rawBill(ctx context.Context, q query) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var contract *billing.Contract
-	var c billing.Contract
-	err = r.pool.QueryRow(ctx, `SELECT base_monthly, per_gb, currency FROM user_contracts WHERE user_id = $1`, q.userID).Scan(&c.BaseMonthly, &c.PerGB, &c.Currency)
-	switch {
-	case err == nil:
-		contract = &c
-	case !errors.Is(err, pgx.ErrNoRows):
+	var contracts billing.Contracts
+	var c billing.DatedContract
+	rows, err = r.pool.Query(ctx, `SELECT effective_from, base_monthly, per_gb, currency FROM user_contracts WHERE user_id = $1 ORDER BY effective_from`, q.userID)
+	if err != nil {
 		return nil, err
 	}
-	return billing.Compute(r.plans, billing.Input{UserID: q.userID, Start: q.from, End: q.to, History: history, Contract: contract, DailyBytes: daily})
+	if _, err := pgx.ForEachRow(rows, []any{&c.EffectiveFrom, &c.BaseMonthly, &c.PerGB, &c.Currency}, func() error {
+		contracts = append(contracts, c)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return billing.Compute(r.plans, billing.Input{UserID: q.userID, Start: q.from, End: q.to, History: history, Contracts: contracts, DailyBytes: daily})
 }
 
 // Comparisons of API answers with raw answers.

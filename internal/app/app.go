@@ -19,12 +19,14 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"proxyusage/internal/alert"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/billing"
 	"proxyusage/internal/config"
 	"proxyusage/internal/database"
 	httpx "proxyusage/internal/http"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
@@ -43,7 +45,11 @@ type Main struct {
 	// DisableRollupWorker keeps the background worker from running (tests
 	// drive Rollup.RunOnce themselves).
 	DisableRollupWorker bool
-	Logger              *slog.Logger
+	// DisableAlerts keeps the alert evaluator and the webhook deliverer
+	// from running (tests drive them, or stop one replica's deliveries).
+	DisableAlertEvaluator bool
+	DisableAlertDelivery  bool
+	Logger                *slog.Logger
 
 	Cluster  *database.LocalCluster // set when no DATABASE_URL was given
 	Pool     *pgxpool.Pool
@@ -51,6 +57,8 @@ type Main struct {
 	Writer   *ingest.Writer
 	Rollup   *rollup.Worker
 	Pruner   *ingest.KeyPruner
+	Alerts   *alert.Evaluator
+	Webhooks *alert.Deliverer
 	Server   *httpx.Server
 	Detected database.Backend
 }
@@ -236,8 +244,38 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.Pruner.Start(context.WithoutCancel(ctx))
+	limits, err := limit.NewService(limit.Config{Pool: m.Pool, Reader: reader, PlanLimit: plans.Limit})
+	if err != nil {
+		return err
+	}
+	guard := alert.Guard{AllowPrivate: m.Config.WebhookAllowPrivate}
+	if guard.AllowPrivate {
+		m.Logger.Warn("WEBHOOK_ALLOW_PRIVATE is on: webhooks may reach private and loopback addresses (development only)")
+	}
+	m.Webhooks, err = alert.NewDeliverer(alert.DelivererConfig{
+		Pool: m.Pool, Metrics: m.Metrics, Logger: m.Logger, Guard: guard, Workers: int(m.Config.WebhookWorkers),
+		AttemptTimeout: m.Config.WebhookTimeout, FirstRetry: m.Config.WebhookFirstRetry,
+		MaxBackoff: m.Config.WebhookMaxBackoff, RetryFor: m.Config.WebhookRetryFor,
+	})
+	if err != nil {
+		return err
+	}
+	if !m.DisableAlertDelivery {
+		m.Webhooks.Start(context.WithoutCancel(ctx))
+	}
+	m.Alerts, err = alert.NewEvaluator(alert.EvaluatorConfig{
+		Pool: m.Pool, Limits: limits, Metrics: m.Metrics, Logger: m.Logger, LimitedTiers: plans.LimitedTiers(),
+		Recorded: m.Webhooks.Wake, Interval: m.Config.AlertInterval,
+	})
+	if err != nil {
+		return err
+	}
+	if !m.DisableAlertEvaluator {
+		m.Alerts.Start(context.WithoutCancel(ctx))
+	}
 	m.Server, err = httpx.NewServer(httpx.Config{
 		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
+		Limits: limits, Webhooks: alert.NewWebhooks(m.Pool, guard),
 		Ingest: ingestSvc, Usage: usageSvc, Billing: billingSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
 		MaxInflight: m.Config.MaxInflight,
 	})
@@ -283,6 +321,12 @@ func (m *Main) Close() error {
 	}
 	if m.Pruner != nil {
 		m.Pruner.Stop()
+	}
+	if m.Alerts != nil {
+		m.Alerts.Stop()
+	}
+	if m.Webhooks != nil {
+		m.Webhooks.Stop()
 	}
 	if m.Pool != nil {
 		m.Pool.Close()

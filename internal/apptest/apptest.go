@@ -54,7 +54,18 @@ func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {
 // Start runs the service on a fresh database of backend b.
 func Start(t testing.TB, b database.Backend, opts ...Option) *Env {
 	t.Helper()
-	dbURL := pgtest.NewDB(t, b)
+	return startOn(t, b, pgtest.NewDB(t, b), opts...)
+}
+
+// Replica runs another instance of the service on e's database, as a
+// second replica behind a load balancer would.
+func (e *Env) Replica(opts ...Option) *Env {
+	e.T.Helper()
+	return startOn(e.T, e.Backend, e.DBURL, opts...)
+}
+
+func startOn(t testing.TB, b database.Backend, dbURL string, opts ...Option) *Env {
+	t.Helper()
 	cfg := config.Config{
 		DatabaseURL:      dbURL,
 		HTTPAddr:         "127.0.0.1:0",

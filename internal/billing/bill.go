@@ -31,12 +31,40 @@ func (c Contract) JSON() ContractJSON {
 	return ContractJSON{BaseMonthly: price(c.BaseMonthly), PerGB: price(c.PerGB), Currency: c.Currency}
 }
 
+// DatedContract is an entry of a user's contract history: the contract in
+// effect from EffectiveFrom (a UTC day) until the next entry.
+type DatedContract struct {
+	EffectiveFrom time.Time
+	Contract
+}
+
+// Contracts is a contract history, ascending by EffectiveFrom.
+type Contracts []DatedContract
+
+// On returns the contract in effect on day: the latest entry on or before
+// it. Days before the first entry take the first: a contract set today
+// also prices earlier enterprise days that had none (as a contract did
+// before contracts had dates), and changes apply from their date on.
+func (cs Contracts) On(day time.Time) (*Contract, int) {
+	if len(cs) == 0 {
+		return nil, -1
+	}
+	i := 0
+	for j, c := range cs {
+		if c.EffectiveFrom.After(day) {
+			break
+		}
+		i = j
+	}
+	return &cs[i].Contract, i
+}
+
 // Input is what a bill is computed from.
 type Input struct {
 	UserID     string
 	Start, End time.Time // inclusive UTC days
 	History    user.History
-	Contract   *Contract
+	Contracts  Contracts
 	DailyBytes map[time.Time]exact.Sum // totalBytes per UTC day
 }
 
@@ -74,9 +102,11 @@ const dateLayout = "2006-01-02"
 
 var gbExp int32 = -9 // 1 GB = 10^9 bytes
 
-// piece is a run of days under one tier within one month.
+// piece is a run of days under one tier (and, for custom pricing, one
+// contract) within one month.
 type piece struct {
 	tier     string
+	contract int // index into the contract history; -1 for none or a non-custom tier
 	from, to time.Time
 	days     int64
 	bytes    exact.Sum
@@ -86,8 +116,8 @@ func daysIn(t time.Time) int64 {
 	return int64(time.Date(t.Year(), t.Month()+1, 0, 0, 0, 0, 0, time.UTC).Day())
 }
 
-// Compute bills in exactly. The period is cut at every tier change and month
-// boundary; each piece gives a base item (days / days-in-month of the
+// Compute bills in exactly. The period is cut at every tier change, contract
+// change (on custom-priced days) and month boundary; each piece gives a base item (days / days-in-month of the
 // monthly base) and a data item (its GB at the per-GB price). Every amount
 // is the exact product rounded half-up to cents once; zero items are left
 // out; the total is the sum of the amounts.
@@ -99,9 +129,14 @@ func Compute(plans Plans, in Input) (Bill, error) {
 	var pieces []*piece
 	for d := in.Start; !d.After(in.End); d = d.AddDate(0, 0, 1) {
 		tier := in.History.On(d)
+		contract := -1
+		if plans.Tiers[tier].Custom {
+			_, contract = in.Contracts.On(d)
+		}
 		last := len(pieces) - 1
-		if last < 0 || pieces[last].tier != tier || pieces[last].from.Month() != d.Month() || pieces[last].from.Year() != d.Year() {
-			pieces = append(pieces, &piece{tier: tier, from: d})
+		if last < 0 || pieces[last].tier != tier || pieces[last].contract != contract ||
+			pieces[last].from.Month() != d.Month() || pieces[last].from.Year() != d.Year() {
+			pieces = append(pieces, &piece{tier: tier, contract: contract, from: d})
 			last++
 		}
 		p := pieces[last]
@@ -123,11 +158,12 @@ func Compute(plans Plans, in Input) (Bill, error) {
 		}
 		base, perGB, currency := plan.BaseMonthly, plan.PerGB, plans.Currency
 		if plan.Custom {
-			if in.Contract == nil {
+			if p.contract < 0 {
 				bill.CustomPricing = true
 				continue
 			}
-			base, perGB, currency = in.Contract.BaseMonthly, in.Contract.PerGB, in.Contract.Currency
+			c := in.Contracts[p.contract]
+			base, perGB, currency = c.BaseMonthly, c.PerGB, c.Currency
 		}
 		name := titleCase(p.tier)
 		span := fmt.Sprintf("%s to %s", p.from.Format(dateLayout), p.to.Format(dateLayout))
@@ -156,8 +192,8 @@ func Compute(plans Plans, in Input) (Bill, error) {
 	switch len(currencies) {
 	case 0:
 		bill.Currency = plans.Currency
-		if in.Contract != nil && bill.Tier == user.TierEnterprise {
-			bill.Currency = in.Contract.Currency
+		if c, _ := in.Contracts.On(in.End); c != nil && bill.Tier == user.TierEnterprise {
+			bill.Currency = c.Currency
 		}
 	case 1:
 		for c := range currencies {

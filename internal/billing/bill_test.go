@@ -40,7 +40,7 @@ func hist(changes ...string) user.History {
 
 func TestCompute(t *testing.T) {
 	premium := hist("2020-01-01", "premium")
-	contract := &Contract{BaseMonthly: decimal.RequireFromString("500.00"), PerGB: decimal.RequireFromString("0.005"), Currency: "USD"}
+	contract := Contracts{{Contract: Contract{BaseMonthly: decimal.RequireFromString("500.00"), PerGB: decimal.RequireFromString("0.005"), Currency: "USD"}}}
 	cases := []struct {
 		name    string
 		plans   Plans
@@ -94,7 +94,7 @@ func TestCompute(t *testing.T) {
 			}},
 		{name: "premium to enterprise with contract",
 			in: Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: hist("2020-01-01", "premium", "2026-01-21", "enterprise"),
-				Contract: contract, DailyBytes: everyDay("2026-01-01", "2026-01-31", 1_000_000_000)},
+				Contracts: contract, DailyBytes: everyDay("2026-01-01", "2026-01-31", 1_000_000_000)},
 			// premium 200/31 = 6.4516, 20 GB × 0.01; enterprise 5500/31 = 177.419, 11 GB × 0.005 = 0.055 → 0.06
 			amounts: []string{"6.45", "0.20", "177.42", "0.06"}, total: "184.13", tiers: 2,
 			checkFn: func(t *testing.T, b Bill) {
@@ -102,6 +102,25 @@ func TestCompute(t *testing.T) {
 					t.Errorf("contract prices %+v", b.LineItems)
 				}
 			}},
+		{name: "contract history: each day at the contract in effect that day",
+			in: Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: hist("2020-01-01", "enterprise"),
+				Contracts: Contracts{
+					{EffectiveFrom: d("2025-12-01"), Contract: Contract{BaseMonthly: decimal.RequireFromString("500"), PerGB: decimal.RequireFromString("0.005"), Currency: "USD"}},
+					{EffectiveFrom: d("2026-01-16"), Contract: Contract{BaseMonthly: decimal.RequireFromString("620"), PerGB: decimal.RequireFromString("0.004"), Currency: "USD"}},
+					{EffectiveFrom: d("2026-02-01"), Contract: Contract{BaseMonthly: decimal.RequireFromString("9999"), PerGB: decimal.RequireFromString("9"), Currency: "USD"}},
+				},
+				DailyBytes: everyDay("2026-01-01", "2026-01-31", 1_000_000_000)},
+			// 500 × 15/31 = 241.935…; 15 GB × 0.005; 620 × 16/31 = 320; 16 GB × 0.004 = 0.064
+			amounts: []string{"241.94", "0.08", "320.00", "0.06"}, total: "562.08", tiers: 1,
+			checkFn: func(t *testing.T, b Bill) {
+				if b.LineItems[0].UnitPrice != "500.00" || b.LineItems[2].UnitPrice != "620.00" || b.LineItems[3].UnitPrice != "0.004" {
+					t.Errorf("prices %+v", b.LineItems)
+				}
+			}},
+		{name: "contract set later also prices earlier enterprise days",
+			in: Input{Start: d("2026-01-01"), End: d("2026-01-31"), History: hist("2020-01-01", "enterprise"),
+				Contracts: Contracts{{EffectiveFrom: d("2026-03-10"), Contract: Contract{BaseMonthly: decimal.RequireFromString("310"), PerGB: decimal.Zero, Currency: "USD"}}}},
+			amounts: []string{"310.00"}, total: "310.00", tiers: 1},
 		{name: "zero usage on free",
 			in:      Input{Start: d("2026-01-01"), End: d("2026-01-31")},
 			amounts: nil, total: "0.00", tiers: 1},
@@ -207,7 +226,7 @@ func TestLoadPlans(t *testing.T) {
 
 func BenchmarkCompute(b *testing.B) {
 	in := Input{Start: d("2026-01-01"), End: d("2026-12-31"), History: hist("2026-03-01", "premium", "2026-09-01", "enterprise"),
-		Contract:   &Contract{BaseMonthly: decimal.RequireFromString("500"), PerGB: decimal.RequireFromString("0.005"), Currency: "USD"},
+		Contracts:  Contracts{{Contract: Contract{BaseMonthly: decimal.RequireFromString("500"), PerGB: decimal.RequireFromString("0.005"), Currency: "USD"}}},
 		DailyBytes: everyDay("2026-01-01", "2026-12-31", 123_456_789_012)}
 	for b.Loop() {
 		if _, err := Compute(DefaultPlans(), in); err != nil {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"proxyusage/internal/apperr"
+	"proxyusage/internal/limit"
 	"proxyusage/internal/user"
 )
 
@@ -22,6 +24,42 @@ type Plan struct {
 	BaseMonthly decimal.Decimal `json:"baseMonthly"`
 	PerGB       decimal.Decimal `json:"perGB"`
 	Custom      bool            `json:"custom"`
+	// MonthlyLimitGB is the plan's usage limit per calendar month (none
+	// when absent); an admin's limit for a user overrides it.
+	MonthlyLimitGB *decimal.Decimal `json:"monthlyLimitGB,omitempty"`
+	// LimitEnforcement is "hard" (default: the edge refuses new
+	// connections once the limit is reached) or "soft" (alerts only).
+	LimitEnforcement string `json:"limitEnforcement,omitempty"`
+	// AlertPercents are the plan limit's alert thresholds (default 80, 100).
+	AlertPercents []int `json:"alertPercents,omitempty"`
+}
+
+// Limit is the limit tier's plan carries, nil for none.
+func (p Plans) Limit(tier string) *limit.Limit {
+	plan, ok := p.Tiers[tier]
+	if !ok || plan.MonthlyLimitGB == nil {
+		return nil
+	}
+	l, err := plan.limitInput().Parse()
+	if err != nil {
+		return nil // Validate refused such plans at load
+	}
+	return &l
+}
+
+// LimitedTiers are the tiers whose plan carries a limit.
+func (p Plans) LimitedTiers() []string {
+	var out []string
+	for tier, plan := range p.Tiers {
+		if plan.MonthlyLimitGB != nil {
+			out = append(out, tier)
+		}
+	}
+	return out
+}
+
+func (p Plan) limitInput() limit.Input {
+	return limit.Input{MonthlyGB: p.MonthlyLimitGB.String(), Enforcement: p.LimitEnforcement, AlertPercents: p.AlertPercents}
 }
 
 // Plans is the pricing of every tier, in one currency.
@@ -58,6 +96,13 @@ func (p Plans) Validate() error {
 		}
 		if plan.BaseMonthly.IsNegative() || plan.PerGB.IsNegative() {
 			errs = append(errs, fmt.Errorf("plan %q: prices must not be negative", tier))
+		}
+		if plan.MonthlyLimitGB != nil {
+			if _, err := plan.limitInput().Parse(); err != nil {
+				errs = append(errs, fmt.Errorf("plan %q: %s", tier, apperr.MessageOf(err)))
+			}
+		} else if plan.LimitEnforcement != "" || plan.AlertPercents != nil {
+			errs = append(errs, fmt.Errorf("plan %q: limitEnforcement and alertPercents need monthlyLimitGB", tier))
 		}
 	}
 	for tier := range p.Tiers {

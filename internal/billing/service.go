@@ -14,6 +14,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
+	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/strictjson"
@@ -86,36 +87,51 @@ func (s *Service) Bill(ctx context.Context, caller auth.Principal, userID, start
 	if err != nil {
 		return Bill{}, err
 	}
-	contract, err := s.contract(ctx, s.pool, uid)
+	contracts, err := s.contracts(ctx, uid)
 	if err != nil {
 		return Bill{}, err
 	}
-	return Compute(s.plans, Input{UserID: uid, Start: period.Start, End: period.End, History: history, Contract: contract, DailyBytes: daily})
+	return Compute(s.plans, Input{UserID: uid, Start: period.Start, End: period.End, History: history, Contracts: contracts, DailyBytes: daily})
 }
 
-type queryRower interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-func (s *Service) contract(ctx context.Context, q queryRower, userID string) (*Contract, error) {
-	var c Contract
-	err := q.QueryRow(ctx, `SELECT base_monthly, per_gb, currency FROM user_contracts WHERE user_id = $1`, userID).
-		Scan(&c.BaseMonthly, &c.PerGB, &c.Currency)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
+// contracts reads a user's contract history, ascending.
+func (s *Service) contracts(ctx context.Context, userID string) (Contracts, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT effective_from, base_monthly, per_gb, currency FROM user_contracts
+		 WHERE user_id = $1 ORDER BY effective_from`, userID)
 	if err != nil {
-		return nil, fmt.Errorf("read contract: %w", err)
+		return nil, fmt.Errorf("read contracts: %w", err)
 	}
-	return &c, nil
+	var out Contracts
+	var c DatedContract
+	_, err = pgx.ForEachRow(rows, []any{&c.EffectiveFrom, &c.BaseMonthly, &c.PerGB, &c.Currency}, func() error {
+		c.EffectiveFrom = c.EffectiveFrom.UTC()
+		out = append(out, c)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read contracts: %w", err)
+	}
+	return out, nil
 }
+
+// PlanLimit is the limit the plan of tier carries, nil for none.
+func (s *Service) PlanLimit(tier string) *limit.Limit { return s.plans.Limit(tier) }
 
 // Account is a user as an admin sees it.
 type Account struct {
-	UserID      string        `json:"userId"`
-	Tier        string        `json:"tier"`
-	TierHistory []TierEntry   `json:"tierHistory"`
-	Contract    *ContractJSON `json:"contract"`
+	UserID          string          `json:"userId"`
+	Tier            string          `json:"tier"`
+	TierHistory     []TierEntry     `json:"tierHistory"`
+	Contract        *ContractJSON   `json:"contract"` // in effect today
+	ContractHistory []ContractEntry `json:"contractHistory"`
+	Limits          *limit.JSON     `json:"limits"` // the user's own; null: the plan's, if any
+}
+
+// ContractEntry is an entry of the contract history as served.
+type ContractEntry struct {
+	EffectiveFrom string `json:"effectiveFrom"`
+	ContractJSON
 }
 
 // TierEntry is an entry of the tier history as served.
@@ -124,12 +140,16 @@ type TierEntry struct {
 	EffectiveFrom string `json:"effectiveFrom"`
 }
 
-// AccountUpdate is the body of PUT /admin/users/{userId}.
+// AccountUpdate is the body of PUT /admin/users/{userId}. Every field is
+// optional; what it omits stays as it was.
 type AccountUpdate struct {
 	Tier          string `json:"tier"`
-	EffectiveFrom string `json:"effectiveFrom"` // needs Tier; default today
-	// Contract: absent keeps the contract, null removes it.
+	EffectiveFrom string `json:"effectiveFrom"` // of the tier and the contract; default today
+	// Contract: absent keeps the contract history, null removes it, a
+	// contract applies from EffectiveFrom on.
 	Contract strictjson.Nullable[ContractInput] `json:"contract"`
+	// Limits: absent keeps the user's own limit, null removes it.
+	Limits strictjson.Nullable[limit.Input] `json:"limits"`
 }
 
 // ContractInput is an enterprise contract as sent: amounts are decimal
@@ -153,26 +173,30 @@ const MaxContractDecimals = 6
 // Validate checks the tier, the date and the contract's amounts (the
 // contract's currency against the plans is checked by UpdateAccount).
 func (u *AccountUpdate) Validate() error {
-	if u.Tier == "" && !u.Contract.Set {
-		return apperr.Errorf(apperr.Invalid, "set tier and/or contract")
-	}
 	if u.Tier != "" {
 		switch u.Tier {
 		case user.TierFree, user.TierPremium, user.TierEnterprise:
 		default:
 			return apperr.Errorf(apperr.Invalid, "tier must be free, premium or enterprise")
 		}
-		if u.EffectiveFrom != "" {
-			if _, err := usage.ParseDate("effectiveFrom", u.EffectiveFrom); err != nil {
-				return err
-			}
+	}
+	if u.EffectiveFrom != "" {
+		if u.Tier == "" && (!u.Contract.Set || u.Contract.Null) {
+			return apperr.Errorf(apperr.Invalid, "effectiveFrom needs a tier or a contract")
 		}
-	} else if u.EffectiveFrom != "" {
-		return apperr.Errorf(apperr.Invalid, "effectiveFrom needs a tier")
+		if _, err := usage.ParseDate("effectiveFrom", u.EffectiveFrom); err != nil {
+			return err
+		}
 	}
 	if u.Contract.Set && !u.Contract.Null {
-		_, err := u.Contract.Value.parse("")
-		return err
+		if _, err := u.Contract.Value.parse(""); err != nil {
+			return err
+		}
+	}
+	if u.Limits.Set && !u.Limits.Null {
+		if _, err := u.Limits.Value.Parse(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -225,6 +249,15 @@ func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, user
 			return Account{}, err
 		}
 	}
+	var ownLimit *limit.Limit
+	clearLimit := req.Limits.Set && req.Limits.Null
+	if req.Limits.Set && !req.Limits.Null {
+		l, err := req.Limits.Value.Parse()
+		if err != nil {
+			return Account{}, err
+		}
+		ownLimit = &l
+	}
 	var contract *Contract
 	clearContract := req.Contract.Set && req.Contract.Null
 	if req.Contract.Set && !req.Contract.Null {
@@ -248,15 +281,20 @@ func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, user
 		}
 		switch {
 		case contract != nil:
-			_, err := tx.Exec(ctx, `
-				INSERT INTO user_contracts (user_id, base_monthly, per_gb, currency) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (user_id) DO UPDATE SET base_monthly = excluded.base_monthly, per_gb = excluded.per_gb,
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO user_contracts (user_id, effective_from, base_monthly, per_gb, currency) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (user_id, effective_from) DO UPDATE SET base_monthly = excluded.base_monthly, per_gb = excluded.per_gb,
 				       currency = excluded.currency, updated_at = now()`,
-				userID, contract.BaseMonthly, contract.PerGB, contract.Currency)
-			return err
+				userID, from, contract.BaseMonthly, contract.PerGB, contract.Currency); err != nil {
+				return err
+			}
 		case clearContract:
-			_, err := tx.Exec(ctx, `DELETE FROM user_contracts WHERE user_id = $1`, userID)
-			return err
+			if _, err := tx.Exec(ctx, `DELETE FROM user_contracts WHERE user_id = $1`, userID); err != nil {
+				return err
+			}
+		}
+		if ownLimit != nil || clearLimit {
+			return limit.Set(ctx, tx, userID, ownLimit)
 		}
 		return nil
 	})
@@ -293,13 +331,25 @@ func (s *Service) account(ctx context.Context, userID string) (Account, error) {
 	for _, c := range history {
 		acc.TierHistory = append(acc.TierHistory, TierEntry{Tier: c.Tier, EffectiveFrom: c.EffectiveFrom.Format(dateLayout)})
 	}
-	c, err := s.contract(ctx, s.pool, userID)
+	contracts, err := s.contracts(ctx, userID)
 	if err != nil {
 		return Account{}, err
 	}
-	if c != nil {
+	acc.ContractHistory = make([]ContractEntry, len(contracts))
+	for i, c := range contracts {
+		acc.ContractHistory[i] = ContractEntry{EffectiveFrom: c.EffectiveFrom.Format(dateLayout), ContractJSON: c.JSON()}
+	}
+	if c, _ := contracts.On(rollup.Day(s.now())); c != nil {
 		j := c.JSON()
 		acc.Contract = &j
+	}
+	own, err := limit.Own(ctx, s.pool, userID)
+	if err != nil {
+		return Account{}, err
+	}
+	if own != nil {
+		j := own.JSON()
+		acc.Limits = &j
 	}
 	return acc, nil
 }

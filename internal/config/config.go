@@ -38,6 +38,21 @@ type Config struct {
 	// preparation: batch ingest measured 50k events/s with two, 33k with
 	// one; single events were the same (BENCHMARKS.md).
 	IngestWriters int64
+
+	// WebhookAllowPrivate lets webhooks point at private, loopback and
+	// link-local addresses. Off by default (SSRF); for tests and local
+	// development only.
+	WebhookAllowPrivate bool
+	// AlertInterval is how often the leader evaluates alert thresholds
+	// (default 10s, at most 60s: an alert is recorded within a minute).
+	AlertInterval time.Duration
+	// WebhookWorkers bounds deliveries in flight per replica (default 8).
+	WebhookWorkers int64
+	// Delivery tuning (zero: defaults 10s, 5s, 1h, 24h); tests shorten them.
+	WebhookTimeout    time.Duration
+	WebhookFirstRetry time.Duration
+	WebhookMaxBackoff time.Duration
+	WebhookRetryFor   time.Duration
 }
 
 // Defaults used when the environment does not say otherwise.
@@ -49,6 +64,8 @@ const (
 	DefaultMaxFutureSkew    = 5 * time.Minute
 	DefaultMaxConnectionAge = 24 * time.Hour
 	DefaultRawRetention     = 400 * 24 * time.Hour
+	DefaultAlertInterval    = 10 * time.Second
+	MaxAlertInterval        = time.Minute
 )
 
 // FromEnv reads the configuration from environment variables. All problems
@@ -81,8 +98,16 @@ func FromEnv() (Config, error) {
 		MaxFutureSkew:    DefaultMaxFutureSkew,
 		MaxConnectionAge: dur("MAX_CONNECTION_AGE", DefaultMaxConnectionAge),
 		RawRetention:     dur("RAW_RETENTION", DefaultRawRetention),
+		AlertInterval:    dur("ALERT_INTERVAL", DefaultAlertInterval),
 	}
-	for name, dst := range map[string]*int64{"MAX_INFLIGHT": &c.MaxInflight, "INGEST_WRITERS": &c.IngestWriters} {
+	switch v := os.Getenv("WEBHOOK_ALLOW_PRIVATE"); v {
+	case "", "false", "0":
+	case "true", "1":
+		c.WebhookAllowPrivate = true
+	default:
+		errs = append(errs, fmt.Errorf("WEBHOOK_ALLOW_PRIVATE: %q is not true or false", v))
+	}
+	for name, dst := range map[string]*int64{"MAX_INFLIGHT": &c.MaxInflight, "INGEST_WRITERS": &c.IngestWriters, "WEBHOOK_WORKERS": &c.WebhookWorkers} {
 		if v := os.Getenv(name); v != "" {
 			if _, err := fmt.Sscanf(v, "%d", dst); err != nil || *dst <= 0 {
 				errs = append(errs, fmt.Errorf("%s: %q is not a positive integer", name, v))
@@ -111,6 +136,9 @@ func (c Config) Validate() error {
 	}
 	if c.DatabaseURL == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("DATABASE_URL or DATA_DIR must be set"))
+	}
+	if c.AlertInterval > MaxAlertInterval {
+		errs = append(errs, fmt.Errorf("ALERT_INTERVAL must be at most %s (alerts are due within a minute)", MaxAlertInterval))
 	}
 	return errors.Join(errs...)
 }

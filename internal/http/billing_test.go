@@ -155,13 +155,13 @@ func TestAdminAccounts(t *testing.T) {
 	}
 	env.Do("GET", "/admin/users/nobody", admin, nil).ExpectError(t, 404, "PROXY_USAGE_006")
 	for name, body := range map[string]string{
-		"bad tier":          `{"tier":"gold"}`,
-		"bad date":          `{"tier":"premium","effectiveFrom":"01/02/2026"}`,
-		"nothing to set":    `{}`,
-		"negative contract": `{"contract":{"baseMonthly":"-1","perGB":"0.1"}}`,
-		"float contract":    `{"contract":{"baseMonthly":500,"perGB":"0.1"}}`,
-		"bad currency":      `{"contract":{"baseMonthly":"1","perGB":"0.1","currency":"dollars"}}`,
-		"unknown field":     `{"tier":"premium","plan":"x"}`,
+		"bad tier":           `{"tier":"gold"}`,
+		"bad date":           `{"tier":"premium","effectiveFrom":"01/02/2026"}`,
+		"effectiveFrom only": `{"effectiveFrom":"2026-01-01"}`,
+		"negative contract":  `{"contract":{"baseMonthly":"-1","perGB":"0.1"}}`,
+		"float contract":     `{"contract":{"baseMonthly":500,"perGB":"0.1"}}`,
+		"bad currency":       `{"contract":{"baseMonthly":"1","perGB":"0.1","currency":"dollars"}}`,
+		"unknown field":      `{"tier":"premium","plan":"x"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			env.Do("PUT", "/admin/users/carol", admin, body).ExpectError(t, 400, "PROXY_USAGE_001")

@@ -17,10 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/semaphore"
 
+	"proxyusage/internal/alert"
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/billing"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/telemetry"
 	"proxyusage/internal/usage"
@@ -36,6 +38,8 @@ type Config struct {
 	Ingest   *ingest.Service
 	Usage    *usage.Service
 	Billing  *billing.Service
+	Limits   *limit.Service
+	Webhooks *alert.Webhooks
 	Metrics  *telemetry.Metrics
 	Logger   *slog.Logger
 	// Ready reports whether the service can serve (database reachable,
@@ -52,7 +56,8 @@ func (c *Config) validate() error {
 	var errs []error
 	for name, missing := range map[string]bool{
 		"Verifier": c.Verifier == nil, "Users": c.Users == nil, "Proxies": c.Proxies == nil,
-		"Ingest": c.Ingest == nil, "Usage": c.Usage == nil, "Billing": c.Billing == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
+		"Ingest": c.Ingest == nil, "Usage": c.Usage == nil, "Billing": c.Billing == nil,
+		"Limits": c.Limits == nil, "Webhooks": c.Webhooks == nil, "Metrics": c.Metrics == nil, "Logger": c.Logger == nil, "Ready": c.Ready == nil,
 	} {
 		if missing {
 			errs = append(errs, errors.New("http: "+name+" is required"))
@@ -75,6 +80,8 @@ type Server struct {
 	ingest   *ingest.Service
 	usage    *usage.Service
 	billing  *billing.Service
+	limits   *limit.Service
+	webhooks *alert.Webhooks
 	inflight *semaphore.Weighted
 	bodies   *semaphore.Weighted
 }
@@ -91,6 +98,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, router: mux.NewRouter(), log: cfg.Logger, metrics: cfg.Metrics,
 		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest, usage: cfg.Usage, billing: cfg.Billing,
+		limits: cfg.Limits, webhooks: cfg.Webhooks,
 	}
 	s.inflight, s.bodies = newLimits(cfg.MaxInflight, cfg.BodyBudget)
 	s.routes()
@@ -138,6 +146,12 @@ func (s *Server) routes() {
 	api.HandleFunc("/proxy/usage/aggregation", s.handleAggregation).Methods(http.MethodGet)
 	api.HandleFunc("/proxy/usage/aggregate", s.handleSnapshot).Methods(http.MethodPost)
 	api.HandleFunc("/proxy/usage/billing", s.handleBilling).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/limits", s.handleLimits).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/access/{proxyId}", s.handleAccess).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/webhook", s.handlePutWebhook).Methods(http.MethodPut)
+	api.HandleFunc("/proxy/usage/webhook", s.handleGetWebhook).Methods(http.MethodGet)
+	api.HandleFunc("/proxy/usage/webhook", s.handleDeleteWebhook).Methods(http.MethodDelete)
+	api.HandleFunc("/proxy/usage/webhook/deliveries", s.handleDeliveries).Methods(http.MethodGet)
 	api.HandleFunc("/admin/users/{userId}", s.handlePutAccount).Methods(http.MethodPut)
 	api.HandleFunc("/admin/users/{userId}", s.handleGetAccount).Methods(http.MethodGet)
 }

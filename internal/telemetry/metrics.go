@@ -30,7 +30,16 @@ type Metrics struct {
 	RollupLastSuccess prometheus.Gauge
 	RollupDays        prometheus.Counter
 	RollupLeader      prometheus.Gauge
+
+	AlertsRecorded    prometheus.Counter
+	AlertsAbandoned   prometheus.Counter
+	WebhookDeliveries *prometheus.CounterVec // result: delivered, http_error, timeout, network_error, refused
+	AlertDeliveryTime prometheus.Histogram
+	AlertsLeader      prometheus.Gauge
 }
+
+// WebhookResults are the values of WebhookDeliveries' result label.
+var WebhookResults = []string{"delivered", "http_error", "timeout", "network_error", "refused"}
 
 // New creates and registers the metrics, with Go runtime and process
 // collectors.
@@ -105,6 +114,27 @@ func New() *Metrics {
 			Name: "proxyusage_rollup_leader",
 			Help: "1 when this replica holds the rollup advisory lock and runs the worker, else 0.",
 		}),
+		AlertsRecorded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_alerts_recorded_total",
+			Help: "Usage threshold alerts recorded (each user, month and threshold once, whichever replica records it).",
+		}),
+		AlertsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_alerts_abandoned_total",
+			Help: "Alerts given up on after their retry window (24 h by default) without a successful webhook delivery.",
+		}),
+		WebhookDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyusage_webhook_deliveries_total",
+			Help: "Webhook delivery attempts, by result: delivered (2xx), http_error (other status), timeout, network_error, refused (private address).",
+		}, []string{"result"}),
+		AlertDeliveryTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "proxyusage_alert_delivery_seconds",
+			Help:    "Seconds from recording an alert to its successful webhook delivery, retries included.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400},
+		}),
+		AlertsLeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_alerts_leader",
+			Help: "1 when this replica holds the alert evaluator's advisory lock and records alerts, else 0.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -113,7 +143,11 @@ func New() *Metrics {
 		m.IngestEvents, m.IngestBatchSize, m.IngestFlushes, m.IngestFlushTime,
 		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed,
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
+		m.AlertsRecorded, m.AlertsAbandoned, m.WebhookDeliveries, m.AlertDeliveryTime, m.AlertsLeader,
 	)
+	for _, r := range WebhookResults {
+		m.WebhookDeliveries.WithLabelValues(r)
+	}
 	// Series exist from the start, so dashboards and alerts see zeros.
 	for _, r := range []string{"accepted", "duplicate", "rejected"} {
 		m.IngestEvents.WithLabelValues(r)
