@@ -40,10 +40,10 @@ func ingest(t *testing.T, env *apptest.Env, token string, events []map[string]an
 
 type limitsJSON struct {
 	UserID, Month, UsedGB, ResetsAt string
-	LimitGB, Enforcement, Source     *string
-	RemainingGB                      *string
-	Exceeded                         bool
-	AlertPercents                    []int
+	LimitGB, Enforcement, Source    *string
+	RemainingGB                     *string
+	Exceeded                        bool
+	AlertPercents                   []int
 }
 
 type accessJSON struct {
