@@ -512,6 +512,29 @@ func runSession(t *testing.T, s *session) {
 	s.do("GET", "/proxy/usage/billing"+bill+"&userId=dave", admin, nil, 409)
 	s.do("GET", "/proxy/usage/billing?periodStart="+day(0)+"&periodEnd="+day(-9), alice, nil, 400)
 
+	// Limits, access and webhooks.
+	s.do("PUT", "/admin/users/alice", admin, map[string]any{"limits": map[string]any{"monthlyGB": "0.000001", "enforcement": "hard", "alertPercents": []int{50, 100}}}, 200)
+	s.do("PUT", "/admin/users/alice", admin, map[string]any{"limits": map[string]any{"monthlyGB": "-1"}}, 400, breaks("request body"))
+	s.do("GET", "/proxy/usage/limits", alice, nil, 200)
+	s.do("GET", "/proxy/usage/limits", bob, nil, 200)
+	s.do("GET", "/proxy/usage/limits?userId=alice", admin, nil, 200)
+	s.do("GET", "/proxy/usage/limits?userId=alice", bob, nil, 403)
+	s.do("GET", "/proxy/usage/limits?userId=nobody", admin, nil, 404)
+	s.do("GET", "/proxy/usage/limits?userId=a%00b", admin, nil, 400, breaks("Query parameter 'userId'"))
+	s.do("GET", "/proxy/usage/access/a1", svc, nil, 200)
+	s.do("GET", "/proxy/usage/access/a3", alice, nil, 200)
+	s.do("GET", "/proxy/usage/access/b1", alice, nil, 404)
+	s.do("GET", "/proxy/usage/webhook", alice, nil, 404)
+	s.do("PUT", "/proxy/usage/webhook", alice, map[string]string{"url": "https://93.184.216.34/hooks"}, 200)
+	s.do("PUT", "/proxy/usage/webhook", alice, map[string]string{"url": "http://127.0.0.1/hooks"}, 400)
+	s.do("PUT", "/proxy/usage/webhook", alice, map[string]string{"url": "http://example.com/" + strings.Repeat("y", 20<<10)}, 413, breaks("request body"))
+	s.do("GET", "/proxy/usage/webhook", alice, nil, 200)
+	s.do("GET", "/proxy/usage/webhook/deliveries", alice, nil, 200)
+	s.do("GET", "/proxy/usage/webhook/deliveries?limit=5&userId=alice", admin, nil, 200)
+	s.do("GET", "/proxy/usage/webhook/deliveries?limit=0", alice, nil, 400, breaks("limit"))
+	s.do("GET", "/proxy/usage/webhook/deliveries?userId=alice", bob, nil, 403)
+	s.do("DELETE", "/proxy/usage/webhook", alice, nil, 204)
+
 	// Every authenticated operation refuses a missing token (which the
 	// document's security requirement refuses too) and a bad one.
 	fill := strings.NewReplacer("{proxyId}", "a1", "{date}", day(0), "{userId}", "alice")
