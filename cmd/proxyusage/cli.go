@@ -220,6 +220,55 @@ func billCmd(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// limitsCmd shows a user's monthly limit and usage, and with -proxy the
+// edge's access decision for one proxy.
+func limitsCmd(args []string, stdout, stderr io.Writer) error {
+	fs := commandFlags("limits", "Usage: proxyusage limits [-user ID] [-proxy ID]\n\nPrints the token's user's monthly usage limit and this month's usage (admins: -user),\nand with -proxy whether that proxy may open a new connection now.", stderr)
+	base, token := apiFlags(fs)
+	userID := fs.String("user", "", "another user's id (admin only)")
+	proxyID := fs.String("proxy", "", "also ask the access decision for this proxy")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := needToken(*token); err != nil {
+		return err
+	}
+	q := url.Values{}
+	if *userID != "" {
+		q.Set("userId", *userID)
+	}
+	var st struct {
+		UserID, Month, UsedGB, ResetsAt string
+		LimitGB, Enforcement, Source    *string
+		RemainingGB                     *string
+		Exceeded                        bool
+		AlertPercents                   []int
+	}
+	c := apiClient{base: *base, token: *token, http: &http.Client{Timeout: 30 * time.Second}}
+	if err := c.do(context.Background(), "GET", "/proxy/usage/limits?"+q.Encode(), nil, &st); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "user\t%s\nmonth\t%s (resets %s)\nused\t%s GB\n", st.UserID, st.Month, st.ResetsAt, st.UsedGB)
+	if st.LimitGB == nil {
+		fmt.Fprintln(tw, "limit\tnone")
+	} else {
+		fmt.Fprintf(tw, "limit\t%s GB, %s (%s's)\nremaining\t%s GB\nexceeded\t%v\nalerts at\t%v %%\n",
+			*st.LimitGB, *st.Enforcement, *st.Source, *st.RemainingGB, st.Exceeded, st.AlertPercents)
+	}
+	if *proxyID != "" {
+		var a struct {
+			Allowed bool
+			Reason  string
+		}
+		if err := c.do(context.Background(), "GET", "/proxy/usage/access/"+url.PathEscape(*proxyID), nil, &a); err != nil {
+			return err
+		}
+		fmt.Fprintf(tw, "access %s\tallowed=%v (%s)\n", *proxyID, a.Allowed, a.Reason)
+	}
+	return tw.Flush()
+}
+
 // seedCmd registers demo users' proxies and sends a generated workload
 // through the API, showing progress.
 func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {

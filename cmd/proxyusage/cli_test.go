@@ -46,6 +46,13 @@ func TestCLISeedReportBill(t *testing.T) {
 	if !strings.Contains(out.String(), "TOTAL") || !strings.Contains(out.String(), "0.00 USD") {
 		t.Fatalf("bill:\n%s", out.String())
 	}
+	out.Reset()
+	if err := limitsCmd([]string{"-url", env.URL, "-token", tok}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "used") || !strings.Contains(out.String(), "limit  none") {
+		t.Fatalf("limits:\n%s", out.String())
+	}
 	// Errors from the API are shown with their code.
 	err = reportCmd([]string{"-url", env.URL, "-token", tok, "-start", "2026-02-30"}, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "PROXY_USAGE_001") {
@@ -57,7 +64,7 @@ func TestCLISeedReportBill(t *testing.T) {
 }
 
 func TestHelpOnEveryCommand(t *testing.T) {
-	for _, cmd := range []string{"serve", "migrate", "token", "report", "bill", "seed"} {
+	for _, cmd := range []string{"serve", "migrate", "token", "report", "bill", "limits", "seed"} {
 		var out, errOut bytes.Buffer
 		err := run([]string{cmd, "-help"}, &out, &errOut)
 		if !errors.Is(err, flag.ErrHelp) || !strings.Contains(errOut.String(), "-") {

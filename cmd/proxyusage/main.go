@@ -5,6 +5,7 @@
 //	proxyusage token     mint a JWT for development
 //	proxyusage report    print a usage report from the API
 //	proxyusage bill      print a bill from the API
+//	proxyusage limits    print a monthly limit, usage and access decision
 //	proxyusage seed      record demo data through the API
 package main
 
@@ -42,6 +43,7 @@ Commands:
   token     print a signed development JWT
   report    print a usage report (calls the API; -url, -token)
   bill      print a billing summary (calls the API)
+  limits    print the monthly usage limit, usage and a proxy's access (calls the API)
   seed      register demo proxies and record a generated workload through the API
 
 Configuration comes from the environment (DATABASE_URL, HTTP_ADDR,
@@ -78,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return reportCmd(args[1:], stdout, stderr)
 	case "bill":
 		return billCmd(args[1:], stdout, stderr)
+	case "limits":
+		return limitsCmd(args[1:], stdout, stderr)
 	case "seed":
 		return seedCmd(cfg, args[1:], stdout, stderr)
 	default:
