@@ -62,6 +62,15 @@ type WebhookInput struct {
 	URL string `json:"url"`
 }
 
+// Validate checks what can be checked without the network; Set checks the
+// rest (the address the host resolves to).
+func (in *WebhookInput) Validate() error {
+	if in.URL == "" || len(in.URL) > MaxURLLength {
+		return apperr.Errorf(apperr.Invalid, "url must be an http or https URL of at most %d characters", MaxURLLength)
+	}
+	return nil
+}
+
 // Webhook is a user's endpoint as served; Secret only in the answer to
 // the PUT that created it.
 type Webhook struct {

@@ -1,8 +1,6 @@
 package http
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
 	"strconv"
 
@@ -28,24 +26,9 @@ func (s *Server) handleAccess(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// decodeJSON reads a JSON body of at most limit bytes into v: one object
-// with only the members v declares, nothing after it.
-func decodeJSON(r *http.Request, limit int64, v any, shape string) error {
-	body, err := readBody(r, limit, false)
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil || dec.More() {
-		return apperr.Errorf(apperr.Invalid, "body must be %s", shape)
-	}
-	return nil
-}
-
 func (s *Server) handlePutWebhook(w http.ResponseWriter, r *http.Request) {
 	var in alert.WebhookInput
-	if err := decodeJSON(r, 16<<10, &in, `{"url": "https://..."}`); err != nil {
+	if err := decodeBody(r, 16<<10, false, &in); err != nil {
 		Error(w, r, err)
 		return
 	}

@@ -199,6 +199,9 @@ func TestLimitsBadInput(t *testing.T) {
 		"unknown limits field": `{"limits":{"monthlyGB":"5","hard":true}}`,
 		"limits not an object": `{"limits":"5"}`,
 		"effectiveFrom alone":  `{"effectiveFrom":"2026-01-01"}`,
+		"member name case":     `{"limits":{"MonthlyGB":"5"}}`,
+		"duplicate member":     `{"limits":{"monthlyGB":"5","monthlyGB":"6"}}`,
+		"trailing data":        `{"limits":{"monthlyGB":"5"}} {}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			env.Do("PUT", "/admin/users/carol", admin, body).ExpectError(t, 400, "PROXY_USAGE_001")
