@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/apperr"
@@ -506,9 +505,8 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 	chosen := st.ev
 	if len(st.keyP) > 0 {
 		_, err := c.Exec(ctx, claimKeys, st.keyP, st.keyE)
-		var pgErr *pgconn.PgError
 		switch {
-		case errors.As(err, &pgErr) && pgErr.Code == "23505": // a repeat: claim the fresh ones only
+		case database.HasCode(err, database.UniqueViolation): // a repeat: claim the fresh ones only
 			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT claim"); err != nil {
 				return 0, fmt.Errorf("claim keys: %w", err)
 			}
@@ -742,10 +740,7 @@ func nullText(s string) any {
 // as opposed to a problem with the data.
 func unavailable(err error) bool { return database.IsUnavailable(err) }
 
-func retryable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
-}
+func retryable(err error) bool { return database.IsRetryable(err) }
 
 // clientError turns a flush failure into what the caller reports.
 func clientError(err error) error {
