@@ -349,18 +349,10 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Release()
+	// The flush pipelines its own BEGIN and COMMIT; Release ends whatever
+	// transaction a failure leaves open.
+	defer database.Release(conn)
 	c := conn.Conn()
-	committed := false
-	defer func() {
-		if !committed && !c.IsClosed() && c.PgConn().TxStatus() != 'I' {
-			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if _, rerr := c.Exec(rctx, "ROLLBACK"); rerr != nil {
-				_ = c.Close(rctx) // never hand back a connection mid-transaction
-			}
-		}
-	}()
 
 	total := 0
 	var ids []string
@@ -421,10 +413,9 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.PgConn().TxStatus() != 'I' {
+	if database.InTransaction(c) {
 		return nil, errors.New("commit: transaction still open")
 	}
-	committed = true
 	w.cfg.Metrics.IngestFlushTime.Observe(time.Since(start).Seconds())
 	w.cfg.Metrics.IngestFlushEvents.Observe(float64(written))
 	return st.outs, nil

@@ -178,7 +178,7 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
 // connections are being re-paired recomputed, in one snapshot.
 func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
 	out := map[Key]*Totals{}
-	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
 		if err != nil {
 			return err
@@ -489,30 +489,21 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 }
 
 // snapshot runs, in one round trip, a read-only repeatable-read
-// transaction: the clean check (a query returning one boolean), the reads
-// queue adds, and COMMIT. read consumes the reads' results in order; clean
-// says whether they can be trusted (nothing they cover waits for the worker).
+// transaction (database.ReadSnapshot): the clean check (a query returning
+// one boolean) and the reads queue adds. read consumes the reads' results
+// in order; clean says whether they can be trusted (nothing they cover
+// waits for the worker).
 func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, queue func(*pgx.Batch), read func(pgx.BatchResults) error) (clean bool, err error) {
-	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-	b.Queue(check, checkArgs...)
-	queue(b)
-	b.Queue("COMMIT")
-	br := r.pool.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return false, err
-	}
-	if err := br.QueryRow().Scan(&clean); err != nil {
-		return false, err
-	}
-	if err := read(br); err != nil {
-		return false, err
-	}
-	if _, err := br.Exec(); err != nil {
-		return false, err
-	}
-	return clean, br.Close()
+	err = database.ReadSnapshot(ctx, r.pool, func(b *pgx.Batch) {
+		b.Queue(check, checkArgs...)
+		queue(b)
+	}, func(br pgx.BatchResults) error {
+		if err := br.QueryRow().Scan(&clean); err != nil {
+			return err
+		}
+		return read(br)
+	})
+	return clean, err
 }
 
 // peaks reads stored daily peaks and recomputes those of dirty days —
@@ -637,7 +628,7 @@ func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]Con
 // no paired end whose start + MAX_CONNECTION_AGE is still in the future.
 func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.Time) (int, error) {
 	var n int
-	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		pending, err := pendingConnections(ctx, tx, []string{proxyID})
 		if err != nil {
 			return err
@@ -703,7 +694,7 @@ func (r *Reader) ExplainHistograms(ctx context.Context, proxies []string, from, 
 func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
 	from, to = Day(from), Day(to)
 	var plan []string
-	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
 		if err != nil {
 			return err
