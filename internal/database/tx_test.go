@@ -5,10 +5,23 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/database"
 	"proxyusage/internal/pgtest"
 )
+
+// onePool is a pool of one connection to a fresh database: every use gets
+// the same session.
+func onePool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := database.Connect(context.Background(), pgtest.NewDB(t, database.Postgres), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
 
 // A pipelined snapshot that fails between its BEGIN and COMMIT hands its
 // connection back outside any transaction: rolled back and reused, not
@@ -16,13 +29,9 @@ import (
 // read gets the same session).
 func TestReadSnapshotFailureLeavesNoTransaction(t *testing.T) {
 	ctx := context.Background()
-	pool, err := database.Connect(ctx, pgtest.NewDB(t, database.Postgres), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := onePool(t)
 	var pid int
-	err = database.ReadSnapshot(ctx, pool, func(b *pgx.Batch) {
+	err := database.ReadSnapshot(ctx, pool, func(b *pgx.Batch) {
 		b.Queue(`SELECT pg_backend_pid()`)
 		b.Queue(`SELECT 1 / 0`)
 	}, func(br pgx.BatchResults) error {
@@ -55,11 +64,7 @@ func TestReadSnapshotFailureLeavesNoTransaction(t *testing.T) {
 // Release rolls back whatever a caller left open, committed or not.
 func TestReleaseRollsBack(t *testing.T) {
 	ctx := context.Background()
-	pool, err := database.Connect(ctx, pgtest.NewDB(t, database.Postgres), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := onePool(t)
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)

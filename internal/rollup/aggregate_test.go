@@ -31,6 +31,24 @@ func migrationAggregate(t *testing.T) string {
 	return string(m[1])
 }
 
+// seeded starts the service without its background worker, copies a
+// workload's accounts and events straight into the database and rolls
+// them up.
+func seeded(t *testing.T, b database.Backend, cfg workload.Config) (*apptest.Env, *workload.Generator) {
+	t.Helper()
+	env := apptest.Start(t, b, apptest.NoWorker)
+	ctx := context.Background()
+	gen := workload.New(cfg)
+	if err := workload.SeedAccounts(ctx, env.DB, gen, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := workload.Seed(ctx, env.DB, gen, 1000, nil); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, env)
+	return env, gen
+}
+
 func normalizeSQL(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // The daily aggregate is written twice: as the continuous aggregate of the
@@ -49,17 +67,9 @@ func TestAggregateMatchesMigration(t *testing.T) {
 func TestAggregateRowsAgree(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
-		env := apptest.Start(t, b, apptest.NoWorker)
 		ctx := context.Background()
 		now := time.Now().UTC()
-		gen := workload.New(workload.Config{Seed: 11, Users: 2, Proxies: 5, Start: now.Add(-5 * 24 * time.Hour), End: now.Add(-time.Minute), Events: 4000})
-		if err := workload.SeedAccounts(ctx, env.DB, gen, now); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := workload.Seed(ctx, env.DB, gen, 1000, nil); err != nil {
-			t.Fatal(err)
-		}
-		drain(t, env)
+		env, _ := seeded(t, b, workload.Config{Seed: 11, Users: 2, Proxies: 5, Start: now.Add(-5 * 24 * time.Hour), End: now.Add(-time.Minute), Events: 4000})
 
 		// On TimescaleDB the materialized rows, not the view's real-time
 		// union with raw events.
@@ -95,17 +105,9 @@ func TestAggregateRowsAgree(t *testing.T) {
 func TestReadPathsReadTheRollupRelation(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
-		env := apptest.Start(t, b, apptest.NoWorker)
 		ctx := context.Background()
 		now := time.Now().UTC()
-		gen := workload.New(workload.Config{Seed: 12, Users: 1, Proxies: 3, Start: now.Add(-3 * 24 * time.Hour), End: now.Add(-time.Minute), Events: 600})
-		if err := workload.SeedAccounts(ctx, env.DB, gen, now); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := workload.Seed(ctx, env.DB, gen, 1000, nil); err != nil {
-			t.Fatal(err)
-		}
-		drain(t, env)
+		env, gen := seeded(t, b, workload.Config{Seed: 12, Users: 1, Proxies: 3, Start: now.Add(-3 * 24 * time.Hour), End: now.Add(-time.Minute), Events: 600})
 		var ids []string
 		for _, p := range gen.Proxies() {
 			ids = append(ids, p.ID)
