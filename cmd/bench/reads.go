@@ -358,7 +358,7 @@ func (r *reads) measure(ctx context.Context, dataset string) error {
 	}
 	// Plans of one report, rolled up and raw.
 	q := cases[1].pick()
-	reader, err := rollup.NewReader(r.pool, 24*time.Hour)
+	reader, err := rollup.NewReader(ctx, r.pool, r.b.backend, 24*time.Hour)
 	if err != nil {
 		return err
 	}

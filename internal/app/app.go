@@ -212,7 +212,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	users := user.NewStore(m.Pool)
-	reader, err := rollup.NewReader(m.Pool, m.Config.MaxConnectionAge)
+	reader, err := rollup.NewReader(ctx, m.Pool, m.Detected, m.Config.MaxConnectionAge)
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ func BenchmarkEventSource(b *testing.B) {
 		ptrs[i] = &events[i]
 	}
 	for b.Loop() {
-		src := &eventSource{events: ptrs, i: -1}
+		src := CopySource(ptrs)
 		for src.Next() {
 			if _, err := src.Values(); err != nil {
 				b.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -14,14 +13,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
 	"proxyusage/internal/proxy"
-	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
 )
 
@@ -288,28 +285,24 @@ WITH days AS (
 )
 INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
 SELECT $3::text[], $4::text[] WHERE cardinality($3::text[]) > 0`
+)
 
-	// flushStatement writes a small flush at once: it claims the keys, stores
-	// the events without a key or with a fresh one, logs the invalidations
-	// and returns the stored count per request. $1/$2 are the distinct keys
-	// (sorted), $3.. the events (keyed ones once: the first occurrence).
-	flushStatement = `
+// flushStatement writes a small flush at once: it claims the keys, stores
+// the events without a key or with a fresh one, logs the invalidations and
+// returns the stored count per request. $1/$2 are the distinct keys
+// (sorted), $3 the candidates' requests and $4.. the candidates (keyed
+// ones once: the first occurrence) as eventArrays.
+var flushStatement = `
 WITH fresh AS (` + claimKeysReturning + `
 ), ev AS (
-  SELECT * FROM unnest($3::int4[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[],
-                       $10::int8[], $11::int8[], $12::int8[], $13::int2[], $14::text[], $15::inet[])
-    AS e(req, time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
-         duration_us, latency_us, latency_bucket, error_message, ip_address)
+  SELECT * FROM ` + unnestEvents(3) + `
 ), chosen AS (
   SELECT e.* FROM ev e WHERE e.event_id IS NULL
   UNION ALL
   SELECT e.* FROM ev e JOIN fresh f ON f.proxy_id = e.proxy_id AND f.event_id = e.event_id
 ), stored AS (
-  INSERT INTO usage_events (time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
-                            duration_us, latency_us, latency_bucket, error_message, ip_address)
-  SELECT time, proxy_id, event_type, event_id, connection_id, bytes_sent, bytes_received,
-         duration_us, latency_us, latency_bucket, error_message, ip_address
-    FROM chosen
+  INSERT INTO usage_events (` + strings.Join(EventColumns, ", ") + `)
+  SELECT ` + strings.Join(EventColumns, ", ") + ` FROM chosen
 ), days AS (
   INSERT INTO usage_invalidations (proxy_ids, days)
   SELECT array_agg(proxy_id), array_agg(day)
@@ -322,12 +315,6 @@ WITH fresh AS (` + claimKeysReturning + `
   HAVING count(*) > 0
 )
 SELECT req, count(*)::int FROM chosen GROUP BY req`
-)
-
-// eventColumns are the usage_events columns a flush fills; received_at
-// takes its default, now(): the transaction's start.
-var eventColumns = []string{"time", "proxy_id", "event_type", "event_id", "connection_id", "bytes_sent",
-	"bytes_received", "duration_us", "latency_us", "latency_bucket", "error_message", "ip_address"}
 
 // flushState is what one flush works out in memory.
 type flushState struct {
@@ -350,18 +337,10 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Release()
+	// The flush pipelines its own BEGIN and COMMIT; Release ends whatever
+	// transaction a failure leaves open.
+	defer database.Release(conn)
 	c := conn.Conn()
-	committed := false
-	defer func() {
-		if !committed && !c.IsClosed() && c.PgConn().TxStatus() != 'I' {
-			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if _, rerr := c.Exec(rctx, "ROLLBACK"); rerr != nil {
-				_ = c.Close(rctx) // never hand back a connection mid-transaction
-			}
-		}
-	}()
 
 	total := 0
 	var ids []string
@@ -422,10 +401,9 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.PgConn().TxStatus() != 'I' {
+	if database.InTransaction(c) {
 		return nil, errors.New("commit: transaction still open")
 	}
-	committed = true
 	w.cfg.Metrics.IngestFlushTime.Observe(time.Since(start).Seconds())
 	w.cfg.Metrics.IngestFlushEvents.Observe(float64(written))
 	return st.outs, nil
@@ -436,40 +414,7 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 func (st *flushState) writeSmall(ctx context.Context, c *pgx.Conn) (int, error) {
 	b := &pgx.Batch{}
 	if len(st.ev) > 0 {
-		n := len(st.ev)
-		var (
-			req       = make([]int32, n)
-			times     = make([]time.Time, n)
-			proxies   = make([]string, n)
-			types     = make([]string, n)
-			eventIDs  = make([]*string, n)
-			connIDs   = make([]*string, n)
-			sent      = make([]int64, n)
-			received  = make([]int64, n)
-			durations = make([]*int64, n)
-			latencies = make([]*int64, n)
-			buckets   = make([]*int16, n)
-			messages  = make([]*string, n)
-			ips       = make([]*netip.Addr, n)
-		)
-		for i, e := range st.ev {
-			req[i], times[i], proxies[i], types[i] = st.req[i], e.Time, e.ProxyID, e.Type
-			eventIDs[i], connIDs[i], messages[i] = optText(&e.EventID), optText(&e.ConnectionID), optText(&e.ErrorMessage)
-			sent[i], received[i] = e.BytesSent, e.BytesReceived
-			if e.HasDuration {
-				durations[i] = &e.DurationUS
-			}
-			if e.HasLatency {
-				latencies[i] = &e.LatencyUS
-				bucket := rollup.LatencyBucket(e.LatencyUS)
-				buckets[i] = &bucket
-			}
-			if e.IP.IsValid() {
-				ips[i] = &e.IP
-			}
-		}
-		b.Queue(flushStatement, st.keyP, st.keyE, req, times, proxies, types, eventIDs, connIDs, sent, received,
-			durations, latencies, buckets, messages, ips)
+		b.Queue(flushStatement, append([]any{st.keyP, st.keyE, st.req}, eventArrays(st.ev)...)...)
 	}
 	b.Queue("COMMIT")
 	br := c.SendBatch(ctx, b)
@@ -506,9 +451,8 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 	chosen := st.ev
 	if len(st.keyP) > 0 {
 		_, err := c.Exec(ctx, claimKeys, st.keyP, st.keyE)
-		var pgErr *pgconn.PgError
 		switch {
-		case errors.As(err, &pgErr) && pgErr.Code == "23505": // a repeat: claim the fresh ones only
+		case database.HasCode(err, database.UniqueViolation): // a repeat: claim the fresh ones only
 			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT claim"); err != nil {
 				return 0, fmt.Errorf("claim keys: %w", err)
 			}
@@ -535,7 +479,7 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 		}
 	}
 	if len(chosen) > 0 {
-		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_events"}, eventColumns, &eventSource{events: chosen, i: -1}); err != nil {
+		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_events"}, EventColumns, CopySource(chosen)); err != nil {
 			return 0, fmt.Errorf("copy events: %w", err)
 		}
 	}
@@ -689,63 +633,11 @@ func invalidations(events []*Event) (dayProxies []string, days []time.Time, conn
 	return dayProxies, days, connProxies, conns
 }
 
-func optText(s *string) *string {
-	if *s == "" {
-		return nil
-	}
-	return s
-}
-
-// eventSource streams events into COPY as usage_events rows.
-type eventSource struct {
-	events []*Event
-	i      int
-	row    [12]any
-}
-
-func (s *eventSource) Next() bool {
-	s.i++
-	return s.i < len(s.events)
-}
-
-func (s *eventSource) Values() ([]any, error) {
-	e := s.events[s.i]
-	r := &s.row
-	r[0], r[1], r[2] = e.Time, e.ProxyID, e.Type
-	r[3], r[4] = nullText(e.EventID), nullText(e.ConnectionID)
-	r[5], r[6] = e.BytesSent, e.BytesReceived
-	r[7], r[8], r[9] = nil, nil, nil
-	if e.HasDuration {
-		r[7] = e.DurationUS
-	}
-	if e.HasLatency {
-		r[8], r[9] = e.LatencyUS, rollup.LatencyBucket(e.LatencyUS)
-	}
-	r[10] = nullText(e.ErrorMessage)
-	r[11] = nil
-	if e.IP.IsValid() {
-		r[11] = e.IP
-	}
-	return r[:], nil
-}
-
-func (s *eventSource) Err() error { return nil }
-
-func nullText(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
 // unavailable reports whether err means the database cannot be reached,
 // as opposed to a problem with the data.
 func unavailable(err error) bool { return database.IsUnavailable(err) }
 
-func retryable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
-}
+func retryable(err error) bool { return database.IsRetryable(err) }
 
 // clientError turns a flush failure into what the caller reports.
 func clientError(err error) error {

@@ -10,8 +10,11 @@ import (
 	"proxyusage/internal/exact"
 )
 
-// aggregateColumns are the per-(proxy, day) aggregates over usage_events.
-// They must match the continuous aggregate in sql/0002_rollups.sql.
+// aggregateColumns are the per-(proxy, day) aggregates over usage_events,
+// the same as the continuous aggregate of sql/0002_rollups.sql (migrations
+// are immutable, so that copy stays): TestAggregateMatchesMigration
+// compares the two texts and TestAggregateRowsAgree their rows on both
+// backends.
 const aggregateColumns = `
   count(*) AS event_count,
   count(*) FILTER (WHERE event_type = 'connection_start') AS connection_count,

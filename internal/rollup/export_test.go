@@ -17,3 +17,10 @@ func (r *Reader) SlowTotals(ctx context.Context, proxies []string, from, to time
 }
 
 func (w *Worker) Pause(next, took time.Duration) time.Duration { return w.pause(next, took) }
+
+// AggregateColumns and RollupColumns expose the daily aggregate's Go-side
+// definition to tests.
+const (
+	AggregateColumns = aggregateColumns
+	RollupColumns    = rollupColumns
+)

@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"proxyusage/internal/database"
 	"proxyusage/internal/exact"
 )
 
@@ -37,9 +36,7 @@ type Key struct {
 type Reader struct {
 	pool   *pgxpool.Pool
 	maxAge time.Duration
-
-	mu        sync.Mutex
-	relations *rollupRelations // resolved once per Reader
+	rel    rollupRelations
 }
 
 // rollupRelations name where rolled-up rows are read from: the rollup
@@ -53,11 +50,16 @@ type rollupRelations struct {
 	daily, latency string
 }
 
-// NewReader returns a Reader; maxAge is MAX_CONNECTION_AGE.
-func NewReader(pool *pgxpool.Pool, maxAge time.Duration) (*Reader, error) {
+// NewReader returns a Reader for a migrated database on backend; maxAge is
+// MAX_CONNECTION_AGE. On TimescaleDB it looks up the materialization
+// hypertables once, here.
+func NewReader(ctx context.Context, pool *pgxpool.Pool, backend database.Backend, maxAge time.Duration) (*Reader, error) {
 	var errs []error
 	if pool == nil {
 		errs = append(errs, errors.New("rollup: pool is required"))
+	}
+	if backend != database.Postgres && backend != database.TimescaleDB {
+		errs = append(errs, fmt.Errorf("rollup: unknown backend %q", backend))
 	}
 	if maxAge <= 0 {
 		errs = append(errs, errors.New("rollup: max connection age must be positive"))
@@ -65,7 +67,43 @@ func NewReader(pool *pgxpool.Pool, maxAge time.Duration) (*Reader, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return &Reader{pool: pool, maxAge: maxAge}, nil
+	rel, err := resolveRelations(ctx, pool, backend)
+	if err != nil {
+		return nil, err
+	}
+	return &Reader{pool: pool, maxAge: maxAge, rel: rel}, nil
+}
+
+// resolveRelations names the relations reads use on backend.
+func resolveRelations(ctx context.Context, pool *pgxpool.Pool, backend database.Backend) (rollupRelations, error) {
+	rel := rollupRelations{daily: "usage_daily", latency: "usage_latency_daily_packed"}
+	if backend != database.TimescaleDB {
+		return rel, nil
+	}
+	rows, err := pool.Query(ctx, `
+		SELECT view_name, format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
+		  FROM timescaledb_information.continuous_aggregates
+		 WHERE view_schema = current_schema() AND view_name IN ('usage_daily', 'usage_latency_daily_packed')`)
+	if err != nil {
+		return rel, fmt.Errorf("rollup: continuous aggregates: %w", err)
+	}
+	found := 0
+	var view, table string
+	if _, err := pgx.ForEachRow(rows, []any{&view, &table}, func() error {
+		found++
+		if view == "usage_daily" {
+			rel.daily = table
+		} else {
+			rel.latency = table
+		}
+		return nil
+	}); err != nil {
+		return rel, fmt.Errorf("rollup: continuous aggregates: %w", err)
+	}
+	if found != 2 {
+		return rel, fmt.Errorf("rollup: %d of the 2 continuous aggregates found: is the database migrated?", found)
+	}
+	return rel, nil
 }
 
 // Totals aggregates the events of proxies on the UTC days from..to
@@ -98,10 +136,7 @@ func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time
 		return out, nil
 	}
 	from, to = Day(from), Day(to)
-	rel, err := r.rollupRelations(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("rollup: read bytes: %w", err)
-	}
+	rel := r.rel
 	clean, err := r.snapshot(ctx, `SELECT NOT `+dirtyDayExists, []any{proxies, from, to}, func(b *pgx.Batch) {
 		b.Queue(fmt.Sprintf(`
 SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
@@ -143,7 +178,7 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
 // connections are being re-paired recomputed, in one snapshot.
 func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
 	out := map[Key]*Totals{}
-	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
 		if err != nil {
 			return err
@@ -214,7 +249,8 @@ func groupColumns(by Group) string {
 }
 
 // sumsQuery combines clean rolled-up rows with dirty days recomputed from
-// raw events. $1 proxies, $2/$3 bucket range, $4/$5 dirty proxy-days.
+// raw events: %[1]s the group columns, %[2]s the daily rollup relation.
+// $1 proxies, $2/$3 bucket range, $4/$5 dirty proxy-days.
 // Sums of event values travel as the numeric's decimal text, here and in
 // every read: exact at any size (a bigint cast fails past 2^63), and
 // exact.Sum reads it without allocating.
@@ -223,7 +259,7 @@ WITH dirty AS (
   SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
 ), parts AS (
   SELECT d.proxy_id, (d.bucket AT TIME ZONE 'UTC')::date AS day, ` + rollupColumns + `
-    FROM usage_daily d
+    FROM %[2]s d
    WHERE d.proxy_id = ANY($1) AND d.bucket >= $2 AND d.bucket < $3
      AND NOT EXISTS (SELECT 1 FROM dirty x WHERE x.proxy_id = d.proxy_id AND x.day = (d.bucket AT TIME ZONE 'UTC')::date)
   UNION ALL
@@ -233,7 +269,7 @@ WITH dirty AS (
      AND e.time >= x.day::timestamp AT TIME ZONE 'UTC' AND e.time < (x.day + 1)::timestamp AT TIME ZONE 'UTC'
    GROUP BY x.proxy_id, x.day
 )
-SELECT %s,
+SELECT %[1]s,
        sum(event_count)::bigint, sum(connection_count)::bigint, sum(success_count)::bigint, sum(error_count)::bigint,
        coalesce(sum(bytes_sent), 0)::text, coalesce(sum(bytes_received), 0)::text,
        coalesce(sum(duration_sum_us), 0)::text, sum(duration_count)::bigint,
@@ -243,7 +279,7 @@ SELECT %s,
 
 func (r *Reader) sums(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
 	dp, dd := splitDayKeys(dirty)
-	rows, err := tx.Query(ctx, fmt.Sprintf(sumsQuery, groupColumns(by)), proxies, from, to.AddDate(0, 0, 1), dp, dd)
+	rows, err := tx.Query(ctx, fmt.Sprintf(sumsQuery, groupColumns(by), r.rel.daily), proxies, from, to.AddDate(0, 0, 1), dp, dd)
 	if err != nil {
 		return err
 	}
@@ -298,12 +334,8 @@ WITH dirty AS (
 SELECT %[1]s, latency_bucket, sum(samples)::bigint FROM parts GROUP BY 1, 2, 3`
 
 func (r *Reader) histograms(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
-	rel, err := r.rollupRelations(ctx)
-	if err != nil {
-		return err
-	}
 	dp, dd := splitDayKeys(dirty)
-	rows, err := tx.Query(ctx, fmt.Sprintf(histogramQuery, groupColumns(by), rel.latency), proxies, from, to.AddDate(0, 0, 1), dp, dd)
+	rows, err := tx.Query(ctx, fmt.Sprintf(histogramQuery, groupColumns(by), r.rel.latency), proxies, from, to.AddDate(0, 0, 1), dp, dd)
 	if err != nil {
 		return err
 	}
@@ -331,42 +363,6 @@ func scanHistograms(rows pgx.Rows, out map[Key]*Totals) error {
 		return nil
 	})
 	return err
-}
-
-// rollupRelations returns where to read rolled-up rows, resolving it on
-// first use: the materialization hypertables of the continuous aggregates
-// when TimescaleDB has them, the rollup tables otherwise.
-func (r *Reader) rollupRelations(ctx context.Context) (*rollupRelations, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.relations != nil {
-		return r.relations, nil
-	}
-	rel := &rollupRelations{daily: "usage_daily", latency: "usage_latency_daily_packed"}
-	rows, err := r.pool.Query(ctx, `
-		SELECT view_name, format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
-		  FROM timescaledb_information.continuous_aggregates
-		 WHERE view_schema = current_schema() AND view_name IN ('usage_daily', 'usage_latency_daily_packed')`)
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "3F000"): // no TimescaleDB here
-	case err != nil:
-		return nil, err
-	default:
-		var view, table string
-		if _, err := pgx.ForEachRow(rows, []any{&view, &table}, func() error {
-			if view == "usage_daily" {
-				rel.daily = table
-			} else {
-				rel.latency = table
-			}
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-	}
-	r.relations = rel
-	return rel, nil
 }
 
 // scanFastHistograms merges (proxy, bucket, latency buckets, samples)
@@ -442,10 +438,7 @@ SELECT proxy_id, day, peak FROM usage_daily_peak
 // the queries and COMMIT pipelined), when every requested day is rolled
 // up. ok is false when some are not: the caller takes the full path.
 func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time.Time, by Group, out map[Key]*Totals) (ok bool, err error) {
-	rel, err := r.rollupRelations(ctx)
-	if err != nil {
-		return false, err
-	}
+	rel := r.rel
 	end := to.AddDate(0, 0, 1)
 	args := []any{proxies, from, to, from, end}
 	return r.snapshot(ctx, fastClean, args[:3], func(b *pgx.Batch) {
@@ -496,30 +489,21 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 }
 
 // snapshot runs, in one round trip, a read-only repeatable-read
-// transaction: the clean check (a query returning one boolean), the reads
-// queue adds, and COMMIT. read consumes the reads' results in order; clean
-// says whether they can be trusted (nothing they cover waits for the worker).
+// transaction (database.ReadSnapshot): the clean check (a query returning
+// one boolean) and the reads queue adds. read consumes the reads' results
+// in order; clean says whether they can be trusted (nothing they cover
+// waits for the worker).
 func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, queue func(*pgx.Batch), read func(pgx.BatchResults) error) (clean bool, err error) {
-	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-	b.Queue(check, checkArgs...)
-	queue(b)
-	b.Queue("COMMIT")
-	br := r.pool.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return false, err
-	}
-	if err := br.QueryRow().Scan(&clean); err != nil {
-		return false, err
-	}
-	if err := read(br); err != nil {
-		return false, err
-	}
-	if _, err := br.Exec(); err != nil {
-		return false, err
-	}
-	return clean, br.Close()
+	err = database.ReadSnapshot(ctx, r.pool, func(b *pgx.Batch) {
+		b.Queue(check, checkArgs...)
+		queue(b)
+	}, func(br pgx.BatchResults) error {
+		if err := br.QueryRow().Scan(&clean); err != nil {
+			return err
+		}
+		return read(br)
+	})
+	return clean, err
 }
 
 // peaks reads stored daily peaks and recomputes those of dirty days —
@@ -644,7 +628,7 @@ func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]Con
 // no paired end whose start + MAX_CONNECTION_AGE is still in the future.
 func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.Time) (int, error) {
 	var n int
-	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		pending, err := pendingConnections(ctx, tx, []string{proxyID})
 		if err != nil {
 			return err
@@ -691,12 +675,8 @@ func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.T
 // one-round-trip path's latency histogram query — the bulk of a clean
 // read's rows — for the given request.
 func (r *Reader) ExplainHistograms(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
-	rel, err := r.rollupRelations(ctx)
-	if err != nil {
-		return "", err
-	}
 	from, to = Day(from), Day(to)
-	rows, err := r.pool.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency),
+	rows, err := r.pool.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(fastHistograms, histogramKeyColumns(by), r.rel.latency),
 		proxies, from, to, from, to.AddDate(0, 0, 1))
 	if err != nil {
 		return "", err
@@ -714,13 +694,13 @@ func (r *Reader) ExplainHistograms(ctx context.Context, proxies []string, from, 
 func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
 	from, to = Day(from), Day(to)
 	var plan []string
-	err := pgx.BeginTxFunc(ctx, r.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
 		if err != nil {
 			return err
 		}
 		dp, dd := splitDayKeys(dirty)
-		rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(sumsQuery, groupColumns(by)),
+		rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(sumsQuery, groupColumns(by), r.rel.daily),
 			proxies, from, to.AddDate(0, 0, 1), dp, dd)
 		if err != nil {
 			return err

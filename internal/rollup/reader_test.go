@@ -45,7 +45,7 @@ func TestFastPathMatchesFullPath(t *testing.T) {
 		post(gen)
 		drain(t, env)
 
-		reader, err := rollup.NewReader(env.Main.Pool, 24*time.Hour)
+		reader, err := rollup.NewReader(context.Background(), env.Main.Pool, b, 24*time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/database"
@@ -439,8 +438,7 @@ func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
 func (w *Worker) refresh(ctx context.Context, sql string) error {
 	for attempt := 0; ; attempt++ {
 		_, err := w.cfg.Pool.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
-		var pgErr *pgconn.PgError
-		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55P03" || attempt == 50 {
+		if err == nil || !database.HasCode(err, database.LockNotAvailable) || attempt == 50 {
 			return err
 		}
 		select {

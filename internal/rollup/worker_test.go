@@ -148,7 +148,7 @@ func TestReportPlanSkipsRawEvents(t *testing.T) {
 			send(t, env, tok, evs...)
 		}
 		drain(t, env)
-		reader, err := rollup.NewReader(env.Main.Pool, 24*time.Hour)
+		reader, err := rollup.NewReader(context.Background(), env.Main.Pool, b, 24*time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,65 +20,20 @@ type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// EventColumns are the usage_events columns a direct COPY fills: the same
-// values the ingest writer stores, latency_bucket included.
-var EventColumns = []string{"time", "proxy_id", "event_type", "event_id", "connection_id", "bytes_sent",
-	"bytes_received", "duration_us", "latency_us", "latency_bucket", "error_message", "ip_address", "received_at"}
-
-// CopySource streams events as usage_events rows (binary COPY).
-type CopySource struct {
-	events   []ingest.Event
-	i        int
-	received time.Time
-	row      [13]any
-}
-
-// NewCopySource returns a COPY source of events received at receivedAt.
-func NewCopySource(events []ingest.Event, receivedAt time.Time) *CopySource {
-	return &CopySource{events: events, i: -1, received: receivedAt}
-}
-
-// Next advances to the next row.
-func (s *CopySource) Next() bool {
-	s.i++
-	return s.i < len(s.events)
-}
-
-// Values returns the current row, in EventColumns order.
-func (s *CopySource) Values() ([]any, error) {
-	e := &s.events[s.i]
-	r := &s.row
-	r[0], r[1], r[2], r[3], r[4] = e.Time, e.ProxyID, e.Type, nullText(e.EventID), nullText(e.ConnectionID)
-	r[5], r[6] = e.BytesSent, e.BytesReceived
-	r[7], r[8], r[9] = nil, nil, nil
-	if e.HasDuration {
-		r[7] = e.DurationUS
-	}
-	if e.HasLatency {
-		r[8], r[9] = e.LatencyUS, rollup.LatencyBucket(e.LatencyUS)
-	}
-	r[10], r[11] = nullText(e.ErrorMessage), nil
-	if e.IP.IsValid() {
-		r[11] = e.IP
-	}
-	r[12] = s.received
-	return r[:], nil
-}
-
-// Err is always nil.
-func (s *CopySource) Err() error { return nil }
-
-func nullText(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
+// EventColumns are the usage_events columns a direct COPY fills: the
+// ingest writer's (ingest.EventColumns), and received_at.
+var EventColumns = append(slices.Clip(ingest.EventColumns), "received_at")
 
 // CopyEvents copies events into table (usage_events, or a table with its
-// columns) with binary COPY and returns the rows copied.
+// columns) with binary COPY, as rows mapped the way the ingest writer maps
+// them (ingest.CopySource), received at receivedAt, and returns the rows
+// copied.
 func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event, receivedAt time.Time) (int64, error) {
-	n, err := db.CopyFrom(ctx, pgx.Identifier{table}, EventColumns, NewCopySource(events, receivedAt))
+	ptrs := make([]*ingest.Event, len(events))
+	for i := range events {
+		ptrs[i] = &events[i]
+	}
+	n, err := db.CopyFrom(ctx, pgx.Identifier{table}, EventColumns, ingest.CopySource(ptrs, receivedAt))
 	if err != nil {
 		return n, fmt.Errorf("workload: copy into %s: %w", table, err)
 	}

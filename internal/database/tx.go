@@ -1,0 +1,82 @@
+package database
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Transactions take one of three shapes, and all keep one invariant: a
+// connection goes back to its pool only outside a transaction.
+//
+//   - Writes of several statements: pgx.BeginFunc, which rolls back (or
+//     closes the connection) on error.
+//   - Reads that need one snapshot across round trips: ReadOnly.
+//   - Work that must cost one round trip queues BEGIN, its statements and
+//     COMMIT in a pipeline on a connection taken from the pool, and gives
+//     it back with Release: reads through ReadSnapshot, the ingest
+//     writer's flushes directly. A pipeline that fails between its BEGIN
+//     and COMMIT leaves the connection in an open or aborted transaction;
+//     Release ends it. (pgxpool also destroys such a connection on release;
+//     the service does not depend on that.)
+
+// Release returns c to its pool outside any transaction: a connection left
+// in one is rolled back, or closed when that fails or a statement is still
+// running, so no later user inherits an open or aborted transaction.
+func Release(c *pgxpool.Conn) {
+	conn := c.Conn()
+	if pc := conn.PgConn(); !conn.IsClosed() && (pc.IsBusy() || pc.TxStatus() != txIdle) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if pc.IsBusy() {
+			_ = conn.Close(ctx)
+		} else if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+			_ = conn.Close(ctx)
+		}
+		cancel()
+	}
+	c.Release()
+}
+
+// txIdle is the ReadyForQuery status of a connection outside a transaction.
+const txIdle = 'I'
+
+// InTransaction reports whether c is inside a transaction (open or
+// aborted).
+func InTransaction(c *pgx.Conn) bool { return c.PgConn().TxStatus() != txIdle }
+
+// ReadOnly runs fn in a read-only repeatable-read transaction: one
+// snapshot across several round trips.
+func ReadOnly(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
+}
+
+// ReadSnapshot runs the queries queue adds in a read-only repeatable-read
+// transaction, in one round trip: BEGIN, the queries and COMMIT are sent
+// as one pipeline. read consumes the queries' results in order, each of
+// them. The connection goes back to the pool outside any transaction,
+// whatever failed (see Release).
+func ReadSnapshot(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer Release(conn)
+	b := &pgx.Batch{}
+	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+	queue(b)
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return err
+	}
+	if err := read(br); err != nil {
+		return err
+	}
+	if _, err := br.Exec(); err != nil {
+		return err
+	}
+	return br.Close()
+}
