@@ -16,7 +16,6 @@ import (
 	"github.com/shopspring/decimal"
 
 	"proxyusage/internal/apperr"
-	"proxyusage/internal/exact"
 )
 
 // Enforcement of a limit: a hard limit tells the edge to refuse new
@@ -178,15 +177,5 @@ func monthString(month time.Time) string { return month.Format("2006-01") }
 
 // MonthString is the served form of a month: "2026-03".
 func MonthString(month time.Time) string { return monthString(month) }
-
-// DailySum adds up a month's per-day byte totals, exactly. It is the one
-// place that knows the type the rollup reader sums bytes in.
-func DailySum(daily map[time.Time]exact.Sum) *big.Int {
-	var sum exact.Sum
-	for _, b := range daily {
-		sum = sum.Add(b)
-	}
-	return sum.BigInt()
-}
 
 func errorf(format string, args ...any) error { return fmt.Errorf("limit: "+format, args...) }

@@ -17,16 +17,17 @@ import (
 	"proxyusage/internal/rollup"
 )
 
-// DailyBytesReader reads totalBytes per UTC day: the rollup reader, the
-// same one reports and bills read, so limits agree with both.
-type DailyBytesReader interface {
-	DailyBytes(ctx context.Context, proxies []string, from, to time.Time) (map[time.Time]exact.Sum, error)
+// BytesReader supplies the SQL that sums totalBytes exactly: the rollup
+// reader's, over the same rollups and pending days that reports and bills
+// read, so limits agree with both (rollup.Reader.BytesCTEs).
+type BytesReader interface {
+	BytesCTEs(ctx context.Context) (string, error)
 }
 
 // Config configures a Service.
 type Config struct {
 	Pool   *pgxpool.Pool
-	Reader DailyBytesReader
+	Reader BytesReader
 	// PlanLimit returns the limit a tier's plan carries, nil for none.
 	PlanLimit func(tier string) *Limit
 	Now       func() time.Time
@@ -35,7 +36,7 @@ type Config struct {
 // Service answers limit questions.
 type Service struct {
 	pool      *pgxpool.Pool
-	reader    DailyBytesReader
+	reader    BytesReader
 	planLimit func(string) *Limit
 	now       func() time.Time
 }
@@ -147,11 +148,24 @@ SELECT * FROM c WHERE monthly_gb IS NOT NULL OR c.tier = ANY($2)`, s.Today(), li
 // carried in the month starting at month, exactly, counting every
 // acknowledged event.
 func (s *Service) Used(ctx context.Context, sub Subject, month time.Time) (*big.Int, error) {
-	daily, err := s.reader.DailyBytes(ctx, sub.Proxies, month, MonthEnd(month))
+	ctes, err := s.reader.BytesCTEs(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return DailySum(daily), nil
+	var used exact.Sum
+	err = s.pool.QueryRow(ctx, UsedSQL(ctes), sub.Proxies, month, MonthEnd(month)).Scan(&used)
+	if err != nil {
+		return nil, errorf("read usage: %w", err)
+	}
+	return used.BigInt(), nil
+}
+
+// UsedSQL is Used's statement given the rollup reader's BytesCTEs: $1
+// proxies, $2 and $3 the first and last day.
+func UsedSQL(ctes string) string {
+	return `
+WITH bytes_scope AS (SELECT $1::text[] AS proxy_ids, $2::date AS first_day, $3::date AS last_day),` + ctes + `
+SELECT bytes::text FROM exact_bytes`
 }
 
 // Status is a user's limit and the current month's usage.
@@ -223,21 +237,28 @@ func (s *Service) Access(ctx context.Context, caller auth.Principal, proxyID str
 	if proxy.ValidateID(proxyID) != nil {
 		return Access{}, notFound
 	}
+	ctes, err := s.reader.BytesCTEs(ctx)
+	if err != nil {
+		return Access{}, err
+	}
+	// The edge asks before every new connection: the owner, their limit
+	// and the month's exact usage in one statement, one round trip.
+	month := Month(s.now())
 	var archived bool
-	sub, err := scanSubject(s.pool.QueryRow(ctx, subjectColumns+`, x.archived_at IS NOT NULL
+	var usedSum exact.Sum
+	sub, err := scanSubject(s.pool.QueryRow(ctx, `
+WITH owner AS (`+subjectColumns+`, x.archived_at IS NOT NULL AS archived
   FROM proxies x JOIN users u ON u.id = x.user_id LEFT JOIN user_limits l ON l.user_id = u.id
- WHERE x.id = $2`, s.Today(), proxyID), &archived)
+ WHERE x.id = $2
+), bytes_scope AS (SELECT proxy_ids, $3::date AS first_day, $4::date AS last_day FROM owner),`+ctes+`
+SELECT owner.*, exact_bytes.bytes::text FROM owner, exact_bytes`, s.Today(), proxyID, month, MonthEnd(month)), &archived, &usedSum)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && sub.UserID != caller.UserID && !caller.CanWriteAny()) {
 		return Access{}, notFound
 	}
 	if err != nil {
 		return Access{}, errorf("read proxy: %w", err)
 	}
-	month := Month(s.now())
-	used, err := s.Used(ctx, sub, month)
-	if err != nil {
-		return Access{}, err
-	}
+	used := usedSum.BigInt()
 	a := Access{ProxyID: proxyID, UserID: sub.UserID, Allowed: true, Reason: ReasonOK, UsedGB: UsedString(used), Month: monthString(month)}
 	l, _ := s.Effective(sub)
 	if l != nil {

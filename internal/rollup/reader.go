@@ -713,3 +713,54 @@ func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to tim
 	}
 	return strings.Join(plan, "\n"), nil
 }
+
+// BytesCTEs returns common table expressions that compute, within the
+// statement's one snapshot, the exact bytes sent plus received of the
+// proxies on the days that a preceding CTE
+// bytes_scope(proxy_ids text[], first_day date, last_day date) names; the
+// last CTE is exact_bytes(bytes numeric). It is DailyBytes summed, in a
+// statement a caller extends with what else it reads (one round trip).
+//
+// Days that a pending invalidation-log row of any of the proxies names are
+// read from raw events for all of the proxies, the others from the
+// rollups. That reads raw events for a few proxy-days that are already
+// rolled up (the same bytes: a rollup is its day's events, and a logged
+// day is inside the late-data window, so its raw events are kept), and
+// spares unnesting every pending log row entry by entry, which under
+// steady ingest costs more than the rest of the statement.
+func (r *Reader) BytesCTEs(ctx context.Context) (string, error) {
+	rel, err := r.rollupRelations(ctx)
+	if err != nil {
+		return "", fmt.Errorf("rollup: read bytes: %w", err)
+	}
+	return fmt.Sprintf(bytesCTEs, rel.daily), nil
+}
+
+// bytesCTEs: a log row usually names one day (days <@ ARRAY[days[1]] is
+// checked without unnesting); only rows naming several are unnested. Raw
+// events are bounded by the first and last logged day as scalar subqueries
+// (index conditions, and chunks excluded at run time on TimescaleDB), then
+// kept to the logged days.
+const bytesCTEs = `
+bytes_logged AS (
+  SELECT l.days FROM bytes_scope s JOIN usage_invalidations l ON l.proxy_ids && s.proxy_ids
+), bytes_days AS (
+  SELECT logged.day FROM (
+    SELECT days[1] AS day FROM bytes_logged WHERE days <@ ARRAY[days[1]]
+    UNION
+    SELECT d FROM bytes_logged, unnest(days) AS d WHERE NOT days <@ ARRAY[days[1]]
+  ) logged, bytes_scope s WHERE logged.day BETWEEN s.first_day AND s.last_day
+), exact_bytes AS (
+  SELECT coalesce(sum(b), 0) AS bytes FROM (
+    SELECT coalesce(r.bytes_sent, 0) + coalesce(r.bytes_received, 0) AS b
+      FROM bytes_scope s JOIN %s r ON r.proxy_id = ANY(s.proxy_ids)
+       AND r.bucket >= s.first_day::timestamp AT TIME ZONE 'UTC' AND r.bucket < (s.last_day + 1)::timestamp AT TIME ZONE 'UTC'
+     WHERE (r.bucket AT TIME ZONE 'UTC')::date NOT IN (SELECT day FROM bytes_days)
+    UNION ALL
+    SELECT coalesce(e.bytes_sent, 0) + coalesce(e.bytes_received, 0)
+      FROM bytes_scope s JOIN usage_events e ON e.proxy_id = ANY(s.proxy_ids)
+       AND e.time >= (SELECT min(day) FROM bytes_days)::timestamp AT TIME ZONE 'UTC'
+       AND e.time < (SELECT max(day) + 1 FROM bytes_days)::timestamp AT TIME ZONE 'UTC'
+     WHERE (e.time AT TIME ZONE 'UTC')::date IN (SELECT day FROM bytes_days)
+  ) parts
+)`
