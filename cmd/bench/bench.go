@@ -68,6 +68,9 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.readPhases(ctx); err != nil {
 		return err
 	}
+	if err := b.accessPhase(ctx); err != nil {
+		return err
+	}
 	b.report()
 	return nil
 }

@@ -229,7 +229,9 @@ func (b *bench) buildService(ctx context.Context) error {
 	return cmd.Run()
 }
 
-func (b *bench) startService(ctx context.Context, dbURL, name string) (*service, error) {
+// startService starts the service on dbURL; env adds settings (KEY=value)
+// of a phase.
+func (b *bench) startService(ctx context.Context, dbURL, name string, env ...string) (*service, error) {
 	port, err := database.FreePort()
 	if err != nil {
 		return nil, err
@@ -257,6 +259,7 @@ func (b *bench) startService(ctx context.Context, dbURL, name string) (*service,
 		"BACKEND="+b.opt.backend,
 		"LOG_LEVEL=warn",
 	)
+	s.cmd.Env = append(s.cmd.Env, env...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {

@@ -9,6 +9,7 @@
 //     computed from raw events
 //  5. the service's peak RSS during 2 and 3
 //  6. rollup catch-up after a burst of late events
+//  7. the edge's access question under ingest, and alert → webhook delay
 //
 // It prints progress and a table to the terminal and writes the table, the
 // machine, the PostgreSQL settings and profile evidence to BENCHMARKS.md.
