@@ -730,14 +730,11 @@ func serverSideGet(a, z map[string]float64, route string) string {
 // explainUsed returns the plan of limit.Service.Used's statement for the
 // first user's proxies and the month.
 func (a *access) explainUsed(ctx context.Context) string {
-	reader, err := rollup.NewReader(a.pool, 24*time.Hour)
+	reader, err := rollup.NewReader(ctx, a.pool, a.b.backend, 24*time.Hour)
 	if err != nil {
 		return err.Error()
 	}
-	ctes, err := reader.BytesCTEs(ctx)
-	if err != nil {
-		return err.Error()
-	}
+	ctes := reader.BytesCTEs()
 	var proxies []string
 	for i, p := range a.proxies {
 		if a.owner[i] == a.owner[0] {

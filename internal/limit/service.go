@@ -21,7 +21,7 @@ import (
 // reader's, over the same rollups and pending days that reports and bills
 // read, so limits agree with both (rollup.Reader.BytesCTEs).
 type BytesReader interface {
-	BytesCTEs(ctx context.Context) (string, error)
+	BytesCTEs() string
 }
 
 // Config configures a Service.
@@ -148,12 +148,8 @@ SELECT * FROM c WHERE monthly_gb IS NOT NULL OR c.tier = ANY($2)`, s.Today(), li
 // carried in the month starting at month, exactly, counting every
 // acknowledged event.
 func (s *Service) Used(ctx context.Context, sub Subject, month time.Time) (*big.Int, error) {
-	ctes, err := s.reader.BytesCTEs(ctx)
-	if err != nil {
-		return nil, err
-	}
 	var used exact.Sum
-	err = s.pool.QueryRow(ctx, UsedSQL(ctes), sub.Proxies, month, MonthEnd(month)).Scan(&used)
+	err := s.pool.QueryRow(ctx, UsedSQL(s.reader.BytesCTEs()), sub.Proxies, month, MonthEnd(month)).Scan(&used)
 	if err != nil {
 		return nil, errorf("read usage: %w", err)
 	}
@@ -237,10 +233,6 @@ func (s *Service) Access(ctx context.Context, caller auth.Principal, proxyID str
 	if proxy.ValidateID(proxyID) != nil {
 		return Access{}, notFound
 	}
-	ctes, err := s.reader.BytesCTEs(ctx)
-	if err != nil {
-		return Access{}, err
-	}
 	// The edge asks before every new connection: the owner, their limit
 	// and the month's exact usage in one statement, one round trip.
 	month := Month(s.now())
@@ -250,7 +242,7 @@ func (s *Service) Access(ctx context.Context, caller auth.Principal, proxyID str
 WITH owner AS (`+subjectColumns+`, x.archived_at IS NOT NULL AS archived
   FROM proxies x JOIN users u ON u.id = x.user_id LEFT JOIN user_limits l ON l.user_id = u.id
  WHERE x.id = $2
-), bytes_scope AS (SELECT proxy_ids, $3::date AS first_day, $4::date AS last_day FROM owner),`+ctes+`
+), bytes_scope AS (SELECT proxy_ids, $3::date AS first_day, $4::date AS last_day FROM owner),`+s.reader.BytesCTEs()+`
 SELECT owner.*, exact_bytes.bytes::text FROM owner, exact_bytes`, s.Today(), proxyID, month, MonthEnd(month)), &archived, &usedSum)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && sub.UserID != caller.UserID && !caller.CanWriteAny()) {
 		return Access{}, notFound

@@ -728,13 +728,7 @@ func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to tim
 // day is inside the late-data window, so its raw events are kept), and
 // spares unnesting every pending log row entry by entry, which under
 // steady ingest costs more than the rest of the statement.
-func (r *Reader) BytesCTEs(ctx context.Context) (string, error) {
-	rel, err := r.rollupRelations(ctx)
-	if err != nil {
-		return "", fmt.Errorf("rollup: read bytes: %w", err)
-	}
-	return fmt.Sprintf(bytesCTEs, rel.daily), nil
-}
+func (r *Reader) BytesCTEs() string { return fmt.Sprintf(bytesCTEs, r.rel.daily) }
 
 // bytesCTEs: a log row usually names one day (days <@ ARRAY[days[1]] is
 // checked without unnesting); only rows naming several are unnested. Raw
