@@ -46,7 +46,7 @@ func commandFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
 
 func apiFlags(fs *flag.FlagSet) (*string, *string) {
 	u := fs.String("url", envOr("PROXYUSAGE_URL", "http://localhost:8080"), "API base URL (env PROXYUSAGE_URL)")
-	t := fs.String("token", os.Getenv("TOKEN"), "bearer token (env TOKEN); see `proxyusage token`")
+	t := fs.String("token", os.Getenv("TOKEN"), "bearer token (env TOKEN; mint one with: bin/proxyusage token)")
 	return u, t
 }
 
@@ -83,7 +83,7 @@ func (c apiClient) do(ctx context.Context, method, path string, body []byte, out
 
 func needToken(token string) error {
 	if token == "" {
-		return errors.New("a token is required: -token or TOKEN (mint one with `proxyusage token`)")
+		return errors.New("a token is required: -token or TOKEN (mint one with: bin/proxyusage token)")
 	}
 	return nil
 }
@@ -272,7 +272,7 @@ func limitsCmd(args []string, stdout, stderr io.Writer) error {
 // seedCmd registers demo users' proxies and sends a generated workload
 // through the API, showing progress.
 func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
-	fs := commandFlags("seed", "Usage: proxyusage seed [-users N] [-proxies N] [-days N] [-events N]\n\nRegisters demo proxies and records a realistic workload through the API.\nTokens are minted with JWT_SECRET (or the local dev secret).", stderr)
+	fs := commandFlags("seed", "Usage: proxyusage seed [-users N] [-proxies N] [-days N] [-events N]\n\nGives the demo users user-000, user-001, ... the tiers free, premium and\nenterprise (with a contract) in turn, registers their proxies and records a\nrealistic workload through the API. Tokens are minted with JWT_SECRET (or\nthe local dev secret).", stderr)
 	base, _ := apiFlags(fs)
 	users := fs.Int("users", 5, "users")
 	proxies := fs.Int("proxies", 20, "proxies, spread over the users")
@@ -310,6 +310,23 @@ func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 		}
 		c := apiClient{base: *base, token: tok, http: client}
 		if err := c.do(ctx, "PUT", "/proxies/"+p.ID, []byte(`{"name":"demo `+p.ID+`"}`), nil); err != nil {
+			return err
+		}
+	}
+	admin, err := mint("seed", auth.RoleAdmin)
+	if err != nil {
+		return err
+	}
+	// Tiers from the first seeded month on, so the seeded days and this
+	// month's bill are priced by them.
+	first := now.AddDate(0, 0, -*days)
+	tierFrom := time.Date(first.Year(), first.Month(), 1, 0, 0, 0, 0, time.UTC)
+	for i := range *users {
+		body := fmt.Sprintf(`{"tier":%q,"effectiveFrom":%q}`, seedTier(i), tierFrom.Format("2006-01-02"))
+		if seedTier(i) == "enterprise" {
+			body = fmt.Sprintf(`{"tier":"enterprise","effectiveFrom":%q,"contract":%s}`, tierFrom.Format("2006-01-02"), seedContract)
+		}
+		if err := (apiClient{base: *base, token: admin, http: client}).do(ctx, "PUT", "/admin/users/"+url.PathEscape(workload.UserID(i)), []byte(body), nil); err != nil {
 			return err
 		}
 	}
@@ -368,9 +385,28 @@ func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 		return firstErr
 	}
 	fmt.Fprintf(stdout, "seeded %d events for %d proxies of %d users over %d days\n", sent.Load(), *proxies, *users, *days)
-	fmt.Fprintf(stdout, "try: proxyusage report -token $(proxyusage token -sub %s) -start %s\n", workload.UserID(0), now.AddDate(0, 0, -*days).Format("2006-01-02"))
+	fmt.Fprintf(stdout, "tiers from %s:", tierFrom.Format("2006-01-02"))
+	for i := range *users {
+		fmt.Fprintf(stdout, " %s %s", workload.UserID(i), seedTier(i))
+		if i < *users-1 {
+			fmt.Fprint(stdout, ",")
+		}
+	}
+	fmt.Fprintf(stdout, " (enterprise contract: %s)\n", seedContract)
+	paid := workload.UserID(min(1, *users-1))
+	fmt.Fprintf(stdout, "try:\n  bin/proxyusage report -token $(bin/proxyusage token -sub %s) -start %s -group-by proxy\n  bin/proxyusage bill -token $(bin/proxyusage token -sub %s)\n",
+		workload.UserID(0), now.AddDate(0, 0, -*days).Format("2006-01-02"), paid)
 	return nil
 }
+
+// seedTier is the tier seed gives user i: free, premium and enterprise in
+// turn, so bills show each plan.
+func seedTier(i int) string {
+	return [...]string{"free", "premium", "enterprise"}[i%3]
+}
+
+// seedContract is the enterprise contract seed sets.
+const seedContract = `{"baseMonthly":"500.00","perGB":"0.005","currency":"USD"}`
 
 // progress draws a one-line progress bar with the rate.
 type progress struct {

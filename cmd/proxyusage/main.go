@@ -138,12 +138,36 @@ func serve(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 			m.Close()
 			return err
 		}
-		fmt.Fprintf(stdout, "\nproxyusage is listening on %s\n\nDev token (sub dev-user, role admin, valid 30 days):\n\n  export TOKEN=%s\n\nTry:\n  curl -s -X PUT %s/proxies/proxy-1 -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"name\":\"first\"}'\n  curl -s -X POST %s/proxy/usage/proxy-1/record -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{\"eventType\":\"data_transfer\",\"eventData\":{\"bytesSent\":1024}}'\n\n",
-			m.Server.URL(), tok, m.Server.URL(), m.Server.URL())
+		fmt.Fprint(stdout, devHints(m.Server.URL(), tok))
 	}
 	<-ctx.Done()
 	m.Logger.Info("shutting down")
 	return m.Close()
+}
+
+// devHints is what `serve -print-dev-token` prints: the token and requests
+// that show something on the first try (the record request carries an
+// eventId, so sending it twice shows the duplicate).
+func devHints(base, token string) string {
+	auth := `-H "Authorization: Bearer $TOKEN"`
+	js := `-H 'Content-Type: application/json'`
+	status := `-w ' → %{http_code}\n'`
+	return fmt.Sprintf(`
+proxyusage is listening on %[1]s
+
+Dev token (sub dev-user, role admin, valid 30 days):
+
+  export TOKEN=%[2]s
+
+Try (send the record request twice: 201, then 200 with "duplicate":true):
+
+  curl -s -X PUT %[1]s/proxies/proxy-1 %[3]s %[4]s -d '{"name":"first"}' %[5]s
+  curl -s -X POST %[1]s/proxy/usage/proxy-1/record %[3]s %[4]s -d '{"eventType":"data_transfer","eventId":"e-1","eventData":{"bytesSent":1024}}' %[5]s
+  curl -s "%[1]s/proxy/usage/proxy-1/metrics/$(date -u +%%F)" %[3]s %[5]s
+
+More examples: README.md; the API: docs/api.md.
+
+`, base, token, auth, js, status)
 }
 
 // servePprof serves the runtime profiles on their own loopback listener,
