@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,6 +125,9 @@ func (c *LocalCluster) initdb(ctx context.Context) error {
 		return err
 	}
 	if c.cred != nil {
+		if err := c.checkReachable(); err != nil {
+			return err
+		}
 		if err := os.Chown(c.Dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
 			return err
 		}
@@ -154,6 +158,72 @@ func (c *LocalCluster) initdb(ctx context.Context) error {
 	defer f.Close()
 	_, err = f.WriteString("\n" + strings.Join(conf, "\n") + "\n")
 	return err
+}
+
+// checkReachable says what to do when the postgres user the cluster runs
+// as cannot reach its data directory (initdb would only say "Permission
+// denied"): typically a clone under /root, which is mode 700.
+func (c *LocalCluster) checkReachable() error {
+	groups := []uint32{c.cred.Gid}
+	if u, err := user.LookupId(strconv.Itoa(int(c.cred.Uid))); err == nil {
+		if ids, err := u.GroupIds(); err == nil {
+			for _, id := range ids {
+				if g, err := strconv.Atoi(id); err == nil {
+					groups = append(groups, uint32(g))
+				}
+			}
+		}
+	}
+	blocked, mode, err := untraversable(filepath.Dir(c.Dir), c.cred.Uid, groups)
+	if err != nil || blocked == "" {
+		return err
+	}
+	return fmt.Errorf("the local cluster runs as the postgres user (PostgreSQL refuses to run as root), "+
+		"and postgres cannot reach %s: %s is mode %04o. Do one of: "+
+		"clone the repository outside it (e.g. under /srv or /opt); "+
+		"let others enter the directories on the way (chmod o+x %s); "+
+		"set DATA_DIR to a directory postgres can reach (e.g. DATA_DIR=/var/tmp/proxyusage make run); "+
+		"or set DATABASE_URL to an existing server",
+		c.Dir, blocked, mode.Perm(), blocked)
+}
+
+// untraversable returns the first directory from / down to dir (included)
+// that a process with uid and groups may not enter (no search permission
+// in the bits that apply to it), or "" when every one may be entered.
+func untraversable(dir string, uid uint32, groups []uint32) (string, os.FileMode, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", 0, err
+	}
+	var chain []string
+	for d := dir; ; d = filepath.Dir(d) {
+		chain = append(chain, d)
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for i := len(chain) - 1; i >= 0; i-- {
+		fi, err := os.Stat(chain[i])
+		if err != nil {
+			return "", 0, err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || uid == 0 {
+			return "", 0, nil
+		}
+		mode := fi.Mode()
+		var bit os.FileMode = 0o001 // others
+		switch {
+		case st.Uid == uid:
+			bit = 0o100
+		case slices.Contains(groups, st.Gid):
+			bit = 0o010
+		}
+		if mode&bit == 0 {
+			return chain[i], mode, nil
+		}
+	}
+	return "", 0, nil
 }
 
 func (c *LocalCluster) running(ctx context.Context) bool {
