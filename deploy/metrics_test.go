@@ -138,7 +138,7 @@ func sample(fams map[string]*dto.MetricFamily, name string, labels map[string]st
 }
 
 // documented lists every metric the service documents, with its type and
-// label names (SPEC §7, internal/telemetry).
+// label names (README, "Metrics, dashboards and alerts"; internal/telemetry).
 var documented = map[string]struct {
 	typ    dto.MetricType
 	labels []string

@@ -381,7 +381,7 @@ func explain(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (
 	return strings.Join(lines, "\n"), err
 }
 
-// rawSQL computes §4 metrics per group straight from usage_events: $1
+// rawSQL computes the daily metrics per group straight from usage_events: $1
 // proxies, $2..$3 inclusive UTC days. Peaks pair each start with the first
 // end of its connection id at or after it (a hash join: the workload never
 // reuses connection ids), close unpaired starts after 24 hours and sweep

@@ -88,7 +88,7 @@ func needToken(token string) error {
 	return nil
 }
 
-// metricsRow is the subset of §4 fields the tables show.
+// metricsRow is the subset of the daily metric fields the tables show.
 type metricsRow struct {
 	Date                      string    `json:"date"`
 	ProxyID                   string    `json:"proxyId"`

@@ -9,7 +9,7 @@ import (
 )
 
 // Code identifies a class of failure; the HTTP layer maps it to a status and
-// to the SPEC error code (PROXY_USAGE_00x).
+// to the API error code (PROXY_USAGE_00x).
 type Code string
 
 const (

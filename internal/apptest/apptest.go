@@ -205,7 +205,7 @@ func (e *Env) MustRegister(token, id string) {
 	}
 }
 
-// ExpectError asserts an error response with status and SPEC code, and
+// ExpectError asserts an error response with status and API error code, and
 // returns its body.
 func (r Response) ExpectError(t testing.TB, status int, code string) map[string]any {
 	t.Helper()

@@ -84,7 +84,7 @@ type TierSpan struct {
 	To   string `json:"to"`
 }
 
-// Bill is a billing summary (SPEC §6, §9).
+// Bill is a billing summary (docs/billing.md).
 type Bill struct {
 	UserID        string     `json:"userId"`
 	PeriodStart   string     `json:"periodStart"`

@@ -68,7 +68,7 @@ type Plans struct {
 	Tiers    map[string]Plan `json:"plans"`
 }
 
-// DefaultPlans are SPEC §6's plans.
+// DefaultPlans are the built-in plans (docs/billing.md, "Plans").
 func DefaultPlans() Plans {
 	return Plans{
 		Currency: "USD",

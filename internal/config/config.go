@@ -1,5 +1,5 @@
 // Package config reads the service configuration from the environment
-// (SPEC §7). Flags in cmd/ may override individual fields.
+// (README, "Configuration"). Flags in cmd/ may override individual fields.
 package config
 
 import (

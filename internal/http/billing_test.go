@@ -11,7 +11,7 @@ import (
 	"proxyusage/internal/database"
 )
 
-// refBill is an independent reference for SPEC §6/§9 billing arithmetic,
+// refBill is an independent reference for the billing arithmetic of docs/billing.md,
 // written with math/big rationals: cut at tier changes and month
 // boundaries, base × days / days-in-month and GB × price per piece, each
 // rounded half-up to cents, total = sum.

@@ -26,7 +26,7 @@ import (
 
 const csvContentType = "text/csv; charset=utf-8"
 
-// metricColumns are the SPEC §4 fields in the order of rollup.Metrics.
+// metricColumns are the daily metric fields (docs/metrics.md) in the order of rollup.Metrics.
 var metricColumns = []string{
 	"connectionCount", "bytesSent", "bytesReceived", "totalBytes", "peakConcurrentConnections",
 	"avgConnectionDurationSeconds", "errorCount", "successCount", "errorRate", "successRate",

@@ -11,7 +11,7 @@ import (
 )
 
 // statusOf maps application error codes to HTTP status codes and to the
-// SPEC error codes.
+// API error codes (docs/api.md, "Errors").
 var statusOf = map[apperr.Code]struct {
 	status int
 	code   string
@@ -36,7 +36,7 @@ type ErrorBody struct {
 	Index         *int   `json:"index,omitempty"`
 }
 
-// Error writes err as the SPEC error body. Internal errors are logged with
+// Error writes err as the API error body. Internal errors are logged with
 // the request's correlation id and replaced by a generic message; errors
 // meaning the database is unreachable become 503 with Retry-After.
 func Error(w http.ResponseWriter, r *http.Request, err error) {

@@ -1,10 +1,10 @@
 package http_test
 
 // An independent oracle for the read API: a plain reference computation of
-// every SPEC §4/§9 metric over the list of accepted events, compared field by
-// field with every read endpoint, on a seeded random workload, on every
+// every metric of docs/metrics.md over the list of accepted events, compared
+// field by field with every read endpoint, on a seeded random workload, on every
 // backend, before and after rollups and after a wave of late events. The
-// oracle is written from SPEC.md alone; it shares no code with
+// oracle is written from docs/metrics.md alone; it shares no code with
 // internal/rollup or internal/usage.
 
 import (
@@ -763,7 +763,7 @@ func buildOracle(sent []oEvent) *oOracle {
 	return o
 }
 
-// sum aggregates proxy-days per SPEC §9: sums, max of peaks, all latency
+// sum aggregates proxy-days as docs/metrics.md, "Periods", says: sums, max of peaks, all latency
 // samples, summed duration and counts.
 func (o *oOracle) sum(proxies, dates []string) oMetrics {
 	var m oMetrics
@@ -900,7 +900,7 @@ var oracleFields = []string{"connectionCount", "bytesSent", "bytesReceived", "to
 	"avgConnectionDurationSeconds", "errorCount", "successCount", "errorRate", "successRate",
 	"avgLatencyMs", "p95LatencyMs", "maxLatencyMs", "eventCount"}
 
-// metrics compares one object carrying every §4 field with want.
+// metrics compares one object carrying every daily metric field with want.
 func (c *oChecker) metrics(where string, got any, want oMetrics) {
 	c.t.Helper()
 	m, ok := got.(map[string]any)

@@ -38,7 +38,7 @@ var endpoints = []endpoint{
 	{method: "GET", path: "/proxy/usage/aggregation?periodStart=2026-01-01&periodEnd=2026-01-02&groupBy=tier", admin: true},
 }
 
-// onlyErrorFields asserts an error body carries nothing but the SPEC fields.
+// onlyErrorFields asserts an error body carries nothing but the documented fields.
 func onlyErrorFields(t *testing.T, r apptest.Response) {
 	t.Helper()
 	var m map[string]any

@@ -1,5 +1,5 @@
 // Package http is the transport: it parses requests, calls the domain
-// services and writes responses or the SPEC error body. No business rules
+// services and writes responses or the API error body. No business rules
 // live here.
 package http
 

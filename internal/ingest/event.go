@@ -17,7 +17,7 @@ import (
 	"proxyusage/internal/strictjson"
 )
 
-// Event types (SPEC §3).
+// Event types (docs/api.md, "Usage events").
 const (
 	ConnectionStart = "connection_start"
 	ConnectionEnd   = "connection_end"

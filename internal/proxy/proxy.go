@@ -35,7 +35,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 // MaxNameLength bounds a proxy's display name (characters).
 const MaxNameLength = 256
 
-// ValidateID checks the SPEC §3 proxy id syntax.
+// ValidateID checks the proxy id syntax (docs/api.md, "Usage events").
 func ValidateID(id string) error {
 	// "." and ".." are dot-segments that HTTP clients rewrite (RFC 3986
 	// §5.2.4), so such a proxy could never be addressed reliably.

@@ -83,7 +83,7 @@ func (t *Totals) Merge(o *Totals) {
 	t.Latency.Add(o.Latency)
 }
 
-// Metrics are the SPEC §4 fields, as served. Nullable fields are nil when
+// Metrics are the daily metric fields (docs/metrics.md), as served. Nullable fields are nil when
 // undefined. Byte totals are JSON integers with all their digits, however
 // large.
 type Metrics struct {

@@ -20,7 +20,7 @@ type Interval struct {
 }
 
 // Pair turns the start and end events of one connection id into intervals
-// (SPEC §4, §9): each start, in time order, pairs with the earliest unused
+// (docs/metrics.md, "Peak concurrency"): each start, in time order, pairs with the earliest unused
 // end at or after it; a start left without an end closes at start + maxAge;
 // ends without a start are ignored.
 func Pair(events []ConnEvent, maxAge time.Duration) []Interval {
