@@ -47,7 +47,10 @@ bench-quick: ## Same benchmark at reduced sizes (about 2 minutes); results in .b
 
 .PHONY: clean-data
 clean-data: ## Stop and delete the local cluster under .data/
-	-@[ -f .data/postgres/postmaster.pid ] && runuser -u postgres -- $$(dirname $$(readlink -f $$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)))/pg_ctl -D .data/postgres -m fast stop
+	-@if [ -f .data/postgres/postmaster.pid ]; then \
+	  pg_ctl=$$(dirname $$(readlink -f $$(command -v initdb 2>/dev/null || ls /usr/lib/postgresql/*/bin/initdb | tail -1)))/pg_ctl; \
+	  if [ $$(id -u) = 0 ]; then runuser -u postgres -- $$pg_ctl -D .data/postgres -m fast stop; else $$pg_ctl -D .data/postgres -m fast stop; fi; \
+	fi
 	rm -rf .data
 
 FUZZTIME ?= 60s
