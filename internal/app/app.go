@@ -4,6 +4,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -173,6 +175,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.Config.Validate(); err != nil {
 		return err
 	}
+	m.raiseOpenFileLimit()
 	if err := m.Migrate(ctx); err != nil {
 		return err
 	}
@@ -277,7 +280,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
 		Limits: limits, Webhooks: alert.NewWebhooks(m.Pool, guard),
 		Ingest: ingestSvc, Usage: usageSvc, Billing: billingSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
-		MaxInflight: m.Config.MaxInflight,
+		MaxInflight: m.Config.MaxInflight, MaxInflightPerUser: int(m.Config.MaxInflightPerUser),
+		MaxInflightPerService: int(m.Config.MaxInflightPerService), MaxConns: int(m.Config.MaxConns),
+		BodyTimeout: m.Config.BodyTimeout, ReadTimeout: m.Config.ReadTimeout, IdleTimeout: m.Config.IdleTimeout,
 	})
 	if err != nil {
 		return err
@@ -288,6 +293,33 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Logger.Info("listening", slog.String("url", m.Server.URL()))
 	return nil
 }
+
+// raiseOpenFileLimit lifts the soft open-file limit to the hard one (the
+// Go runtime does this too; here it is explicit and checked) and warns
+// when MAX_CONNS client connections plus the database pools may not fit.
+func (m *Main) raiseOpenFileLimit() {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		m.Logger.Warn("cannot read the open-file limit", slog.Any("error", err))
+		return
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			m.Logger.Warn("cannot raise the open-file limit", slog.Any("error", err))
+			_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+		}
+	}
+	conns := uint64(cmp.Or(m.Config.MaxConns, httpx.DefaultMaxConns))
+	if need := conns + openFileMargin; lim.Cur < need {
+		m.Logger.Warn("the open-file limit is below MAX_CONNS plus the database connections; raise it (ulimit -n) or lower MAX_CONNS",
+			slog.Uint64("limit", lim.Cur), slog.Uint64("need", need))
+	}
+}
+
+// openFileMargin is the files the service needs besides client
+// connections: both database pools, the listener, logs, /proc reads.
+const openFileMargin = 128
 
 func (m *Main) ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)

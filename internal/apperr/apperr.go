@@ -9,7 +9,7 @@ import (
 )
 
 // Code identifies a class of failure; the HTTP layer maps it to a status and
-// to the API error code (PROXY_USAGE_00x).
+// to the API error code (PROXY_USAGE_0xx).
 type Code string
 
 const (
@@ -21,6 +21,11 @@ const (
 	NotFound        Code = "NOT_FOUND"
 	Conflict        Code = "CONFLICT"
 	TooLarge        Code = "PAYLOAD_TOO_LARGE"
+	// TooManyRequests: the caller already has as many requests in flight
+	// as its limit allows.
+	TooManyRequests Code = "TOO_MANY_REQUESTS"
+	// Timeout: the request body did not arrive in time.
+	Timeout Code = "REQUEST_TIMEOUT"
 )
 
 // Error is a failure that is safe to show to the client.

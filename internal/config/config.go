@@ -32,7 +32,14 @@ type Config struct {
 	MaxConnectionAge time.Duration
 	RawRetention     time.Duration
 
-	MaxInflight int64 // requests handled at once before shedding (0: default)
+	// HTTP limits (0: the default of internal/http, documented in README).
+	MaxInflight           int64         // requests handled at once before shedding
+	MaxInflightPerUser    int64         // one caller's requests in flight; more: 429
+	MaxInflightPerService int64         // the same for callers with the service role
+	MaxConns              int64         // open client connections
+	BodyTimeout           time.Duration // time for a request body to arrive; past it: 408
+	ReadTimeout           time.Duration // bounds a read, its database statements included
+	IdleTimeout           time.Duration // keep-alive connections idle this long are closed
 	// IngestWriters is the number of concurrent group-commit flushes (0:
 	// default, 2). Two let one flush's COPY overlap the next one's
 	// preparation: batch ingest measured 50k events/s with two, 33k with
@@ -99,6 +106,9 @@ func FromEnv() (Config, error) {
 		MaxConnectionAge: dur("MAX_CONNECTION_AGE", DefaultMaxConnectionAge),
 		RawRetention:     dur("RAW_RETENTION", DefaultRawRetention),
 		AlertInterval:    dur("ALERT_INTERVAL", DefaultAlertInterval),
+		BodyTimeout:      dur("BODY_TIMEOUT", 0),
+		ReadTimeout:      dur("READ_TIMEOUT", 0),
+		IdleTimeout:      dur("IDLE_TIMEOUT", 0),
 	}
 	switch v := os.Getenv("WEBHOOK_ALLOW_PRIVATE"); v {
 	case "", "false", "0":
@@ -107,7 +117,10 @@ func FromEnv() (Config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("WEBHOOK_ALLOW_PRIVATE: %q is not true or false", v))
 	}
-	for name, dst := range map[string]*int64{"MAX_INFLIGHT": &c.MaxInflight, "INGEST_WRITERS": &c.IngestWriters, "WEBHOOK_WORKERS": &c.WebhookWorkers} {
+	for name, dst := range map[string]*int64{
+		"MAX_INFLIGHT": &c.MaxInflight, "INGEST_WRITERS": &c.IngestWriters, "WEBHOOK_WORKERS": &c.WebhookWorkers, "MAX_CONNS": &c.MaxConns,
+		"MAX_INFLIGHT_PER_USER": &c.MaxInflightPerUser, "MAX_INFLIGHT_PER_SERVICE": &c.MaxInflightPerService,
+	} {
 		if v := os.Getenv(name); v != "" {
 			if _, err := fmt.Sscanf(v, "%d", dst); err != nil || *dst <= 0 {
 				errs = append(errs, fmt.Errorf("%s: %q is not a positive integer", name, v))
@@ -139,6 +152,18 @@ func (c Config) Validate() error {
 	}
 	if c.AlertInterval > MaxAlertInterval {
 		errs = append(errs, fmt.Errorf("ALERT_INTERVAL must be at most %s (alerts are due within a minute)", MaxAlertInterval))
+	}
+	for _, v := range []struct {
+		name  string
+		value int64
+	}{
+		{"MAX_INFLIGHT", c.MaxInflight}, {"MAX_INFLIGHT_PER_USER", c.MaxInflightPerUser},
+		{"MAX_INFLIGHT_PER_SERVICE", c.MaxInflightPerService}, {"MAX_CONNS", c.MaxConns}, {"INGEST_WRITERS", c.IngestWriters},
+		{"BODY_TIMEOUT", int64(c.BodyTimeout)}, {"READ_TIMEOUT", int64(c.ReadTimeout)}, {"IDLE_TIMEOUT", int64(c.IdleTimeout)},
+	} {
+		if v.value < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", v.name))
+		}
 	}
 	return errors.Join(errs...)
 }

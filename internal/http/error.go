@@ -1,10 +1,14 @@
 package http
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/database"
@@ -24,6 +28,8 @@ var statusOf = map[apperr.Code]struct {
 	apperr.NotFound:        {http.StatusNotFound, "PROXY_USAGE_006"},
 	apperr.Conflict:        {http.StatusConflict, "PROXY_USAGE_007"},
 	apperr.TooLarge:        {http.StatusRequestEntityTooLarge, "PROXY_USAGE_008"},
+	apperr.TooManyRequests: {http.StatusTooManyRequests, "PROXY_USAGE_009"},
+	apperr.Timeout:         {http.StatusRequestTimeout, "PROXY_USAGE_010"},
 }
 
 // ErrorBody is the body of every non-2xx response.
@@ -38,10 +44,23 @@ type ErrorBody struct {
 
 // Error writes err as the API error body. Internal errors are logged with
 // the request's correlation id and replaced by a generic message; errors
-// meaning the database is unreachable become 503 with Retry-After.
+// meaning the database is unreachable, or the request ran out of its time,
+// become 503 with Retry-After. A failure because the client went away is
+// not a server error: it is logged at info level and recorded as 499.
 func Error(w http.ResponseWriter, r *http.Request, err error) {
 	code := apperr.CodeOf(err)
 	msg := apperr.MessageOf(err)
+	if code == apperr.Internal || code == apperr.Unavailable {
+		ctx := r.Context()
+		var late *requestTimeout
+		switch {
+		case errors.As(context.Cause(ctx), &late):
+			code, msg = apperr.Unavailable, fmt.Sprintf("the request did not finish within %s, retry later", late.after)
+		case errors.Is(ctx.Err(), context.Canceled):
+			clientClosed(w, r, err)
+			return
+		}
+	}
 	if code == apperr.Internal && database.IsUnavailable(err) {
 		code, msg = apperr.Unavailable, "database unavailable, retry later"
 	}
@@ -63,10 +82,26 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 	if i := apperr.IndexOf(err); i >= 0 {
 		body.Index = &i
 	}
-	if code == apperr.Unavailable {
-		w.Header().Set("Retry-After", strconv.Itoa(1))
+	if code == apperr.Unavailable || code == apperr.TooManyRequests {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 	}
 	writeJSON(w, m.status, body)
+}
+
+// requestTimeout is the cause of a request context that ran out of time
+// (withTimeout), as opposed to one whose client went away.
+type requestTimeout struct{ after time.Duration }
+
+func (e *requestTimeout) Error() string { return fmt.Sprintf("request timeout after %s", e.after) }
+
+// clientClosed records a request abandoned by its client: info level, and
+// status 499 for the access log and metrics. Nothing is sent: the client
+// is gone (should it not be, the connection is closed).
+func clientClosed(w http.ResponseWriter, r *http.Request, err error) {
+	loggerFrom(r.Context()).Info("client closed the request",
+		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Any("error", err))
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(StatusClientClosedRequest)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,8 +1,6 @@
 package http
 
 import (
-	"errors"
-	"io"
 	"mime"
 	"net/http"
 	"net/url"
@@ -21,7 +19,7 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
-	if err := s.cfg.Ready(r.Context()); err != nil {
+	if err := s.ready.check(r.Context()); err != nil {
 		loggerFrom(r.Context()).Warn("not ready", "error", err)
 		Error(w, r, apperr.Errorf(apperr.Unavailable, "not ready"))
 		return
@@ -68,13 +66,14 @@ func decodeBody(r *http.Request, limit int64, allowEmpty bool, req strictjson.Va
 	return strictjson.Decode(body, req)
 }
 
+// readRaw reads a request body of at most limit bytes (see readBodyBytes
+// for how its memory is bounded).
 func readRaw(r *http.Request, limit int64, allowEmpty bool) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
-		return nil, apperr.Errorf(apperr.TooLarge, "request body is larger than %d bytes", limit)
-	}
+	body, err := readBodyBytes(r, limit)
 	if err != nil {
+		if apperr.CodeOf(err) != apperr.Internal || r.Context().Err() != nil {
+			return nil, err // a limit, or the client went away (Error tells)
+		}
 		return nil, apperr.Errorf(apperr.Invalid, "could not read the request body")
 	}
 	if len(body) == 0 && !allowEmpty {
@@ -192,12 +191,6 @@ func (s *Server) handleRecordOne(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleRecordBatch(w http.ResponseWriter, r *http.Request) {
-	release, err := s.reserveBody(r, ingest.MaxBatchBytes)
-	if err != nil {
-		Error(w, r, err)
-		return
-	}
-	defer release()
 	mt := mediaType(r)
 	switch mt {
 	case "", "application/json", ingest.CloudEventsType, ingest.CloudEventsBatchType:

@@ -46,10 +46,17 @@ type Config struct {
 	// migrations applied).
 	Ready func(context.Context) error
 
-	MaxInflight     int64         // requests handled at once before shedding (default 1024)
-	BodyBudget      int64         // batch body bytes held at once (default 64 MiB)
-	RequestTimeout  time.Duration // per request, bounds every DB call (default 15s)
-	ShutdownTimeout time.Duration // drain time on Close (default 10s)
+	// Limits; zero means the Default* of the same name (limits.go).
+	MaxInflight           int64         // requests handled at once before shedding
+	MaxInflightPerUser    int           // one caller's requests in flight (429 past it)
+	MaxInflightPerService int           // the same for callers with the service role
+	MaxConns              int           // open client connections
+	BodyBudget            int64         // request-body bytes held in memory at once
+	BodyTimeout           time.Duration // time for a request body to arrive (408 past it)
+	ReadTimeout           time.Duration // bounds a GET, its database statements included
+	RequestTimeout        time.Duration // bounds a write's work once its body arrived
+	IdleTimeout           time.Duration // keep-alive connections idle this long are closed
+	ShutdownTimeout       time.Duration // drain time on Close (default 10s)
 }
 
 func (c *Config) validate() error {
@@ -84,6 +91,9 @@ type Server struct {
 	webhooks *alert.Webhooks
 	inflight *semaphore.Weighted
 	bodies   *semaphore.Weighted
+	callers  *callerLimiter
+	ready    *readiness
+	conns    *connLimiter
 }
 
 // NewServer builds the router for cfg.
@@ -91,23 +101,36 @@ func NewServer(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, 15*time.Second)
 	cfg.ShutdownTimeout = cmp.Or(cfg.ShutdownTimeout, 10*time.Second)
 	cfg.MaxInflight = cmp.Or(cfg.MaxInflight, DefaultMaxInflight)
+	cfg.MaxInflightPerUser = cmp.Or(cfg.MaxInflightPerUser, DefaultMaxInflightPerUser)
+	cfg.MaxInflightPerService = cmp.Or(cfg.MaxInflightPerService, DefaultMaxInflightPerService)
+	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
 	cfg.BodyBudget = cmp.Or(cfg.BodyBudget, DefaultBodyBudget)
+	cfg.BodyTimeout = cmp.Or(cfg.BodyTimeout, DefaultBodyTimeout)
+	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, DefaultReadTimeout)
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, DefaultRequestTimeout)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	s := &Server{
 		cfg: cfg, router: mux.NewRouter(), log: cfg.Logger, metrics: cfg.Metrics,
 		verifier: cfg.Verifier, users: cfg.Users, proxies: cfg.Proxies, ingest: cfg.Ingest, usage: cfg.Usage, billing: cfg.Billing,
 		limits: cfg.Limits, webhooks: cfg.Webhooks,
+		callers: newCallerLimiter(cfg.MaxInflightPerUser, cfg.MaxInflightPerService),
+		ready:   &readiness{probe: cfg.Ready, checks: cfg.Metrics.ReadyChecks},
 	}
 	s.inflight, s.bodies = newLimits(cfg.MaxInflight, cfg.BodyBudget)
 	s.routes()
 	s.srv = &http.Server{
-		Handler:           s.outer(s.limitInflight(s.withTimeout(s.router))),
+		Handler: s.outer(s.guardBody(s.limitInflight(s.withTimeout(s.router)))),
+		// The request head must arrive within ReadHeaderTimeout; the body
+		// gets BodyTimeout (guardBody). No whole-request ReadTimeout: it
+		// would also cut off a slow read after its body arrived.
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		IdleTimeout:       cfg.IdleTimeout,
+		ConnState: func(c net.Conn, state http.ConnState) {
+			s.conns.track(c, state)
+		},
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil
 }
@@ -133,7 +156,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/openapi.yaml", s.handleOpenAPI).Methods(http.MethodGet)
 
 	api := r.NewRoute().Subrouter()
-	api.Use(s.authenticate)
+	api.Use(s.authenticate, s.limitPerCaller)
 	api.HandleFunc("/proxies", s.handleListProxies).Methods(http.MethodGet)
 	api.HandleFunc("/proxies/{proxyId}", s.handleRegisterProxy).Methods(http.MethodPut)
 	api.HandleFunc("/proxies/{proxyId}", s.handleArchiveProxy).Methods(http.MethodDelete)
@@ -156,10 +179,17 @@ func (s *Server) routes() {
 	api.HandleFunc("/admin/users/{userId}", s.handleGetAccount).Methods(http.MethodGet)
 }
 
-// withTimeout bounds each request's context, and so every DB call in it.
+// withTimeout bounds each request's context, and so every database call
+// in it: a read (GET, HEAD) gets ReadTimeout; a write gets BodyTimeout for
+// its body plus RequestTimeout for its work. Past it the statement in
+// progress is cancelled and the answer is 503 (Error).
 func (s *Server) withTimeout(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		d := s.cfg.BodyTimeout + s.cfg.RequestTimeout
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			d = s.cfg.ReadTimeout
+		}
+		ctx, cancel := context.WithTimeoutCause(r.Context(), d, &requestTimeout{after: d})
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
@@ -172,8 +202,9 @@ func (s *Server) Open() error {
 		return err
 	}
 	s.ln = ln
+	s.conns = newConnLimiter(ln, s.cfg.MaxConns, s.metrics.HTTPOpenConns)
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(s.conns); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("http server stopped", slog.Any("error", err))
 		}
 	}()

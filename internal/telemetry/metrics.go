@@ -12,9 +12,12 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	HTTPRequests *prometheus.CounterVec   // route, method, status
-	HTTPDuration *prometheus.HistogramVec // route, method
-	HTTPShed     prometheus.Counter
+	HTTPRequests  *prometheus.CounterVec   // route, method, status
+	HTTPDuration  *prometheus.HistogramVec // route, method
+	HTTPShed      prometheus.Counter
+	HTTPInflight  prometheus.Gauge
+	HTTPOpenConns prometheus.Gauge
+	ReadyChecks   prometheus.Counter
 
 	IngestEvents      *prometheus.CounterVec // result: accepted, duplicate, rejected
 	IngestBatchSize   prometheus.Histogram
@@ -58,6 +61,18 @@ func New() *Metrics {
 		HTTPShed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "proxyusage_http_shed_total",
 			Help: "Requests refused with 503 because the in-flight or body-memory limit was reached.",
+		}),
+		HTTPInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_http_inflight_requests",
+			Help: "API requests being handled now (the in-flight limit applies to these; probes and /metrics are not counted).",
+		}),
+		HTTPOpenConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_http_open_connections",
+			Help: "Client connections open now (capped by MAX_CONNS).",
+		}),
+		ReadyChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_readiness_checks_total",
+			Help: "Readiness checks run against the database (/readyz answers from a result at most 1 s old).",
 		}),
 		IngestEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyusage_ingest_events_total",
@@ -139,7 +154,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.HTTPRequests, m.HTTPDuration, m.HTTPShed,
+		m.HTTPRequests, m.HTTPDuration, m.HTTPShed, m.HTTPInflight, m.HTTPOpenConns, m.ReadyChecks,
 		m.IngestEvents, m.IngestBatchSize, m.IngestFlushes, m.IngestFlushTime,
 		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed,
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
