@@ -403,7 +403,10 @@ func TestMaxConns(t *testing.T) {
 	if resp, _ := fresh.get("/healthz", ""); resp.StatusCode != 200 {
 		t.Fatalf("healthz over a new connection at the cap: %d", resp.StatusCode)
 	}
-	if !idle[0].closedByServer(30 * time.Second) {
+	// It was closed before the new one was served, so its end is here
+	// already (the short bound stays clear of the 10 s header timeout
+	// that closes silent connections anyway).
+	if !idle[0].closedByServer(2 * time.Second) {
 		t.Fatal("the longest-idle connection was not closed to make room")
 	}
 	for _, c := range append(idle[1:], fresh) {

@@ -166,32 +166,14 @@ func (s *Server) guardBody(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		rc := http.NewResponseController(w)
 		// Fails only for writers without deadlines (none in the server).
-		_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
-		// Once the body is in, lift the deadline: the server's background
-		// read (which notices a client going away) would otherwise fail at
-		// it and cancel a request that is still being worked on.
-		r.Body = &deadlineBody{ReadCloser: r.Body, arrived: func() { _ = rc.SetReadDeadline(time.Time{}) }}
+		// net/http lifts the deadline itself once the body has been read
+		// to its end, so the work after the upload is not cut by it.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
 		acct := &bodyAccount{sem: s.bodies, timeout: s.cfg.BodyTimeout, shed: s.metrics.HTTPShed.Inc}
 		defer acct.release()
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxBodyKey{}, acct)))
 	})
-}
-
-// deadlineBody calls arrived once, when the body's end is read.
-type deadlineBody struct {
-	io.ReadCloser
-	arrived func()
-	once    sync.Once
-}
-
-func (b *deadlineBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.once.Do(b.arrived)
-	}
-	return n, err
 }
 
 // reserve takes n more bytes of the budget, waiting briefly for it.
