@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestIntegerSettings(t *testing.T) {
@@ -17,5 +18,46 @@ func TestIntegerSettings(t *testing.T) {
 		if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "INGEST_WRITERS") {
 			t.Errorf("INGEST_WRITERS=%q: %v", bad, err)
 		}
+	}
+}
+
+func TestHTTPLimitSettings(t *testing.T) {
+	t.Setenv("BODY_TIMEOUT", "5s")
+	t.Setenv("READ_TIMEOUT", "2s")
+	t.Setenv("IDLE_TIMEOUT", "1m")
+	t.Setenv("MAX_CONNS", "100")
+	t.Setenv("MAX_INFLIGHT_PER_USER", "4")
+	t.Setenv("MAX_INFLIGHT_PER_SERVICE", "64")
+	c, err := FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.BodyTimeout != 5*time.Second || c.ReadTimeout != 2*time.Second || c.IdleTimeout != time.Minute ||
+		c.MaxConns != 100 || c.MaxInflightPerUser != 4 || c.MaxInflightPerService != 64 {
+		t.Fatalf("got %+v", c)
+	}
+	// Unset: zero, which the HTTP server reads as its documented default.
+	for _, name := range []string{"BODY_TIMEOUT", "READ_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNS", "MAX_INFLIGHT_PER_USER", "MAX_INFLIGHT_PER_SERVICE"} {
+		t.Setenv(name, "")
+	}
+	if c, err := FromEnv(); err != nil || c.BodyTimeout != 0 || c.MaxConns != 0 {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	// Every bad value is reported, together.
+	t.Setenv("BODY_TIMEOUT", "0s")
+	t.Setenv("READ_TIMEOUT", "soon")
+	t.Setenv("MAX_CONNS", "-1")
+	t.Setenv("MAX_INFLIGHT_PER_USER", "0")
+	t.Setenv("MAX_INFLIGHT_PER_SERVICE", "many")
+	_, err = FromEnv()
+	for _, name := range []string{"BODY_TIMEOUT", "READ_TIMEOUT", "MAX_CONNS", "MAX_INFLIGHT_PER_USER", "MAX_INFLIGHT_PER_SERVICE"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s not reported: %v", name, err)
+		}
+	}
+	// Set in code (tests, flags): negative values are refused.
+	bad := Config{JWTSecret: strings.Repeat("x", 32), HTTPAddr: ":0", DataDir: "d", MaxConns: -1, ReadTimeout: -time.Second}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "MAX_CONNS") || !strings.Contains(err.Error(), "READ_TIMEOUT") {
+		t.Fatalf("Validate: %v", err)
 	}
 }
