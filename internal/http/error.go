@@ -82,8 +82,13 @@ func Error(w http.ResponseWriter, r *http.Request, err error) {
 	if i := apperr.IndexOf(err); i >= 0 {
 		body.Index = &i
 	}
-	if code == apperr.Unavailable || code == apperr.TooManyRequests {
+	switch code {
+	case apperr.Unavailable, apperr.TooManyRequests:
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	case apperr.Timeout:
+		// The rest of the body may still come; the connection cannot be
+		// reused (RFC 9110, 408).
+		w.Header().Set("Connection", "close")
 	}
 	writeJSON(w, m.status, body)
 }

@@ -20,6 +20,7 @@ import (
 	v3 "github.com/pb33f/libopenapi/datamodel/high/v3"
 
 	"proxyusage/api"
+	"proxyusage/internal/app"
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
 )
@@ -244,6 +245,9 @@ func TestOpenAPIContract(t *testing.T) {
 		for _, r := range responses {
 			if strings.HasSuffix(r, " 500") || strings.HasSuffix(r, " 503") {
 				continue // server faults: covered by the overload and outage tests
+			}
+			if strings.HasSuffix(r, " 408") || strings.HasSuffix(r, " 429") {
+				continue // limits: TestOpenAPILimitResponses
 			}
 			if !c.seen[r] {
 				missing = append(missing, r)
@@ -546,5 +550,99 @@ func runSession(t *testing.T, s *session) {
 		}
 		method, tpl, _ := strings.Cut(op, " ")
 		s.do(method, fill.Replace(tpl), "", nil, 401, breaks("Authorization header"))
+	}
+}
+
+// TestOpenAPILimitResponses produces every documented 429 (a caller at its
+// in-flight limit) and 408 (a body that does not arrive in time) from the
+// running service and checks them against api/openapi.yaml.
+func TestOpenAPILimitResponses(t *testing.T) {
+	// One service where a caller may have one request in flight, one where
+	// bodies have 300 ms to arrive (the held request of the first must
+	// outlast its checks).
+	env := apptest.Start(t, database.Postgres, func(m *app.Main) { m.Config.MaxInflightPerUser = 1 })
+	slow := apptest.Start(t, database.Postgres, func(m *app.Main) { m.Config.BodyTimeout = 300 * time.Millisecond })
+	c := newContract(t)
+	env.Client.Transport = c
+	s := &session{t: t, env: env, c: c, router: env.Main.Server.Router()}
+	alice, admin := apptest.Token(t, "alice"), apptest.Token(t, "root", "admin")
+	s.do("PUT", "/proxies/a1", alice, nil, 201)
+	slow.MustRegister(alice, "a1")
+
+	today := time.Now().UTC().Format("2006-01-02")
+	period := "periodStart=" + today + "&periodEnd=" + today
+	requests := map[string]struct {
+		path string
+		body any
+	}{
+		"GET /proxies":                              {"/proxies", nil},
+		"PUT /proxies/{proxyId}":                    {"/proxies/a1", map[string]string{"name": "x"}},
+		"DELETE /proxies/{proxyId}":                 {"/proxies/a1", nil},
+		"POST /proxy/usage/{proxyId}/record":        {"/proxy/usage/a1/record", map[string]string{"eventType": "error"}},
+		"POST /proxy/usage/events":                  {"/proxy/usage/events", map[string]any{"events": []map[string]string{{"proxyId": "a1", "eventType": "error"}}}},
+		"GET /proxy/usage/{proxyId}/metrics/{date}": {"/proxy/usage/a1/metrics/" + today, nil},
+		"GET /proxy/usage/{proxyId}/metrics":        {"/proxy/usage/a1/metrics?startDate=" + today + "&endDate=" + today, nil},
+		"GET /proxy/usage/{proxyId}/summary":        {"/proxy/usage/a1/summary", nil},
+		"GET /proxy/usage/report":                   {"/proxy/usage/report?startDate=" + today + "&endDate=" + today, nil},
+		"GET /proxy/usage/aggregation":              {"/proxy/usage/aggregation?" + period, nil},
+		"POST /proxy/usage/aggregate":               {"/proxy/usage/aggregate", map[string]string{"periodStart": today, "periodEnd": today}},
+		"GET /proxy/usage/billing":                  {"/proxy/usage/billing?" + period, nil},
+		"PUT /admin/users/{userId}":                 {"/admin/users/alice", map[string]string{"tier": "premium"}},
+		"GET /admin/users/{userId}":                 {"/admin/users/alice", nil},
+	}
+
+	// Alice holds her only slot with an upload still arriving.
+	held := dial(t, env)
+	held.startBody("POST", "/proxy/usage/events", alice, 1000)
+
+	_, responses := c.documented()
+	var produced []string
+	for _, resp := range responses {
+		op, status, _ := strings.Cut(resp[strings.IndexByte(resp, ' ')+1:], " ")
+		op = resp[:strings.IndexByte(resp, ' ')] + " " + op
+		method, _, _ := strings.Cut(op, " ")
+		rq, ok := requests[op]
+		switch {
+		case status != "429" && status != "408":
+			continue
+		case !ok:
+			t.Errorf("no request for %s", op)
+			continue
+		case status == "429":
+			r := s.do(method, rq.path, alice, rq.body, 429)
+			if r.Header.Get("Retry-After") == "" {
+				t.Errorf("%s 429 without Retry-After", op)
+			}
+		case status == "408":
+			// A body that stops arriving.
+			tok := alice
+			if strings.HasPrefix(op, "PUT /admin/") {
+				tok = admin
+			}
+			raw := dial(t, slow)
+			raw.head(method, rq.path, tok, 100, false)
+			raw.write(`{"`)
+			httpResp, body, err := raw.response(30 * time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v", op, err)
+			}
+			httpResp.Body = io.NopCloser(bytes.NewReader(body))
+			if httpResp.Close { // ReadResponse moves "Connection: close" here
+				httpResp.Header.Set("Connection", "close")
+			}
+			req, _ := http.NewRequest(method, slow.URL+rq.path, nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "application/json")
+			if _, errs := c.v.ValidateHttpResponse(req, httpResp); len(errs) > 0 {
+				t.Errorf("%s → %d: response does not match openapi.yaml:%s\n%s", op, httpResp.StatusCode, describe(errs), body)
+			}
+			if httpResp.StatusCode != 408 {
+				t.Errorf("%s with a stalled body: %d %s", op, httpResp.StatusCode, body)
+			}
+		}
+		produced = append(produced, resp)
+	}
+	if len(produced) != 14+5 {
+		t.Errorf("produced %d limit responses, want 429 on the 14 authenticated operations and 408 on the 5 with a body: %v", len(produced), produced)
 	}
 }
