@@ -2,9 +2,11 @@ package http
 
 import (
 	"container/list"
+	"context"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -14,29 +16,33 @@ import (
 // of idle connections could otherwise exhaust both and take /healthz down
 // with everything else.
 //
-// At the cap, Accept makes room by closing the connection that has been
-// idle longest (a kept-alive connection between requests, or a new one
-// that has not sent a complete request head yet): HTTP lets a server close
-// an idle connection at any time, and a client that is using its
-// connection is never the longest idle, so new clients keep getting in
-// while a flood of idle connections churns. When every connection is busy
-// with a request, Accept waits for one to finish or turn idle; the clients
-// behind the one waiting stay in the kernel's accept queue, costing the
-// process nothing.
+// At the cap, Accept makes room by closing an idle connection (a
+// kept-alive one between requests, or a new one that has not sent a
+// complete request head yet): HTTP lets a server close an idle connection
+// at any time. Connections that never carried an authenticated request go
+// first, longest idle first; a tenant's kept-alive connections only when
+// no anonymous one is left. So new clients keep getting in while a flood
+// of anonymous idle connections churns, and the flood cannot push out the
+// connections tenants are using. When every connection is busy with a
+// request, Accept waits for one to finish or turn idle; the clients behind
+// the one waiting stay in the kernel's accept queue, costing the process
+// nothing.
 type connLimiter struct {
 	net.Listener
 	max  int
 	open prometheus.Gauge
 
-	mu     sync.Mutex
-	cond   *sync.Cond
-	n      int        // connections open
-	idle   *list.List // of *limitedConn, longest idle first
-	closed bool
+	mu   sync.Mutex
+	cond *sync.Cond
+	n    int // connections open
+	// Idle connections, longest idle first: anonymous ones, and those that
+	// have carried an authenticated request.
+	anonymous, known *list.List
+	closed           bool
 }
 
 func newConnLimiter(ln net.Listener, max int, open prometheus.Gauge) *connLimiter {
-	l := &connLimiter{Listener: ln, max: max, open: open, idle: list.New()}
+	l := &connLimiter{Listener: ln, max: max, open: open, anonymous: list.New(), known: list.New()}
 	l.cond = sync.NewCond(&l.mu)
 	return l
 }
@@ -44,10 +50,12 @@ func newConnLimiter(ln net.Listener, max int, open prometheus.Gauge) *connLimite
 // limitedConn is a connection counted by its connLimiter.
 type limitedConn struct {
 	net.Conn
-	l    *connLimiter
-	idle *list.Element // set while idle; guarded by l.mu
-	gone bool          // closed; guarded by l.mu
-	once sync.Once
+	l             *connLimiter
+	authenticated atomic.Bool   // has carried an authenticated request
+	idle          *list.Element // set while idle; guarded by l.mu
+	idleIn        *list.List    // the list idle is in; guarded by l.mu
+	gone          bool          // closed; guarded by l.mu
+	once          sync.Once
 }
 
 func (l *connLimiter) Accept() (net.Conn, error) {
@@ -61,15 +69,14 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 	}
 	lc := &limitedConn{Conn: c, l: l}
 	l.mu.Lock()
-	lc.idle = l.idle.PushBack(lc) // idle until its first request head is read
+	l.setIdle(lc) // idle until its first request head is read
 	l.mu.Unlock()
 	return lc, nil
 }
 
 // acquire takes a connection slot for a connection just accepted: at the
-// cap it evicts the longest-idle connection, or waits while none is idle.
-// Only the server's accept loop calls it, so at most one new connection
-// waits here.
+// cap it evicts an idle connection, or waits while none is idle. Only the
+// server's accept loop calls it, so at most one new connection waits here.
 func (l *connLimiter) acquire() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -77,10 +84,13 @@ func (l *connLimiter) acquire() error {
 		if l.closed {
 			return net.ErrClosed
 		}
-		if front := l.idle.Front(); front != nil {
+		front := l.anonymous.Front()
+		if front == nil {
+			front = l.known.Front()
+		}
+		if front != nil {
 			victim := front.Value.(*limitedConn)
-			l.idle.Remove(front)
-			victim.idle = nil
+			l.setBusy(victim)
 			l.mu.Unlock()
 			_ = victim.Close() // frees its slot
 			l.mu.Lock()
@@ -91,6 +101,25 @@ func (l *connLimiter) acquire() error {
 	l.n++
 	l.open.Set(float64(l.n))
 	return nil
+}
+
+func (l *connLimiter) setIdle(lc *limitedConn) {
+	if lc.idle != nil {
+		return
+	}
+	lc.idleIn = l.anonymous
+	if lc.authenticated.Load() {
+		lc.idleIn = l.known
+	}
+	lc.idle = lc.idleIn.PushBack(lc)
+	l.cond.Broadcast() // a waiting Accept may evict it
+}
+
+func (l *connLimiter) setBusy(lc *limitedConn) {
+	if lc.idle != nil {
+		lc.idleIn.Remove(lc.idle)
+		lc.idle, lc.idleIn = nil, nil
+	}
 }
 
 // track follows http.Server's connection states: a connection is idle
@@ -107,15 +136,9 @@ func (l *connLimiter) track(c net.Conn, state http.ConnState) {
 	}
 	switch state {
 	case http.StateActive:
-		if lc.idle != nil {
-			l.idle.Remove(lc.idle)
-			lc.idle = nil
-		}
+		l.setBusy(lc)
 	case http.StateIdle:
-		if lc.idle == nil {
-			lc.idle = l.idle.PushBack(lc)
-			l.cond.Broadcast() // a waiting Accept may evict it
-		}
+		l.setIdle(lc)
 	}
 }
 
@@ -124,10 +147,7 @@ func (c *limitedConn) Close() error {
 	c.once.Do(func() {
 		l := c.l
 		l.mu.Lock()
-		if c.idle != nil {
-			l.idle.Remove(c.idle)
-			c.idle = nil
-		}
+		l.setBusy(c)
 		c.gone = true
 		l.n--
 		l.open.Set(float64(l.n))
@@ -143,4 +163,21 @@ func (l *connLimiter) Close() error {
 	l.cond.Broadcast()
 	l.mu.Unlock()
 	return l.Listener.Close()
+}
+
+type ctxConnKey struct{}
+
+// withConn makes a request's connection known to the handlers
+// (http.Server.ConnContext).
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, ctxConnKey{}, c)
+}
+
+// markAuthenticated records that the request's connection carries an
+// authenticated caller, which keeps it from being evicted before
+// anonymous idle connections.
+func markAuthenticated(ctx context.Context) {
+	if lc, ok := ctx.Value(ctxConnKey{}).(*limitedConn); ok {
+		lc.authenticated.Store(true)
+	}
 }

@@ -432,6 +432,22 @@ func TestMaxConns(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("waiting connection after a slot freed: %v %v", resp, err)
 	}
+
+	// Anonymous idle connections go before one that carried an
+	// authenticated request, however long that one has been idle (on a
+	// service of its own, so no connection closed above is still counted).
+	env = apptest.Start(t, database.Postgres, func(m *app.Main) { m.Config.MaxConns = 3 })
+	tenant := dial(t, env)
+	if resp, body := tenant.get("/proxies", tok); resp.StatusCode != 200 {
+		t.Fatalf("GET /proxies: %d %s", resp.StatusCode, body)
+	}
+	anon := []*rawConn{dial(t, env), dial(t, env)}
+	if resp, _ := dial(t, env).get("/healthz", ""); resp.StatusCode != 200 {
+		t.Fatalf("healthz over a new connection at the cap: %d", resp.StatusCode)
+	}
+	if !anon[0].closedByServer(2*time.Second) || tenant.closedByServer(100*time.Millisecond) {
+		t.Fatal("a tenant's idle connection was closed before an anonymous one")
+	}
 }
 
 // /readyz answers from a check at most a second old: a burst of probes

@@ -141,6 +141,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			Error(w, r, err)
 			return
 		}
+		markAuthenticated(r.Context())
 		if err := s.users.Ensure(r.Context(), p.UserID); err != nil {
 			Error(w, r, err)
 			return

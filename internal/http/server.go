@@ -130,7 +130,8 @@ func NewServer(cfg Config) (*Server, error) {
 		ConnState: func(c net.Conn, state http.ConnState) {
 			s.conns.track(c, state)
 		},
-		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		ConnContext: withConn,
+		ErrorLog:    slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil
 }
