@@ -53,6 +53,11 @@ type bench struct {
 }
 
 func (b *bench) run(ctx context.Context) error {
+	for _, name := range strings.Split(b.opt.phases, ",") {
+		if !slices.Contains([]string{"ingest", "reads", "access", "fairness"}, name) {
+			return fmt.Errorf("-phases: unknown phase %q (ingest, reads, access, fairness)", name)
+		}
+	}
 	b.client = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		MaxIdleConns: 512, MaxIdleConnsPerHost: 512, DisableCompression: true, IdleConnTimeout: time.Minute,
 	}}
@@ -62,14 +67,16 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.buildService(ctx); err != nil {
 		return err
 	}
-	if err := b.ingestPhases(ctx); err != nil {
-		return err
-	}
-	if err := b.readPhases(ctx); err != nil {
-		return err
-	}
-	if err := b.accessPhase(ctx); err != nil {
-		return err
+	for _, ph := range []struct {
+		name string
+		run  func(context.Context) error
+	}{{"ingest", b.ingestPhases}, {"reads", b.readPhases}, {"access", b.accessPhase}, {"fairness", b.fairnessPhase}} {
+		if !slices.Contains(strings.Split(b.opt.phases, ","), ph.name) {
+			continue
+		}
+		if err := ph.run(ctx); err != nil {
+			return err
+		}
 	}
 	b.report()
 	return nil

@@ -11,6 +11,8 @@
 //  5. the service's peak RSS during 2 and 3
 //  6. rollup catch-up after a burst of late events
 //  7. the edge's access question under ingest, and alert → webhook delay
+//  8. fairness: a victim tenant's reads and batch ingest while an attacker
+//     holds slow uploads or thousands of idle connections (attacks())
 //
 // It prints progress and a table to the terminal and writes the table, the
 // machine, the PostgreSQL settings and profile evidence to BENCHMARKS.md.
@@ -52,6 +54,11 @@ type options struct {
 
 	lateEvents int
 	lateDays   int
+
+	phases         string
+	fairnessEvents int
+	fairnessFor    time.Duration
+	idleConns      int
 }
 
 func main() {
@@ -77,6 +84,10 @@ func main() {
 	flag.IntVar(&o.rollupBatch, "seed-rollup-batch", 100_000, "invalidation entries per rollup run while seeding (4)")
 	flag.IntVar(&o.lateEvents, "late-events", 1_000_000, "late events for the rollup catch-up (6)")
 	flag.IntVar(&o.lateDays, "late-days", 30, "days the late events spread over (6)")
+	flag.StringVar(&o.phases, "phases", "ingest,reads,access,fairness", "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8)")
+	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
+	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
+	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
 	flag.Parse()
 	quickSizes = o.quick
 	if o.quick {
@@ -92,11 +103,16 @@ func main() {
 		quick("read-requests", &o.readRequests, 60)
 		quick("raw-requests", &o.rawRequests, 5)
 		quick("late-events", &o.lateEvents, 50_000)
+		quick("fairness-events", &o.fairnessEvents, 50_000)
 		if !set["single-duration"] {
 			o.singleFor = 5 * time.Second
 		}
+		if !set["fairness-duration"] {
+			o.fairnessFor = 8 * time.Second
+		}
 	}
 
+	raiseOpenFileLimit()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b := &bench{opt: o, started: time.Now()}

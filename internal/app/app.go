@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -176,6 +177,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.raiseOpenFileLimit()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// A soft limit: the collector works harder as the process nears
+		// it, instead of letting garbage grow to the size of the live heap
+		// (GOGC) on top of what thousands of connections hold.
+		debug.SetMemoryLimit(DefaultMemoryLimit)
+	}
 	if err := m.Migrate(ctx); err != nil {
 		return err
 	}
@@ -316,6 +323,10 @@ func (m *Main) raiseOpenFileLimit() {
 			slog.Uint64("limit", lim.Cur), slog.Uint64("need", need))
 	}
 }
+
+// DefaultMemoryLimit is the Go runtime's soft memory limit unless
+// GOMEMLIMIT says otherwise.
+const DefaultMemoryLimit = 100 << 20
 
 // openFileMargin is the files the service needs besides client
 // connections: both database pools, the listener, logs, /proc reads.
