@@ -80,7 +80,7 @@ func (b *bench) fairnessPhase(ctx context.Context) error {
 	now := time.Now().UTC()
 	f := &fairness{b: b, pool: pool, dbURL: dbURL, today: rollup.Day(now), rng: rand.New(rand.NewPCG(b.opt.seed, 7))}
 	gen := workload.New(workload.Config{Seed: b.opt.seed + 7, Users: 4, Proxies: 40,
-		Start: f.today.AddDate(0, 0, -29), End: now, Events: b.opt.fairnessEvents, Prefix: "f"})
+		Start: f.today.AddDate(0, 0, -30), End: f.today, Events: b.opt.fairnessEvents, Prefix: "f"})
 	if err := workload.SeedAccounts(ctx, pool, gen, now); err != nil {
 		return err
 	}
@@ -183,7 +183,7 @@ func (f *fairness) run(ctx context.Context, a attack) error {
 			codes = append(codes, fmt.Sprintf("%s × %.0f", c, statuses[c]))
 		}
 	}
-	ev := fmt.Sprintf("Victim: one client reading (30-day report by day, 30-day range of one proxy, alternately, back to back), one posting a batch of 1,000 events every second, one probing `/healthz` on a new connection every 100 ms, for %s.", b.opt.fairnessFor)
+	ev := fmt.Sprintf("Victim (a user with 10 proxies): one client reading the 30 days before today (report by day, range of one proxy, alternately, back to back), one posting a batch of 1,000 events every second, one probing `/healthz` on a new connection every 100 ms, for %s.", b.opt.fairnessFor)
 	if st.firstErr != "" {
 		ev += " First victim failure: `" + st.firstErr + "`."
 	}
@@ -227,17 +227,20 @@ func (f *fairness) victimLoad(ctx context.Context, d time.Duration, tag string) 
 	st := &victimStats{}
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	last30 := f.today.AddDate(0, 0, -29).Format(dateLayout)
-	today := f.today.Format(dateLayout)
+	// The 30 complete days before today: the victim's own batches land
+	// today, so each attack's reads cover the same rolled-up data and
+	// differ only by what the attacker does.
+	from := f.today.AddDate(0, 0, -30).Format(dateLayout)
+	to := f.today.AddDate(0, 0, -1).Format(dateLayout)
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { // reads
 		defer wg.Done()
 		for i := 0; ctx.Err() == nil; i++ {
-			path := "/proxy/usage/report?groupBy=day&startDate=" + last30 + "&endDate=" + today
+			path := "/proxy/usage/report?groupBy=day&startDate=" + from + "&endDate=" + to
 			if i%2 == 1 {
 				p := f.victim.proxies[i/2%len(f.victim.proxies)]
-				path = "/proxy/usage/" + p + "/metrics?startDate=" + last30 + "&endDate=" + today
+				path = "/proxy/usage/" + p + "/metrics?startDate=" + from + "&endDate=" + to
 			}
 			t := time.Now()
 			if err := f.call(f.client, http.MethodGet, path, nil, http.StatusOK); err != nil {
