@@ -22,19 +22,6 @@ import (
 	"proxyusage/internal/database"
 )
 
-// waitFor polls cond until it holds; the 30 s bound only turns a hang into
-// a failure, it is not what the test measures.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // rawConn is a client connection driven byte by byte, for requests that
 // net/http's client cannot send (bodies that stall, connections held).
 type rawConn struct {
