@@ -23,12 +23,12 @@ import (
 	"proxyusage/internal/workload"
 )
 
-// (7) Fairness: a victim tenant reads and batch-ingests while an attacker
+// (8) Fairness: a victim tenant reads and batch-ingests while an attacker
 // abuses the service, one attack at a time. Each attack runs against a
 // fresh service process on the same database, so the service's VmHWM
 // covers that attack alone.
 
-// attack is one abuse scenario of (7).
+// attack is one abuse scenario of (8).
 type attack struct {
 	id, name string
 	// prepare, when set, readies the attack's data before its service
@@ -40,12 +40,12 @@ type attack struct {
 	start func(ctx context.Context, f *fairness) (stop func() string, err error)
 }
 
-// attacks are the scenarios of (7), run in turn after a baseline without
+// attacks are the scenarios of (8), run in turn after a baseline without
 // any.
 func (b *bench) attacks() []attack {
 	return []attack{
-		{id: "7a", name: "8 slow uploads declaring 10 MiB each", start: slowUploads},
-		{id: "7c", name: fmt.Sprintf("%s idle keep-alive connections", count(b.opt.idleConns)), start: idleConnections},
+		{id: "8a", name: "8 slow uploads declaring 10 MiB each", start: slowUploads},
+		{id: "8c", name: fmt.Sprintf("%s idle keep-alive connections", count(b.opt.idleConns)), start: idleConnections},
 	}
 }
 
@@ -70,7 +70,7 @@ func (f *fairness) token(sub string, roles ...string) (string, error) {
 	return auth.Mint([]byte(secret), sub, roles, 24*time.Hour, "", "")
 }
 
-// fairnessPhase is (7).
+// fairnessPhase is (8).
 func (b *bench) fairnessPhase(ctx context.Context) error {
 	pool, dbURL, err := b.newDatabase(ctx, "bench_fairness")
 	if err != nil {
@@ -84,7 +84,7 @@ func (b *bench) fairnessPhase(ctx context.Context) error {
 	if err := workload.SeedAccounts(ctx, pool, gen, now); err != nil {
 		return err
 	}
-	step("(7) fairness: seeding the victim tenant's 30 days (%s events over %d proxies of %d users)", count(b.opt.fairnessEvents), 40, 4)
+	step("(8) fairness: seeding the victim tenant's 30 days (%s events over %d proxies of %d users)", count(b.opt.fairnessEvents), 40, 4)
 	if _, err := workload.Seed(ctx, pool, gen, 50_000, nil); err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (b *bench) fairnessPhase(ctx context.Context) error {
 		return err
 	}
 
-	for _, a := range append([]attack{{id: "7", name: "nothing (baseline)"}}, b.attacks()...) {
+	for _, a := range append([]attack{{id: "8", name: "nothing (baseline)"}}, b.attacks()...) {
 		if err := f.run(ctx, a); err != nil {
 			return fmt.Errorf("(%s) %s: %w", a.id, a.name, err)
 		}
@@ -356,7 +356,7 @@ func (f *fairness) hostPort() string {
 	return u.Host
 }
 
-// slowUploads is (7a): 8 uploads declare 10 MiB each and trickle one event
+// slowUploads is (8a): 8 uploads declare 10 MiB each and trickle one event
 // a second; when the service ends one, the attacker starts it again.
 func slowUploads(ctx context.Context, f *fairness) (func() string, error) {
 	const uploads = 8
@@ -453,7 +453,7 @@ func (f *fairness) slowUpload(ctx context.Context, tok string, started func()) s
 	}
 }
 
-// idleConnections is (7c): the attacker keeps opt.idleConns connections
+// idleConnections is (8c): the attacker keeps opt.idleConns connections
 // open, each after one /healthz request; one the service closes is opened
 // again after a backoff (1 s, doubling up to 30 s, as persistent clients
 // do).
@@ -532,7 +532,7 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // raiseOpenFileLimit lifts this process's soft open-file limit to the
-// hard one: attack (7c) holds thousands of client connections.
+// hard one: attack (8c) holds thousands of client connections.
 func raiseOpenFileLimit() {
 	var lim syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
