@@ -45,6 +45,8 @@ type attack struct {
 func (b *bench) attacks() []attack {
 	return []attack{
 		{id: "8a", name: "8 slow uploads declaring 10 MiB each", start: slowUploads},
+		{id: "8b", name: fmt.Sprintf("%d concurrent 365-day reports of a user with many proxies and pending connections", reportAttackClients),
+			prepare: prepareYearReports, start: yearReports},
 		{id: "8c", name: fmt.Sprintf("%s idle keep-alive connections", count(b.opt.idleConns)), start: idleConnections},
 	}
 }
