@@ -150,6 +150,12 @@ func (c Config) Validate() error {
 	if c.DatabaseURL == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("DATABASE_URL or DATA_DIR must be set"))
 	}
+	// Reads and bills compute days still waiting for the rollup worker from
+	// raw events, and late events reopen days up to LATE_DATA_WINDOW old:
+	// retention must not drop raw events of a day that can still change.
+	if c.RawRetention > 0 && c.RawRetention < c.LateDataWindow {
+		errs = append(errs, fmt.Errorf("RAW_RETENTION (%s) must be at least LATE_DATA_WINDOW (%s): days that late events can still change are read from raw events", c.RawRetention, c.LateDataWindow))
+	}
 	if c.AlertInterval > MaxAlertInterval {
 		errs = append(errs, fmt.Errorf("ALERT_INTERVAL must be at most %s (alerts are due within a minute)", MaxAlertInterval))
 	}

@@ -61,3 +61,19 @@ func TestHTTPLimitSettings(t *testing.T) {
 		t.Fatalf("Validate: %v", err)
 	}
 }
+
+// Raw events of a day that late events can still change must be kept.
+func TestRetentionCoversLateDataWindow(t *testing.T) {
+	base := Config{JWTSecret: strings.Repeat("x", 32), HTTPAddr: ":0", DataDir: "d", LateDataWindow: 35 * 24 * time.Hour}
+	for retention, ok := range map[time.Duration]bool{
+		0: true, 35 * 24 * time.Hour: true, 400 * 24 * time.Hour: true,
+		34 * 24 * time.Hour: false, time.Hour: false,
+	} {
+		c := base
+		c.RawRetention = retention
+		err := c.Validate()
+		if ok && err != nil || !ok && (err == nil || !strings.Contains(err.Error(), "RAW_RETENTION")) {
+			t.Errorf("RAW_RETENTION %s: %v", retention, err)
+		}
+	}
+}
