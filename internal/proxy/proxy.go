@@ -102,9 +102,10 @@ func (s *Store) Register(ctx context.Context, caller auth.Principal, id string, 
 	return p, created, nil
 }
 
-// List returns the caller's proxies, archived ones included, by id.
+// List returns the caller's proxies, archived ones included, in byte order
+// of their ids (whatever the database's collation).
 func (s *Store) List(ctx context.Context, userID string) ([]Proxy, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 ORDER BY id`, userID)
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 ORDER BY id COLLATE "C"`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list proxies: %w", err)
 	}
@@ -134,10 +135,10 @@ func (r *PageRequest) Validate() error {
 
 // Page returns the user's proxies (archived ones included) with ids after
 // req.After, at most req.Limit of them in ascending id order, and whether
-// more follow. One keyset query on (user_id, id) reads one row past the
-// page to tell. req has passed Validate.
+// more follow. One keyset query on (user_id, id in byte order) reads one
+// row past the page to tell. req has passed Validate.
 func (s *Store) Page(ctx context.Context, userID string, req PageRequest) (page []Proxy, more bool, err error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
+	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 AND id COLLATE "C" > $2 ORDER BY id COLLATE "C" LIMIT $3`,
 		userID, req.After, req.Limit+1)
 	if err != nil {
 		return nil, false, fmt.Errorf("list proxies: %w", err)
