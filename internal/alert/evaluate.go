@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/shopspring/decimal"
 
+	"proxyusage/internal/database"
 	"proxyusage/internal/limit"
 	"proxyusage/internal/telemetry"
 )
@@ -47,7 +48,7 @@ type Evaluator struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
-	leader *pgxpool.Conn
+	leader database.Leader
 }
 
 // NewEvaluator validates cfg and applies defaults.
@@ -63,7 +64,16 @@ func NewEvaluator(cfg EvaluatorConfig) (*Evaluator, error) {
 	if cfg.Recorded == nil {
 		cfg.Recorded = func() {}
 	}
-	return &Evaluator{cfg: cfg, log: cfg.Logger.With(slog.String("component", "alert.evaluator"))}, nil
+	e := &Evaluator{cfg: cfg, log: cfg.Logger.With(slog.String("component", "alert.evaluator"))}
+	e.leader = database.Leader{Pool: cfg.Pool, Key: leaderLockKey, OnChange: func(held bool) {
+		if !held {
+			cfg.Metrics.AlertsLeader.Set(0)
+			return
+		}
+		cfg.Metrics.AlertsLeader.Set(1)
+		e.log.Info("alert evaluator leadership acquired")
+	}}
+	return e, nil
 }
 
 // Start runs evaluations every Interval while this replica leads.
@@ -75,7 +85,7 @@ func (e *Evaluator) Start(ctx context.Context) {
 		ticker := time.NewTicker(e.cfg.Interval)
 		defer ticker.Stop()
 		for {
-			if e.acquireLeadership(ctx) {
+			if e.leader.Acquire(ctx) {
 				if _, err := e.RunOnce(ctx); err != nil && ctx.Err() == nil {
 					e.log.Error("alert evaluation failed", slog.Any("error", err))
 				}
@@ -96,40 +106,7 @@ func (e *Evaluator) Stop() {
 	}
 	e.stop()
 	<-e.done
-	e.release()
-}
-
-func (e *Evaluator) acquireLeadership(ctx context.Context) bool {
-	if e.leader != nil {
-		if err := e.leader.Ping(ctx); err == nil {
-			return true
-		}
-		e.release()
-	}
-	conn, err := e.cfg.Pool.Acquire(ctx)
-	if err != nil {
-		return false
-	}
-	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, leaderLockKey).Scan(&ok); err != nil || !ok {
-		conn.Release()
-		return false
-	}
-	e.leader = conn
-	e.cfg.Metrics.AlertsLeader.Set(1)
-	e.log.Info("alert evaluator leadership acquired")
-	return true
-}
-
-func (e *Evaluator) release() {
-	if e.leader == nil {
-		return
-	}
-	// Closing the session releases the lock even if unlock fails.
-	_ = e.leader.Conn().Close(context.Background())
 	e.leader.Release()
-	e.leader = nil
-	e.cfg.Metrics.AlertsLeader.Set(0)
 }
 
 // monthGrace is how long into a month the previous one is still

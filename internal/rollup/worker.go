@@ -82,7 +82,7 @@ type Worker struct {
 	done chan struct{}
 
 	mu        sync.Mutex // one run at a time in this process
-	leader    *pgxpool.Conn
+	leader    database.Leader
 	retention sync.Once
 }
 
@@ -96,7 +96,16 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, 5000)
 	cfg.MaxBatchSize = max(cmp.Or(cfg.MaxBatchSize, 20*cfg.BatchSize), cfg.BatchSize)
 	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
-	return &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}, nil
+	w := &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}
+	w.leader = database.Leader{Pool: cfg.Pool, Key: leaderLockKey, OnChange: func(held bool) {
+		if !held {
+			cfg.Metrics.RollupLeader.Set(0)
+			return
+		}
+		cfg.Metrics.RollupLeader.Set(1)
+		w.log.Info("rollup leadership acquired")
+	}}
+	return w, nil
 }
 
 // Start runs the worker loop in the background until Stop.
@@ -116,7 +125,7 @@ func (w *Worker) Stop() {
 	}
 	w.stop()
 	<-w.done
-	w.release()
+	w.leader.Release()
 }
 
 func (w *Worker) loop(ctx context.Context) {
@@ -130,7 +139,7 @@ func (w *Worker) loop(ctx context.Context) {
 		case <-timer.C:
 		}
 		next := w.cfg.Interval
-		if w.acquireLeadership(ctx) {
+		if w.leader.Acquire(ctx) {
 			if w.cfg.RawRetention > 0 && w.cfg.Backend == database.TimescaleDB {
 				w.applyRetention(ctx)
 			}
@@ -157,41 +166,6 @@ func (w *Worker) pause(next, took time.Duration) time.Duration {
 		return next
 	}
 	return max(next, time.Duration(float64(took)*w.cfg.BusyPause))
-}
-
-// acquireLeadership holds the advisory lock on a dedicated connection,
-// checking it is still alive.
-func (w *Worker) acquireLeadership(ctx context.Context) bool {
-	if w.leader != nil {
-		if err := w.leader.Ping(ctx); err == nil {
-			return true
-		}
-		w.release()
-	}
-	conn, err := w.cfg.Pool.Acquire(ctx)
-	if err != nil {
-		return false
-	}
-	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, leaderLockKey).Scan(&ok); err != nil || !ok {
-		conn.Release()
-		return false
-	}
-	w.leader = conn
-	w.cfg.Metrics.RollupLeader.Set(1)
-	w.log.Info("rollup leadership acquired")
-	return true
-}
-
-func (w *Worker) release() {
-	if w.leader == nil {
-		return
-	}
-	// Closing the session releases the lock even if unlock fails.
-	_ = w.leader.Conn().Close(context.Background())
-	w.leader.Release()
-	w.leader = nil
-	w.cfg.Metrics.RollupLeader.Set(0)
 }
 
 // applyRetention sets the raw-event retention policy to RAW_RETENTION,
@@ -409,21 +383,22 @@ func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
 		}
 		start, end := list[i], list[j].AddDate(0, 0, 1)
 		// In dependency order: the packed histograms aggregate
-		// usage_latency_daily.
-		for _, view := range []string{"usage_daily", "usage_latency_daily", "usage_latency_daily_packed"} {
+		// usage_latency_daily. They are refreshed with force: TimescaleDB's
+		// invalidations of the level below left today's bucket behind when
+		// a window was refreshed a second time (the level below correct,
+		// the packed row stale until the day changed again; regression
+		// test TestTodayLatencyAfterLateBacklog). A forced refresh
+		// re-materialises the window from the level below, which these
+		// windows of changed days cost anyway.
+		for _, agg := range []struct {
+			view  string
+			force bool
+		}{{"usage_daily", false}, {"usage_latency_daily", false}, {"usage_latency_daily_packed", true}} {
 			// Simple protocol: CALL must not run inside an (implicit
 			// extended-protocol) transaction block.
-			// The packed histograms (an aggregate over usage_latency_daily)
-			// are refreshed with force: TimescaleDB's invalidations of
-			// the level below left today's bucket behind when a window was
-			// refreshed a second time (the level below correct, the packed
-			// row stale until the day changed again; regression test
-			// TestTodayLatencyAfterLateBacklog). A forced refresh
-			// re-materialises the window from the level below, which an
-			// invalidated refresh of these whole-day windows does anyway.
-			force := view == "usage_latency_daily_packed"
+			view := agg.view
 			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz, force => %t)`,
-				view, start.Format(time.RFC3339), end.Format(time.RFC3339), force)
+				view, start.Format(time.RFC3339), end.Format(time.RFC3339), agg.force)
 			if err := w.refresh(ctx, sql); err != nil {
 				return fmt.Errorf("rollup: refresh %s: %w", view, err)
 			}
