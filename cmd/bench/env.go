@@ -109,26 +109,38 @@ func (b *bench) startCluster(ctx context.Context) error {
 	return b.readMachine(ctx)
 }
 
-// newDatabase creates and migrates a database, returning a pool on it.
+// newDatabase creates and migrates a database on the -backend backend,
+// returning a pool on it.
 func (b *bench) newDatabase(ctx context.Context, name string) (*pgxpool.Pool, string, error) {
-	if err := app.CreateDatabase(ctx, b.adminURL, name); err != nil {
-		return nil, "", err
-	}
-	url := b.cluster.URL(name)
-	backend, err := database.Migrate(ctx, url, b.opt.backend, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	pool, url, backend, err := b.newDatabaseOn(ctx, name, b.opt.backend)
 	if err != nil {
 		return nil, "", err
 	}
 	b.backend = backend
+	return pool, url, nil
+}
+
+// newDatabaseOn creates and migrates a database on the backend want
+// (auto, postgres or timescaledb), returning a pool on it and the backend
+// chosen.
+func (b *bench) newDatabaseOn(ctx context.Context, name, want string) (*pgxpool.Pool, string, database.Backend, error) {
+	if err := app.CreateDatabase(ctx, b.adminURL, name); err != nil {
+		return nil, "", "", err
+	}
+	url := b.cluster.URL(name)
+	backend, err := database.Migrate(ctx, url, want, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, "", "", err
+	}
 	pool, err := database.Connect(ctx, url, 8)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	if _, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
 		pool.Close()
-		return nil, "", err
+		return nil, "", "", err
 	}
-	return pool, url, nil
+	return pool, url, backend, nil
 }
 
 func (b *bench) readMachine(ctx context.Context) error {

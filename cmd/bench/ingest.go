@@ -309,18 +309,14 @@ func (b *bench) singleIngest(ctx context.Context, pool *pgxpool.Pool, tok string
 	n := int(b.opt.singleFor.Seconds() * 40_000)
 	gen := workload.New(workload.Config{Seed: b.opt.seed + 7, Users: b.opt.users, Proxies: b.opt.proxies,
 		Start: now.Add(-time.Hour), End: now.Add(-time.Minute), Events: n, Prefix: "s"})
-	type single struct {
-		path string
-		body []byte
-	}
-	singles := make([]single, 0, n)
+	singles := make([]singleRequest, 0, n)
 	for {
 		evs := gen.Next(nil, 50_000)
 		if len(evs) == 0 {
 			break
 		}
 		for i := range evs {
-			singles = append(singles, single{"/proxy/usage/" + evs[i].ProxyID + "/record", workload.AppendJSON(nil, &evs[i], false)})
+			singles = append(singles, singleRequest{"/proxy/usage/" + evs[i].ProxyID + "/record", workload.AppendJSON(nil, &evs[i], false)})
 		}
 	}
 	resetStatements(ctx, pool)
@@ -331,8 +327,45 @@ func (b *bench) singleIngest(ctx context.Context, pool *pgxpool.Pool, tok string
 	m0 := b.scrape()
 	prof := b.profileService("single-ingest", profileSeconds(b.opt.singleFor))
 	start := b.cpu()
+	all, elapsed, err := b.runSingles(ctx, tok, clients, b.opt.singleFor, singles, rss)
+	end := b.cpu()
+	if err != nil {
+		return err
+	}
+	var after int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_events`).Scan(&after); err != nil {
+		return err
+	}
+	if after-before != len(all) {
+		return fmt.Errorf("single ingest: %d acknowledged, %d stored", len(all), after-before)
+	}
+	r := float64(len(all)) / elapsed.Seconds()
+	p50, p99 := quantile(all, 0.5), quantile(all, 0.99)
+	b.add(result{"3", fmt.Sprintf("single-event ingest via API, %d concurrent clients, durable acks", clients),
+		fmt.Sprintf("%s events/s, p50 %s, p99 %s (%s events in %.1f s)", rate(r), ms(p50), ms(p99), count(len(all)), elapsed.Seconds()),
+		"≥ 10,000 events/s", yes(r >= 10_000)})
+	top, perr := prof.wait()
+	ev := "CPU: " + cpuSplit(start, end) + "." + serverSide(m0, b.scrape(), "/proxy/usage/{proxyId}/record")
+	ev += "\n\nServer time per statement (`pg_stat_statements`):\n\n" + topStatements(ctx, pool, 6)
+	if perr == nil {
+		ev += "\nService CPU profile (`go tool pprof -top`, " + b.opt.profDir + "/single-ingest.cpu.pprof):\n\n```\n" + top + "\n```\n"
+	}
+	b.addEvidence("(3) single-event ingest", ev)
+	return nil
+}
+
+// singleRequest is one request of the single-event endpoint.
+type singleRequest struct {
+	path string
+	body []byte
+}
+
+// runSingles posts singles from clients concurrent lean connections until
+// d passes or they run out, and returns each request's latency and the
+// time taken.
+func (b *bench) runSingles(ctx context.Context, tok string, clients int, d time.Duration, singles []singleRequest, rss *rssSampler) ([]time.Duration, time.Duration, error) {
 	t0 := time.Now()
-	deadline := t0.Add(b.opt.singleFor)
+	deadline := t0.Add(d)
 	var next, done, retries atomic.Int64
 	lat := make([][]time.Duration, clients)
 	var firstErr error
@@ -373,35 +406,15 @@ func (b *bench) singleIngest(ctx context.Context, pool *pgxpool.Pool, tok string
 	wg.Wait()
 	elapsed := time.Since(t0)
 	stop()
-	end := b.cpu()
 	endProgress()
 	if firstErr != nil {
-		return firstErr
+		return nil, 0, firstErr
 	}
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
 	}
-	var after int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM usage_events`).Scan(&after); err != nil {
-		return err
-	}
-	if after-before != len(all) {
-		return fmt.Errorf("single ingest: %d acknowledged, %d stored", len(all), after-before)
-	}
-	r := float64(len(all)) / elapsed.Seconds()
-	p50, p99 := quantile(all, 0.5), quantile(all, 0.99)
-	b.add(result{"3", fmt.Sprintf("single-event ingest via API, %d concurrent clients, durable acks", clients),
-		fmt.Sprintf("%s events/s, p50 %s, p99 %s (%s events in %.1f s)", rate(r), ms(p50), ms(p99), count(len(all)), elapsed.Seconds()),
-		"≥ 10,000 events/s", yes(r >= 10_000)})
-	top, perr := prof.wait()
-	ev := "CPU: " + cpuSplit(start, end) + "." + serverSide(m0, b.scrape(), "/proxy/usage/{proxyId}/record")
-	ev += "\n\nServer time per statement (`pg_stat_statements`):\n\n" + topStatements(ctx, pool, 6)
-	if perr == nil {
-		ev += "\nService CPU profile (`go tool pprof -top`, " + b.opt.profDir + "/single-ingest.cpu.pprof):\n\n```\n" + top + "\n```\n"
-	}
-	b.addEvidence("(3) single-event ingest", ev)
-	return nil
+	return all, elapsed, nil
 }
 
 // scrape reads the service's /metrics as series → value.

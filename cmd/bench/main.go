@@ -13,6 +13,11 @@
 //  7. the edge's access question under ingest, and alert → webhook delay
 //  8. fairness: a victim tenant's reads and batch ingest while an attacker
 //     holds slow uploads or thousands of idle connections (attacks())
+//  11. sustained batch ingest with random uuid4 eventIds against a raw COPY
+//     of the same rows, per-minute rates, and single-event ingest, on each
+//     backend (sustained.go)
+//  12. rollup lag and read latency while ingest never stops: paced at half
+//     the measured maximum, then at full rate, on each backend (live.go)
 //
 // It prints progress and a table to the terminal and writes the table, the
 // machine, the PostgreSQL settings and profile evidence to BENCHMARKS.md.
@@ -59,6 +64,15 @@ type options struct {
 	fairnessEvents int
 	fairnessFor    time.Duration
 	idleConns      int
+
+	backends          string
+	sustainedFor      time.Duration
+	sustainedClients  int
+	sustainedCopyRows int
+	liveFor           time.Duration
+	liveFullFor       time.Duration
+	liveMaxFor        time.Duration
+	liveReadEvery     time.Duration
 }
 
 func main() {
@@ -84,10 +98,18 @@ func main() {
 	flag.IntVar(&o.rollupBatch, "seed-rollup-batch", 100_000, "invalidation entries per rollup run while seeding (4)")
 	flag.IntVar(&o.lateEvents, "late-events", 1_000_000, "late events for the rollup catch-up (6)")
 	flag.IntVar(&o.lateDays, "late-days", 30, "days the late events spread over (6)")
-	flag.StringVar(&o.phases, "phases", "ingest,reads,access,fairness", "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8)")
+	flag.StringVar(&o.phases, "phases", "ingest,reads,access,fairness,sustained,live", "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12)")
 	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
 	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
+	flag.StringVar(&o.backends, "backends", "postgres,timescaledb", "backends phases 11 and 12 run on, each in its own database and service (timescaledb only when installed)")
+	flag.DurationVar(&o.sustainedFor, "sustained-duration", 10*time.Minute, "sustained batch ingest run time per backend (11)")
+	flag.IntVar(&o.sustainedClients, "sustained-clients", 8, "concurrent batch clients (11, 12)")
+	flag.IntVar(&o.sustainedCopyRows, "sustained-copy-rows", 2_000_000, "rows of the raw COPY baseline (11)")
+	flag.DurationVar(&o.liveFor, "live-duration", 10*time.Minute, "ingest paced at half the maximum, per backend (12)")
+	flag.DurationVar(&o.liveFullFor, "live-full-duration", 3*time.Minute, "ingest at full rate, per backend (12)")
+	flag.DurationVar(&o.liveMaxFor, "live-max-duration", 30*time.Second, "measurement of the maximum batch ingest rate, per backend (12)")
+	flag.DurationVar(&o.liveReadEvery, "live-read-interval", 250*time.Millisecond, "interval between requests of each reader (12)")
 	flag.Parse()
 	quickSizes = o.quick
 	if o.quick {
@@ -110,6 +132,16 @@ func main() {
 		if !set["fairness-duration"] {
 			o.fairnessFor = 8 * time.Second
 		}
+		quickFor := func(name string, p *time.Duration, v time.Duration) {
+			if !set[name] {
+				*p = v
+			}
+		}
+		quickFor("sustained-duration", &o.sustainedFor, time.Minute)
+		quick("sustained-copy-rows", &o.sustainedCopyRows, 200_000)
+		quickFor("live-duration", &o.liveFor, time.Minute)
+		quickFor("live-full-duration", &o.liveFullFor, 30*time.Second)
+		quickFor("live-max-duration", &o.liveMaxFor, 10*time.Second)
 	}
 
 	raiseOpenFileLimit()
