@@ -38,11 +38,11 @@ token: ## Print a dev token for the local setup (make token ARGS='-sub bob -role
 	@$(GO) run ./cmd/proxyusage token $(ARGS)
 
 .PHONY: bench
-bench: ## Full benchmark (own PostgreSQL + service; about 12 minutes on 2 cores): table on the terminal and in BENCHMARKS.md
+bench: ## Full benchmark (own PostgreSQL + service; about 70 minutes on 2 cores, ARGS='-phases ...' for a part): table on the terminal and in BENCHMARKS.md
 	$(GO) run ./cmd/bench $(ARGS)
 
 .PHONY: bench-quick
-bench-quick: ## Same benchmark at reduced sizes (about 2 minutes); results in .bench/BENCHMARKS-quick.md
+bench-quick: ## Same benchmark at reduced sizes (about 12 minutes); results in .bench/BENCHMARKS-quick.md
 	$(GO) run ./cmd/bench -quick -out .bench/BENCHMARKS-quick.md $(ARGS)
 
 .PHONY: clean-data

@@ -267,9 +267,9 @@ func (l *live) run(ctx context.Context, clients int, d time.Duration, perSecond 
 		m := b.scrape()
 		s := liveSample{at: now.Sub(t0), rate: float64(n-last) / now.Sub(lastAt).Seconds()}
 		last, lastAt = n, now
-		s.lag, s.lagOK = metricValue(m, "proxyusage_rollup_lag_seconds")
-		s.pending, s.pendingOK = metricValue(m, "proxyusage_rollup_pending_invalidations")
-		if last, ok := metricValue(m, "proxyusage_rollup_last_success_timestamp_seconds"); ok && last > 0 {
+		s.lag, s.lagOK = m["proxyusage_rollup_lag_seconds"]
+		s.pending, s.pendingOK = m["proxyusage_rollup_pending_invalidations"]
+		if last, ok := m["proxyusage_rollup_last_success_timestamp_seconds"]; ok && last > 0 {
 			s.sinceRun, s.sinceRunOK = float64(now.UnixNano())/1e9-last, true
 		}
 		mu.Lock()
@@ -344,8 +344,8 @@ func (l *live) drain(ctx context.Context) (string, error) {
 	t0 := time.Now()
 	for {
 		m := l.b.scrape()
-		p, pok := metricValue(m, "proxyusage_rollup_pending_invalidations")
-		lag, lok := metricValue(m, "proxyusage_rollup_lag_seconds")
+		p, pok := m["proxyusage_rollup_pending_invalidations"]
+		lag, lok := m["proxyusage_rollup_lag_seconds"]
 		if !pok && !lok {
 			return "(no rollup metrics)", nil
 		}

@@ -34,6 +34,10 @@ import (
 	"time"
 )
 
+// defaultPhases are the phases of a plain run; one of fewer writes its own
+// block of the results file (writeGenerated).
+const defaultPhases = "ingest,reads,access,fairness,sustained,live"
+
 type options struct {
 	quick   bool
 	seed    uint64
@@ -98,7 +102,7 @@ func main() {
 	flag.IntVar(&o.rollupBatch, "seed-rollup-batch", 100_000, "invalidation entries per rollup run while seeding (4)")
 	flag.IntVar(&o.lateEvents, "late-events", 1_000_000, "late events for the rollup catch-up (6)")
 	flag.IntVar(&o.lateDays, "late-days", 30, "days the late events spread over (6)")
-	flag.StringVar(&o.phases, "phases", "ingest,reads,access,fairness,sustained,live", "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12)")
+	flag.StringVar(&o.phases, "phases", defaultPhases, "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12)")
 	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
 	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")

@@ -117,8 +117,8 @@ func newTemplates(seed uint64, now time.Time, span time.Duration, n, size int) *
 		}
 		body := workload.AppendBatch(nil, evs)
 		t.bodies = append(t.bodies, body)
-		t.ids = append(t.ids, offsets(body, `"eventId":"`, 0))
-		t.conns = append(t.conns, offsets(body, `"connectionId":"`+connTag, 0))
+		t.ids = append(t.ids, offsets(body, `"eventId":"`))
+		t.conns = append(t.conns, offsets(body, `"connectionId":"`+connTag))
 		t.perBody = append(t.perBody, len(evs))
 		t.source = append(t.source, evs...)
 	}
@@ -127,7 +127,7 @@ func newTemplates(seed uint64, now time.Time, span time.Duration, n, size int) *
 }
 
 // offsets lists where the value after each occurrence of key starts.
-func offsets(body []byte, key string, skip int) []int {
+func offsets(body []byte, key string) []int {
 	var out []int
 	for i := 0; ; {
 		j := bytes.Index(body[i:], []byte(key))
@@ -135,7 +135,7 @@ func offsets(body []byte, key string, skip int) []int {
 			return out
 		}
 		i += j + len(key)
-		out = append(out, i+skip)
+		out = append(out, i)
 	}
 }
 
@@ -288,13 +288,7 @@ func short(be database.Backend) string {
 	return "pg"
 }
 
-// metricValue reads one unlabelled series from a scrape; ok is false when
-// the service does not export it.
-func metricValue(m map[string]float64, name string) (float64, bool) {
-	v, ok := m[name]
-	return v, ok
-}
-
+// orDash formats a measure, or a dash when the service does not export it.
 func orDash(v float64, ok bool, format string) string {
 	if !ok {
 		return "–"
