@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
@@ -182,6 +185,10 @@ func (b *bench) live(ctx context.Context, be database.Backend) error {
 		return err
 	}
 
+	exact := l.verify(ctx, pool, now.Truncate(24*time.Hour))
+	b.add(result{id("e"), fmt.Sprintf("%s: after (12), each user's 3-day report by proxy through the API equals the same report computed by plain SQL over raw events", be),
+		cmp.Or(exact, "equal for all 10 users"), "equal", mark(exact == "")})
+
 	// Paced: lag after the warm-up, and every window's reads.
 	lagMax, lagOK := maxLag(paced, warmup)
 	b.add(result{id("b"), fmt.Sprintf("%s: rollup lag, ingest paced at half the maximum (%s events/s) for %s", be, rate(half), b.opt.liveFor),
@@ -312,6 +319,33 @@ loop:
 	cancel()
 	wg.Wait()
 	return samples, err
+}
+
+// verify compares each user's 3-day report by proxy with the same report
+// computed from raw events (reads.go), and describes the first difference
+// ("" when there is none). The rolled-up answer must equal it whatever the
+// worker still has pending.
+func (l *live) verify(ctx context.Context, pool *pgxpool.Pool, today time.Time) string {
+	step("(12) %s: checking each user's 3-day report against raw events", l.be)
+	r := &reads{b: l.b, pool: pool}
+	from := today.AddDate(0, 0, -2)
+	raw := r.rawReport("proxy")
+	for _, u := range l.users {
+		q := query{path: "/proxy/usage/report?groupBy=proxy&startDate=" + from.Format(dateLayout) + "&endDate=" + today.Format(dateLayout),
+			token: l.tokens[u], userID: u, proxies: l.owned[u], from: from, to: today}
+		want, err := raw(ctx, q)
+		if err != nil {
+			return "raw SQL: " + err.Error()
+		}
+		body, _, err := r.get(ctx, q)
+		if err != nil {
+			return err.Error()
+		}
+		if err := checkReport(body, want); err != nil {
+			return fmt.Sprintf("%s: API and raw SQL differ: %v", u, err)
+		}
+	}
+	return ""
 }
 
 // get reads path as a user and returns the latency.
