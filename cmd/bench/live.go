@@ -216,8 +216,8 @@ func (b *bench) live(ctx context.Context, be database.Backend) error {
 			rate(fr), 100*fr/maxRate, id("a"), lagText(firstHalf, true), lagText(secondHalf, true), lastLag(full), pendingText(full), ms(slicesMax(w99)), drain3),
 		"lag bounded: second half ≤ first half + 10 s", okIf(len(full) > 0 && full[0].lagOK, secondHalf <= firstHalf+10)})
 
-	ev := fmt.Sprintf("Readers: one client per endpoint, a request every %s as a random one of the 10 users (metrics-range of one of their proxies). Lag is `proxyusage_rollup_lag_seconds`, pending `proxyusage_rollup_pending_invalidations`, both read from the service's /metrics at the end of each row, with how long before it the worker last finished a run (`proxyusage_rollup_last_success_timestamp_seconds`): the service refreshes both gauges when a run ends, so a value repeated over rows is that old. Reads are p50 / p99 of the row's requests (n in brackets).\n\n",
-		b.opt.liveReadEvery)
+	ev := fmt.Sprintf("Readers: one client per endpoint, a request every %s as a random one of the 10 users (metrics-range of one of their proxies). Lag is `proxyusage_rollup_lag_seconds`, pending `proxyusage_rollup_pending_invalidations`, both read from the service's /metrics at the end of each row, with how long before it the worker last finished a run (`proxyusage_rollup_last_success_timestamp_seconds`): the service refreshes both gauges when a run ends, so a value repeated over rows is that old. Reads are p50 / p99 of the row's requests (n in brackets). Pacing is open-loop: batch k is due k × %d / rate seconds after the start, and a client behind schedule sends at once, so a service that cannot keep the pace runs at full rate (the events/s column shows it).\n\n",
+		b.opt.liveReadEvery, b.opt.batchSize)
 	ev += fmt.Sprintf("Paced at %s events/s (%s):\n\n%s\nFull rate (%s):\n\n%s", rate(half), id("b"), l.table(paced), id("d"), l.table(full))
 	ev += "\nServer time per statement over the whole of (12) on this backend (`pg_stat_statements`):\n\n" + topStatements(ctx, pool, 10)
 	b.addEvidence(fmt.Sprintf("(12) rollups under sustained ingest on %s", be), ev)
