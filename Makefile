@@ -58,6 +58,6 @@ FUZZTIME ?= 60s
 fuzz: ## Run every fuzz target for FUZZTIME each (make test runs only their seed corpora)
 	$(GO) test ./internal/ingest -run '^$$' -fuzz '^FuzzDecodeOne$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/ingest -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/usage -run '^$$' -fuzz '^FuzzParsePeriod$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/http -run '^$$' -fuzz '^FuzzParsePeriod$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/auth -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/auth -run '^$$' -fuzz '^FuzzVerifyClaims$$' -fuzztime $(FUZZTIME)

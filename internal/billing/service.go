@@ -17,7 +17,6 @@ import (
 	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
-	"proxyusage/internal/strictjson"
 	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
 )
@@ -60,17 +59,27 @@ func NewService(cfg Config) (*Service, error) {
 	return &Service{pool: cfg.Pool, plans: cfg.Plans, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
 }
 
+// BillRequest asks for a user's bill over a period.
+type BillRequest struct {
+	UserID string // "": the caller's own
+	Period usage.Period
+}
+
+// Validate checks the period; the user id is checked with the caller's
+// right to it (auth.Principal.Subject).
+func (r *BillRequest) Validate() error { return r.Period.Validate() }
+
 // Bill computes the billing summary of a user for a period. Usage comes
 // from the same rollups as the reports, so bill and report agree.
-func (s *Service) Bill(ctx context.Context, caller auth.Principal, userID, start, end string) (Bill, error) {
-	uid, err := caller.Subject(userID)
+func (s *Service) Bill(ctx context.Context, caller auth.Principal, req BillRequest) (Bill, error) {
+	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Bill{}, err
 	}
-	period, err := usage.ParsePeriod("periodStart", start, "periodEnd", end)
-	if err != nil {
+	if err := req.Validate(); err != nil {
 		return Bill{}, err
 	}
+	period := req.Period
 	list, err := s.proxies.List(ctx, uid)
 	if err != nil {
 		return Bill{}, err
@@ -140,16 +149,20 @@ type TierEntry struct {
 	EffectiveFrom string `json:"effectiveFrom"`
 }
 
-// AccountUpdate is the body of PUT /admin/users/{userId}. Every field is
-// optional; what it omits stays as it was.
+// AccountUpdate changes a user's account (PUT /admin/users/{userId}).
+// Every change is optional; what it leaves out stays as it was.
 type AccountUpdate struct {
-	Tier          string `json:"tier"`
-	EffectiveFrom string `json:"effectiveFrom"` // of the tier and the contract; default today
-	// Contract: absent keeps the contract history, null removes it, a
-	// contract applies from EffectiveFrom on.
-	Contract strictjson.Nullable[ContractInput] `json:"contract"`
-	// Limits: absent keeps the user's own limit, null removes it.
-	Limits strictjson.Nullable[limit.Input] `json:"limits"`
+	UserID        string
+	Tier          string    // "": keep
+	EffectiveFrom time.Time // of the tier and the contract, a UTC day; zero: today
+	// Contract applies from EffectiveFrom on; ClearContract removes the
+	// contract history instead; neither keeps it.
+	Contract      *ContractInput
+	ClearContract bool
+	// Limits replaces the user's own limit; ClearLimits removes it (the
+	// plan's applies); neither keeps it.
+	Limits      *limit.Input
+	ClearLimits bool
 }
 
 // ContractInput is an enterprise contract as sent: amounts are decimal
@@ -170,9 +183,16 @@ var (
 // MaxContractDecimals is how many decimal places a contract price may have.
 const MaxContractDecimals = 6
 
-// Validate checks the tier, the date and the contract's amounts (the
-// contract's currency against the plans is checked by UpdateAccount).
+// Validate checks the user id, the tier, the date and the contract's
+// amounts (the contract's currency against the plans is checked by
+// UpdateAccount).
 func (u *AccountUpdate) Validate() error {
+	if err := user.ValidateID(u.UserID); err != nil {
+		return err
+	}
+	if u.Contract != nil && u.ClearContract || u.Limits != nil && u.ClearLimits {
+		return apperr.Errorf(apperr.Invalid, "an update either sets or clears a contract or limits, not both")
+	}
 	if u.Tier != "" {
 		switch u.Tier {
 		case user.TierFree, user.TierPremium, user.TierEnterprise:
@@ -180,26 +200,29 @@ func (u *AccountUpdate) Validate() error {
 			return apperr.Errorf(apperr.Invalid, "tier must be free, premium or enterprise")
 		}
 	}
-	if u.EffectiveFrom != "" {
-		if u.Tier == "" && (!u.Contract.Set || u.Contract.Null) {
+	if !u.EffectiveFrom.IsZero() {
+		if u.Tier == "" && u.Contract == nil {
 			return apperr.Errorf(apperr.Invalid, "effectiveFrom needs a tier or a contract")
 		}
-		if _, err := usage.ParseDate("effectiveFrom", u.EffectiveFrom); err != nil {
+		if !isDay(u.EffectiveFrom) {
+			return apperr.Errorf(apperr.Invalid, "effectiveFrom must be a date (YYYY-MM-DD)")
+		}
+	}
+	if u.Contract != nil {
+		if _, err := u.Contract.parse(""); err != nil {
 			return err
 		}
 	}
-	if u.Contract.Set && !u.Contract.Null {
-		if _, err := u.Contract.Value.parse(""); err != nil {
-			return err
-		}
-	}
-	if u.Limits.Set && !u.Limits.Null {
-		if _, err := u.Limits.Value.Parse(); err != nil {
+	if u.Limits != nil {
+		if _, err := u.Limits.Parse(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// isDay reports whether t is a UTC midnight.
+func isDay(t time.Time) bool { return t.Equal(rollup.Day(t)) && t.Location() == time.UTC }
 
 // amountPattern is a non-negative decimal with at most
 // MaxContractDecimals places: no sign, exponent or spaces.
@@ -234,34 +257,31 @@ func (in ContractInput) parse(defaultCurrency string) (Contract, error) {
 
 // UpdateAccount sets a user's tier (from a date) and/or contract, creating
 // the user if new. Admin only.
-func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, userID string, req AccountUpdate) (Account, error) {
+func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, req AccountUpdate) (Account, error) {
 	if !caller.IsAdmin() {
 		return Account{}, apperr.Errorf(apperr.Forbidden, "this endpoint requires the admin role")
 	}
-	if err := user.ValidateID(userID); err != nil {
+	if err := req.Validate(); err != nil {
 		return Account{}, err
 	}
-	// req has passed Validate; what follows derives the values to store.
-	from := rollup.Day(s.now())
-	if req.EffectiveFrom != "" {
-		var err error
-		if from, err = usage.ParseDate("effectiveFrom", req.EffectiveFrom); err != nil {
-			return Account{}, err
-		}
+	userID := req.UserID
+	from := req.EffectiveFrom
+	if from.IsZero() {
+		from = rollup.Day(s.now())
 	}
 	var ownLimit *limit.Limit
-	clearLimit := req.Limits.Set && req.Limits.Null
-	if req.Limits.Set && !req.Limits.Null {
-		l, err := req.Limits.Value.Parse()
+	clearLimit := req.ClearLimits
+	if req.Limits != nil {
+		l, err := req.Limits.Parse()
 		if err != nil {
 			return Account{}, err
 		}
 		ownLimit = &l
 	}
 	var contract *Contract
-	clearContract := req.Contract.Set && req.Contract.Null
-	if req.Contract.Set && !req.Contract.Null {
-		c, err := req.Contract.Value.parse(s.plans.Currency)
+	clearContract := req.ClearContract
+	if req.Contract != nil {
+		c, err := req.Contract.parse(s.plans.Currency)
 		if err != nil {
 			return Account{}, err
 		}

@@ -13,7 +13,12 @@ func (s *Server) handleBilling(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	out, err := s.billing.Bill(r.Context(), caller(r), q.Get("userId"), q.Get("periodStart"), q.Get("periodEnd"))
+	period, err := queryPeriod(q, "periodStart", "periodEnd")
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	out, err := s.billing.Bill(r.Context(), caller(r), billing.BillRequest{UserID: q.Get("userId"), Period: period})
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -40,12 +45,17 @@ func (s *Server) handlePutAccount(w http.ResponseWriter, r *http.Request) {
 		Error(w, r, err)
 		return
 	}
-	var req billing.AccountUpdate
-	if err := decodeBody(r, 64<<10, false, &req); err != nil {
+	var body accountBody
+	if err := decodeBody(r, 64<<10, false, &body); err != nil {
 		Error(w, r, err)
 		return
 	}
-	out, err := s.billing.UpdateAccount(r.Context(), caller(r), pathVar(r, "userId"), req)
+	req, err := body.request(pathVar(r, "userId"))
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	out, err := s.billing.UpdateAccount(r.Context(), caller(r), req)
 	if err != nil {
 		Error(w, r, err)
 		return

@@ -3,12 +3,16 @@ package http
 import (
 	"net/http"
 
-	"proxyusage/internal/apperr"
 	"proxyusage/internal/usage"
 )
 
 func (s *Server) handleDailyMetrics(w http.ResponseWriter, r *http.Request) {
-	out, err := s.usage.Daily(r.Context(), caller(r), pathVar(r, "proxyId"), pathVar(r, "date"))
+	day, err := parseDate("date", pathVar(r, "date"))
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	out, err := s.usage.Daily(r.Context(), caller(r), usage.DailyRequest{ProxyID: pathVar(r, "proxyId"), Date: day})
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -22,8 +26,12 @@ func (s *Server) handleRangeMetrics(w http.ResponseWriter, r *http.Request) {
 		Error(w, r, err)
 		return
 	}
-	q := r.URL.Query()
-	out, err := s.usage.Range(r.Context(), caller(r), pathVar(r, "proxyId"), q.Get("startDate"), q.Get("endDate"))
+	period, err := queryPeriod(r.URL.Query(), "startDate", "endDate")
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	out, err := s.usage.Range(r.Context(), caller(r), usage.RangeRequest{ProxyID: pathVar(r, "proxyId"), Period: period})
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -51,7 +59,13 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	out, err := s.usage.Report(r.Context(), caller(r), q.Get("userId"), q.Get("startDate"), q.Get("endDate"), q.Get("groupBy"))
+	period, err := queryPeriod(q, "startDate", "endDate")
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	req := usage.ReportRequest{UserID: q.Get("userId"), Period: period, GroupBy: usage.GroupBy(q.Get("groupBy"))}
+	out, err := s.usage.Report(r.Context(), caller(r), req)
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -65,25 +79,18 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleAggregation(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	switch q.Get("groupBy") {
-	case "":
-	case "tier":
-		if q.Get("userId") != "" {
-			Error(w, r, apperr.Errorf(apperr.Invalid, "groupBy=tier covers all users; do not pass userId"))
-			return
-		}
-		out, err := s.usage.TierAggregation(r.Context(), caller(r), q.Get("periodStart"), q.Get("periodEnd"))
-		if err != nil {
-			Error(w, r, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, out)
-		return
-	default:
-		Error(w, r, apperr.Errorf(apperr.Invalid, "groupBy must be tier or absent"))
+	period, err := queryPeriod(q, "periodStart", "periodEnd")
+	if err != nil {
+		Error(w, r, err)
 		return
 	}
-	out, err := s.usage.Aggregation(r.Context(), caller(r), q.Get("userId"), q.Get("periodStart"), q.Get("periodEnd"))
+	req := usage.AggregationRequest{UserID: q.Get("userId"), Period: period, GroupBy: usage.GroupBy(q.Get("groupBy"))}
+	var out any
+	if req.GroupBy == usage.GroupByTier {
+		out, err = s.usage.TierAggregation(r.Context(), caller(r), req)
+	} else {
+		out, err = s.usage.Aggregation(r.Context(), caller(r), req)
+	}
 	if err != nil {
 		Error(w, r, err)
 		return
@@ -92,12 +99,17 @@ func (s *Server) handleAggregation(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
-	var req usage.SnapshotRequest
-	if err := decodeBody(r, 64<<10, false, &req); err != nil {
+	var body snapshotBody
+	if err := decodeBody(r, 64<<10, false, &body); err != nil {
 		Error(w, r, err)
 		return
 	}
-	out, err := s.usage.Snapshot(r.Context(), caller(r), req.UserID, req.PeriodStart, req.PeriodEnd)
+	req, err := body.request()
+	if err != nil {
+		Error(w, r, err)
+		return
+	}
+	out, err := s.usage.Snapshot(r.Context(), caller(r), req)
 	if err != nil {
 		Error(w, r, err)
 		return

@@ -12,7 +12,9 @@ const DateLayout = "2006-01-02"
 // MaxPeriodDays bounds a requested range.
 const MaxPeriodDays = 366
 
-// Period is an inclusive range of UTC days.
+// Period is an inclusive range of UTC days. The transport parses its ends
+// from whatever names they have there (startDate, periodStart, ...);
+// Validate holds the rules of a period whichever request carries it.
 type Period struct {
 	Start, End time.Time
 }
@@ -20,34 +22,23 @@ type Period struct {
 // Days is the number of days in the period.
 func (p Period) Days() int { return int(p.End.Sub(p.Start)/(24*time.Hour)) + 1 }
 
-// ParseDate parses a YYYY-MM-DD date parameter.
-func ParseDate(name, s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, apperr.Errorf(apperr.Invalid, "%s is required (YYYY-MM-DD)", name)
+// Validate checks that both ends are UTC days, the end is not before the
+// start and the period spans at most MaxPeriodDays.
+func (p Period) Validate() error {
+	if !isDay(p.Start) || !isDay(p.End) {
+		return apperr.Errorf(apperr.Invalid, "a period's start and end must be dates (YYYY-MM-DD)")
 	}
-	t, err := time.Parse(DateLayout, s)
-	if err != nil || len(s) != len(DateLayout) {
-		return time.Time{}, apperr.Errorf(apperr.Invalid, "%s must be a date in YYYY-MM-DD format", name)
+	if p.End.Before(p.Start) {
+		return apperr.Errorf(apperr.Invalid, "the start date must not be after the end date")
 	}
-	return t.UTC(), nil
+	if p.Days() > MaxPeriodDays {
+		return apperr.Errorf(apperr.Invalid, "a range covers at most %d days", MaxPeriodDays)
+	}
+	return nil
 }
 
-// ParsePeriod validates a start and end date parameter pair.
-func ParsePeriod(startName, start, endName, end string) (Period, error) {
-	s, err := ParseDate(startName, start)
-	if err != nil {
-		return Period{}, err
-	}
-	e, err := ParseDate(endName, end)
-	if err != nil {
-		return Period{}, err
-	}
-	if e.Before(s) {
-		return Period{}, apperr.Errorf(apperr.Invalid, "%s must not be after %s", startName, endName)
-	}
-	p := Period{Start: s, End: e}
-	if p.Days() > MaxPeriodDays {
-		return Period{}, apperr.Errorf(apperr.Invalid, "a range covers at most %d days", MaxPeriodDays)
-	}
-	return p, nil
+// isDay reports whether t is a UTC midnight.
+func isDay(t time.Time) bool {
+	h, m, sec := t.Clock()
+	return t.Location() == time.UTC && h == 0 && m == 0 && sec == 0 && t.Nanosecond() == 0
 }

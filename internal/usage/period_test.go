@@ -2,39 +2,39 @@ package usage
 
 import (
 	"testing"
+	"time"
+
+	"proxyusage/internal/apperr"
 )
 
-func TestParsePeriod(t *testing.T) {
-	ok := [][2]string{{"2026-01-01", "2026-01-01"}, {"2024-02-29", "2025-02-28"}, {"2025-01-01", "2026-01-01"}}
-	for _, c := range ok {
-		if _, err := ParsePeriod("s", c[0], "e", c[1]); err != nil {
-			t.Errorf("%v refused: %v", c, err)
-		}
+func day(s string) time.Time {
+	t, err := time.Parse(DateLayout, s)
+	if err != nil {
+		panic(err)
 	}
-	bad := [][2]string{{"", "2026-01-01"}, {"2026-01-01", ""}, {"2026-02-30", "2026-03-01"}, {"2026-1-1", "2026-01-02"},
-		{"2026-01-02", "2026-01-01"}, {"2025-01-01", "2026-01-02"}, {"2026-01-01T00:00:00Z", "2026-01-02"}, {"20260101", "2026-01-02"}}
-	for _, c := range bad {
-		if _, err := ParsePeriod("s", c[0], "e", c[1]); err == nil {
-			t.Errorf("%v accepted", c)
-		}
-	}
+	return t
 }
 
-func FuzzParsePeriod(f *testing.F) {
-	f.Add("2026-01-01", "2026-12-31")
-	f.Add("2024-02-29", "2024-02-29")
-	f.Add("0000-01-01", "9999-12-31")
-	f.Add("2026-13-01", "x")
-	f.Fuzz(func(t *testing.T, start, end string) {
-		p, err := ParsePeriod("startDate", start, "endDate", end)
-		if err != nil {
-			return
+func TestPeriodValidate(t *testing.T) {
+	for _, c := range []struct {
+		p  Period
+		ok bool
+	}{
+		{Period{day("2026-01-01"), day("2026-01-01")}, true},
+		{Period{day("2024-02-29"), day("2025-02-28")}, true},
+		{Period{day("2025-01-01"), day("2026-01-01")}, true},  // 366 days
+		{Period{day("0001-01-01"), day("0001-01-01")}, true},  // time.Time's zero is a day like any other
+		{Period{day("2025-01-01"), day("2026-01-02")}, false}, // 367 days
+		{Period{day("2026-01-02"), day("2026-01-01")}, false},
+		{Period{day("2026-01-01").Add(time.Hour), day("2026-01-02")}, false},
+		{Period{day("2026-01-01"), day("2026-01-02").In(time.FixedZone("x", 3600))}, false},
+	} {
+		err := c.p.Validate()
+		if (err == nil) != c.ok {
+			t.Errorf("%v: Validate() = %v, want ok %v", c.p, err, c.ok)
 		}
-		if p.End.Before(p.Start) || p.Days() < 1 || p.Days() > MaxPeriodDays {
-			t.Fatalf("accepted %q..%q as %v (%d days)", start, end, p, p.Days())
+		if err != nil && apperr.CodeOf(err) != apperr.Invalid {
+			t.Errorf("%v: code %s, want %s", c.p, apperr.CodeOf(err), apperr.Invalid)
 		}
-		if p.Start.Format(DateLayout) != start || p.End.Format(DateLayout) != end {
-			t.Fatalf("accepted non-canonical dates %q, %q", start, end)
-		}
-	})
+	}
 }

@@ -4,6 +4,7 @@
 package usage
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -151,16 +152,34 @@ func (s *Service) readable(ctx context.Context, caller auth.Principal, proxyID s
 	return s.proxies.Get(ctx, caller, proxyID)
 }
 
+// Every request is checked in the same order: who may ask first (a caller
+// learns nothing about data it may not read from the validation of its
+// request), then the request's Validate.
+
+// DailyRequest asks for one proxy's metrics on one day.
+type DailyRequest struct {
+	ProxyID string
+	Date    time.Time // a UTC day
+}
+
+// Validate checks the day.
+func (r *DailyRequest) Validate() error {
+	if !isDay(r.Date) {
+		return apperr.Errorf(apperr.Invalid, "date must be a date (YYYY-MM-DD)")
+	}
+	return nil
+}
+
 // Daily returns one proxy's metrics for one day.
-func (s *Service) Daily(ctx context.Context, caller auth.Principal, proxyID, day string) (Daily, error) {
-	p, err := s.readable(ctx, caller, proxyID)
+func (s *Service) Daily(ctx context.Context, caller auth.Principal, req DailyRequest) (Daily, error) {
+	p, err := s.readable(ctx, caller, req.ProxyID)
 	if err != nil {
 		return Daily{}, err
 	}
-	d, err := ParseDate("date", day)
-	if err != nil {
+	if err := req.Validate(); err != nil {
 		return Daily{}, err
 	}
+	d := req.Date
 	m, err := s.reader.Totals(ctx, []string{p.ID}, d, d, rollup.ByNone)
 	if err != nil {
 		return Daily{}, err
@@ -175,16 +194,25 @@ func metricsOf(t *rollup.Totals) rollup.Metrics {
 	return t.Metrics()
 }
 
+// RangeRequest asks for one proxy's metrics per day over a period.
+type RangeRequest struct {
+	ProxyID string
+	Period  Period
+}
+
+// Validate checks the period.
+func (r *RangeRequest) Validate() error { return r.Period.Validate() }
+
 // Range returns one proxy's metrics per day, zero-filled.
-func (s *Service) Range(ctx context.Context, caller auth.Principal, proxyID, start, end string) (Range, error) {
-	p, err := s.readable(ctx, caller, proxyID)
+func (s *Service) Range(ctx context.Context, caller auth.Principal, req RangeRequest) (Range, error) {
+	p, err := s.readable(ctx, caller, req.ProxyID)
 	if err != nil {
 		return Range{}, err
 	}
-	period, err := ParsePeriod("startDate", start, "endDate", end)
-	if err != nil {
+	if err := req.Validate(); err != nil {
 		return Range{}, err
 	}
+	period := req.Period
 	m, err := s.reader.Totals(ctx, []string{p.ID}, period.Start, period.End, rollup.ByDay)
 	if err != nil {
 		return Range{}, err
@@ -245,26 +273,47 @@ func (s *Service) proxyIDs(ctx context.Context, userID string) ([]string, error)
 	return ids, nil
 }
 
-// Report returns a user's usage grouped by day or by proxy.
-func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, start, end, groupBy string) (Report, error) {
-	uid, err := caller.Subject(userID)
-	if err != nil {
-		return Report{}, err
-	}
-	period, err := ParsePeriod("startDate", start, "endDate", end)
-	if err != nil {
-		return Report{}, err
-	}
-	if groupBy == "" {
-		groupBy = "day"
-	}
-	by := rollup.ByDay
-	switch groupBy {
-	case "day":
-	case "proxy":
-		by = rollup.ByProxy
+// GroupBy is how a report or an aggregation is broken down.
+type GroupBy string
+
+// The groupings: a report by day (the default) or by proxy; an
+// aggregation of one user (no grouping) or of every user by tier.
+const (
+	GroupByDay   GroupBy = "day"
+	GroupByProxy GroupBy = "proxy"
+	GroupByTier  GroupBy = "tier"
+)
+
+// ReportRequest asks for a user's usage over a period.
+type ReportRequest struct {
+	UserID  string // "": the caller's own
+	Period  Period
+	GroupBy GroupBy // day (also ""), or proxy
+}
+
+// Validate checks the grouping and the period.
+func (r *ReportRequest) Validate() error {
+	switch r.GroupBy {
+	case "", GroupByDay, GroupByProxy:
 	default:
-		return Report{}, apperr.Errorf(apperr.Invalid, "groupBy must be day or proxy")
+		return apperr.Errorf(apperr.Invalid, "groupBy must be day or proxy")
+	}
+	return r.Period.Validate()
+}
+
+// Report returns a user's usage grouped by day or by proxy.
+func (s *Service) Report(ctx context.Context, caller auth.Principal, req ReportRequest) (Report, error) {
+	uid, err := caller.Subject(req.UserID)
+	if err != nil {
+		return Report{}, err
+	}
+	if err := req.Validate(); err != nil {
+		return Report{}, err
+	}
+	period, groupBy := req.Period, cmp.Or(req.GroupBy, GroupByDay)
+	by := rollup.ByDay
+	if groupBy == GroupByProxy {
+		by = rollup.ByProxy
 	}
 	ids, err := s.proxyIDs(ctx, uid)
 	if err != nil {
@@ -274,7 +323,7 @@ func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, sta
 	if err != nil {
 		return Report{}, err
 	}
-	out := Report{UserID: uid, StartDate: date(period.Start), EndDate: date(period.End), GroupBy: groupBy, Rows: []ReportRow{}}
+	out := Report{UserID: uid, StartDate: date(period.Start), EndDate: date(period.End), GroupBy: string(groupBy), Rows: []ReportRow{}}
 	var total rollup.Totals
 	if by == rollup.ByDay {
 		for d := period.Start; !d.After(period.End); d = d.AddDate(0, 0, 1) {
@@ -304,17 +353,43 @@ func (s *Service) Report(ctx context.Context, caller auth.Principal, userID, sta
 	return out, nil
 }
 
+// AggregationRequest asks for a period aggregation: of one user (GroupBy
+// ""), answered by Aggregation, or of every user by tier (GroupByTier, no
+// UserID), answered by TierAggregation.
+type AggregationRequest struct {
+	UserID  string // "": the caller's own
+	Period  Period
+	GroupBy GroupBy // "" or tier
+}
+
+// Validate checks the grouping, that a tier aggregation names no user,
+// and the period.
+func (r *AggregationRequest) Validate() error {
+	switch r.GroupBy {
+	case "":
+	case GroupByTier:
+		if r.UserID != "" {
+			return apperr.Errorf(apperr.Invalid, "groupBy=tier covers all users; do not pass userId")
+		}
+	default:
+		return apperr.Errorf(apperr.Invalid, "groupBy must be tier or absent")
+	}
+	return r.Period.Validate()
+}
+
 // Aggregation returns a user's live period aggregation.
-func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, userID, start, end string) (Aggregation, error) {
-	uid, err := caller.Subject(userID)
+func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (Aggregation, error) {
+	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Aggregation{}, err
 	}
-	period, err := ParsePeriod("periodStart", start, "periodEnd", end)
-	if err != nil {
+	if err := req.Validate(); err != nil {
 		return Aggregation{}, err
 	}
-	return s.aggregate(ctx, uid, period)
+	if req.GroupBy == GroupByTier {
+		return Aggregation{}, apperr.Errorf(apperr.Invalid, "groupBy=tier is answered by TierAggregation")
+	}
+	return s.aggregate(ctx, uid, req.Period)
 }
 
 func (s *Service) aggregate(ctx context.Context, uid string, period Period) (Aggregation, error) {
@@ -348,14 +423,15 @@ func (s *Service) aggregate(ctx context.Context, uid string, period Period) (Agg
 
 // TierAggregation returns per-tier totals over all users (admin only); each
 // user-day counts under the tier in effect that day.
-func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, start, end string) (TierAggregation, error) {
+func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (TierAggregation, error) {
 	if !caller.IsAdmin() {
 		return TierAggregation{}, apperr.Errorf(apperr.Forbidden, "groupBy=tier requires the admin role")
 	}
-	period, err := ParsePeriod("periodStart", start, "periodEnd", end)
-	if err != nil {
+	req.GroupBy = GroupByTier
+	if err := req.Validate(); err != nil {
 		return TierAggregation{}, err
 	}
+	period := req.Period
 	owners, err := s.proxies.Owners(ctx)
 	if err != nil {
 		return TierAggregation{}, err
@@ -399,7 +475,7 @@ func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, st
 		a.users[uid] = true
 		a.proxies[k.ProxyID] = true
 	}
-	out := TierAggregation{PeriodStart: date(period.Start), PeriodEnd: date(period.End), GroupBy: "tier", Rows: []TierRow{}}
+	out := TierAggregation{PeriodStart: date(period.Start), PeriodEnd: date(period.End), GroupBy: string(GroupByTier), Rows: []TierRow{}}
 	for _, tier := range []string{user.TierFree, user.TierPremium, user.TierEnterprise} {
 		if a, ok := tiers[tier]; ok {
 			out.Rows = append(out.Rows, TierRow{Tier: tier, UserCount: len(a.users), ProxyCount: len(a.proxies), Totals: a.totals.Metrics()})
@@ -408,31 +484,27 @@ func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, st
 	return out, nil
 }
 
-// SnapshotRequest is the body of POST /proxy/usage/aggregate.
+// SnapshotRequest asks to store a user's period aggregation.
 type SnapshotRequest struct {
-	PeriodStart string `json:"periodStart"`
-	PeriodEnd   string `json:"periodEnd"`
-	UserID      string `json:"userId"` // another user's period (admins); "" the caller's
+	UserID string // another user's period (admins); "" the caller's
+	Period Period
 }
 
 // Validate checks the period; the user id is checked with the caller's
 // right to it (auth.Principal.Subject).
-func (r *SnapshotRequest) Validate() error {
-	_, err := ParsePeriod("periodStart", r.PeriodStart, "periodEnd", r.PeriodEnd)
-	return err
-}
+func (r *SnapshotRequest) Validate() error { return r.Period.Validate() }
 
 // Snapshot computes the caller's period aggregation and upserts it into
 // proxy_usage_aggregation, returning the stored row.
-func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, userID, start, end string) (Snapshot, error) {
-	uid, err := caller.Subject(userID)
+func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, req SnapshotRequest) (Snapshot, error) {
+	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Snapshot{}, err
 	}
-	period, err := ParsePeriod("periodStart", start, "periodEnd", end)
-	if err != nil {
+	if err := req.Validate(); err != nil {
 		return Snapshot{}, err
 	}
+	period := req.Period
 	agg, err := s.aggregate(ctx, uid, period)
 	if err != nil {
 		return Snapshot{}, err
