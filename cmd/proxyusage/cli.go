@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,7 +46,8 @@ func commandFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
 }
 
 func apiFlags(fs *flag.FlagSet) (*string, *string) {
-	u := fs.String("url", envOr("PROXYUSAGE_URL", "http://localhost:8080"), "API base URL (env PROXYUSAGE_URL)")
+	// The client commands' own settings, not the service's configuration.
+	u := fs.String("url", cmp.Or(os.Getenv("PROXYUSAGE_URL"), "http://localhost:8080"), "API base URL (env PROXYUSAGE_URL)")
 	t := fs.String("token", os.Getenv("TOKEN"), "bearer token (env TOKEN; mint one with: bin/proxyusage token)")
 	return u, t
 }

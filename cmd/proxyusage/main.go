@@ -93,39 +93,31 @@ func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
-func commonFlags(fs *flag.FlagSet, cfg *config.Config, backend *string) {
+func commonFlags(fs *flag.FlagSet, cfg *config.Config) {
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "PostgreSQL URL (env DATABASE_URL; empty: local cluster under -data-dir)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the local cluster and dev secret (env DATA_DIR)")
-	fs.StringVar(backend, "backend", envOr("BACKEND", "auto"), "storage backend: auto, postgres or timescaledb (env BACKEND)")
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
+	fs.StringVar(&cfg.Backend, "backend", cfg.Backend, "storage backend: auto, postgres or timescaledb (env BACKEND)")
 }
 
 func serve(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var backend string
-	commonFlags(fs, &cfg, &backend)
+	commonFlags(fs, &cfg)
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "listen address (env HTTP_ADDR)")
 	devToken := fs.Bool("print-dev-token", false, "print an admin dev token for the local setup")
-	pprofAddr := fs.String("pprof-addr", os.Getenv("PPROF_ADDR"), "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (env PPROF_ADDR; off when empty)")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", cfg.PprofAddr, "serve net/http/pprof on this loopback address, e.g. 127.0.0.1:6060 (env PPROF_ADDR; off when empty)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *pprofAddr != "" {
-		if err := servePprof(*pprofAddr); err != nil {
+	if cfg.PprofAddr != "" {
+		if err := servePprof(cfg.PprofAddr); err != nil {
 			return err
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	m := &app.Main{Config: cfg, Backend: backend, Logger: newLogger(stderr, cfg.LogLevel)}
+	m := &app.Main{Config: cfg, Logger: newLogger(stderr, cfg.LogLevel)}
 	if err := m.EnsureLocal(ctx); err != nil {
 		return err
 	}
@@ -194,13 +186,12 @@ func servePprof(addr string) error {
 func migrate(cfg config.Config, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var backend string
-	commonFlags(fs, &cfg, &backend)
+	commonFlags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx := context.Background()
-	m := &app.Main{Config: cfg, Backend: backend, Logger: newLogger(stderr, cfg.LogLevel)}
+	m := &app.Main{Config: cfg, Logger: newLogger(stderr, cfg.LogLevel)}
 	if err := m.EnsureLocal(ctx); err != nil {
 		return err
 	}

@@ -43,8 +43,7 @@ const LocalPort = 54329
 
 // Main is the running service.
 type Main struct {
-	Config  config.Config
-	Backend string // "auto" (default), "postgres" or "timescaledb"
+	Config config.Config
 	// DisableRollupWorker keeps the background worker from running (tests
 	// drive Rollup.RunOnce themselves).
 	DisableRollupWorker bool
@@ -157,7 +156,7 @@ func LoadOrCreateSecret(path string) (string, error) {
 
 // Migrate applies the migrations to the configured database.
 func (m *Main) Migrate(ctx context.Context) error {
-	backend, err := database.Migrate(ctx, m.Config.DatabaseURL, m.Backend, m.Logger)
+	backend, err := database.Migrate(ctx, m.Config.DatabaseURL, m.Config.Backend, m.Logger)
 	if err != nil {
 		return err
 	}
@@ -188,7 +187,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.Logger.Info("storage backend detected", slog.String("backend", string(m.Detected)))
 
-	m.Pool, err = database.Connect(ctx, m.Config.DatabaseURL, 20)
+	m.Pool, err = database.Connect(ctx, m.Config.DatabaseURL, int32(cmp.Or(m.Config.DatabasePoolSize, config.DefaultDatabasePoolSize)))
 	if err != nil {
 		return err
 	}
@@ -241,7 +240,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Rollup, err = rollup.NewWorker(rollup.WorkerConfig{
 		Pool: m.Pool, Backend: m.Detected, Metrics: m.Metrics, Logger: m.Logger,
 		MaxConnectionAge: m.Config.MaxConnectionAge, RawRetention: m.Config.RawRetention,
-		IngestActive: func() bool { return m.Writer.Active(2 * time.Second) },
+		IngestActive: func() bool {
+			return m.Writer.Active(cmp.Or(m.Config.IngestBusyWindow, config.DefaultIngestBusyWindow))
+		},
 	})
 	if err != nil {
 		return err

@@ -46,9 +46,7 @@ func NoWorker(m *app.Main) { m.DisableRollupWorker = true }
 
 // ForEachBackend runs fn as a subtest per available backend.
 func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {
-	for _, b := range pgtest.Backends(t) {
-		t.Run(string(b), func(t *testing.T) { fn(t, b) })
-	}
+	pgtest.ForEachBackend(t, fn)
 }
 
 // Start runs the service on a fresh database of backend b.
@@ -68,6 +66,7 @@ func startOn(t testing.TB, b database.Backend, dbURL string, opts ...Option) *En
 	t.Helper()
 	cfg := config.Config{
 		DatabaseURL:      dbURL,
+		Backend:          string(b),
 		HTTPAddr:         "127.0.0.1:0",
 		JWTSecret:        Secret,
 		DedupWindow:      config.DefaultDedupWindow,
@@ -80,7 +79,7 @@ func startOn(t testing.TB, b database.Backend, dbURL string, opts ...Option) *En
 	if os.Getenv("TEST_LOG") != "" {
 		level = slog.LevelDebug
 	}
-	m := &app.Main{Config: cfg, Backend: string(b), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
+	m := &app.Main{Config: cfg, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	for _, o := range opts {
 		o(m)
 	}

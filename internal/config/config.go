@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -17,6 +18,12 @@ type Config struct {
 	DatabaseURL string // empty: a local cluster under DataDir
 	DataDir     string
 	HTTPAddr    string
+	Backend     string // auto (detect), postgres or timescaledb
+	// DatabasePoolSize bounds the main pool's connections (the ingest
+	// writer has its own pool, sized by IngestWriters).
+	DatabasePoolSize int64
+	// PprofAddr serves net/http/pprof on this loopback address; empty: off.
+	PprofAddr string
 
 	JWTSecret   string
 	JWTJWKSURL  string
@@ -42,9 +49,12 @@ type Config struct {
 	IdleTimeout           time.Duration // keep-alive connections idle this long are closed
 	// IngestWriters is the number of concurrent group-commit flushes (0:
 	// default, 2). Two let one flush's COPY overlap the next one's
-	// preparation: batch ingest measured 50k events/s with two, 33k with
-	// one; single events were the same (BENCHMARKS.md).
+	// preparation.
 	IngestWriters int64
+	// IngestBusyWindow: ingest counts as active for this long after a
+	// group-commit flush, and while it is the rollup worker spaces its runs
+	// out so ingest keeps most of the database.
+	IngestBusyWindow time.Duration
 
 	// WebhookAllowPrivate lets webhooks point at private, loopback and
 	// link-local addresses. Off by default (SSRF); for tests and local
@@ -66,6 +76,9 @@ type Config struct {
 const (
 	DefaultHTTPAddr         = ":8080"
 	DefaultDataDir          = ".data"
+	DefaultBackend          = "auto"
+	DefaultDatabasePoolSize = 20
+	DefaultIngestBusyWindow = 2 * time.Second
 	DefaultDedupWindow      = 35 * 24 * time.Hour
 	DefaultLateDataWindow   = 35 * 24 * time.Hour
 	DefaultMaxFutureSkew    = 5 * time.Minute
@@ -95,6 +108,10 @@ func FromEnv() (Config, error) {
 		DatabaseURL:      os.Getenv("DATABASE_URL"),
 		DataDir:          cmp.Or(os.Getenv("DATA_DIR"), DefaultDataDir),
 		HTTPAddr:         cmp.Or(os.Getenv("HTTP_ADDR"), DefaultHTTPAddr),
+		Backend:          cmp.Or(os.Getenv("BACKEND"), DefaultBackend),
+		DatabasePoolSize: DefaultDatabasePoolSize,
+		PprofAddr:        os.Getenv("PPROF_ADDR"),
+		IngestBusyWindow: dur("INGEST_BUSY_WINDOW", DefaultIngestBusyWindow),
 		JWTSecret:        os.Getenv("JWT_SECRET"),
 		JWTJWKSURL:       os.Getenv("JWT_JWKS_URL"),
 		JWTIssuer:        os.Getenv("JWT_ISSUER"),
@@ -120,6 +137,7 @@ func FromEnv() (Config, error) {
 	for name, dst := range map[string]*int64{
 		"MAX_INFLIGHT": &c.MaxInflight, "INGEST_WRITERS": &c.IngestWriters, "WEBHOOK_WORKERS": &c.WebhookWorkers, "MAX_CONNS": &c.MaxConns,
 		"MAX_INFLIGHT_PER_USER": &c.MaxInflightPerUser, "MAX_INFLIGHT_PER_SERVICE": &c.MaxInflightPerService,
+		"DATABASE_POOL_SIZE": &c.DatabasePoolSize,
 	} {
 		if v := os.Getenv(name); v != "" {
 			if _, err := fmt.Sscanf(v, "%d", dst); err != nil || *dst <= 0 {
@@ -147,6 +165,14 @@ func (c Config) Validate() error {
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("HTTP_ADDR must not be empty"))
 	}
+	switch c.Backend {
+	case "", "auto", "postgres", "timescaledb":
+	default:
+		errs = append(errs, fmt.Errorf("BACKEND: %q is not auto, postgres or timescaledb", c.Backend))
+	}
+	if c.DatabasePoolSize > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("DATABASE_POOL_SIZE must be at most %d", math.MaxInt32))
+	}
 	if c.DatabaseURL == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("DATABASE_URL or DATA_DIR must be set"))
 	}
@@ -165,6 +191,7 @@ func (c Config) Validate() error {
 	}{
 		{"MAX_INFLIGHT", c.MaxInflight}, {"MAX_INFLIGHT_PER_USER", c.MaxInflightPerUser},
 		{"MAX_INFLIGHT_PER_SERVICE", c.MaxInflightPerService}, {"MAX_CONNS", c.MaxConns}, {"INGEST_WRITERS", c.IngestWriters},
+		{"DATABASE_POOL_SIZE", c.DatabasePoolSize}, {"INGEST_BUSY_WINDOW", int64(c.IngestBusyWindow)},
 		{"BODY_TIMEOUT", int64(c.BodyTimeout)}, {"READ_TIMEOUT", int64(c.ReadTimeout)}, {"IDLE_TIMEOUT", int64(c.IdleTimeout)},
 	} {
 		if v.value < 0 {

@@ -77,3 +77,28 @@ func TestRetentionCoversLateDataWindow(t *testing.T) {
 		}
 	}
 }
+
+func TestProcessSettings(t *testing.T) {
+	c, err := FromEnv()
+	if err != nil || c.Backend != DefaultBackend || c.DatabasePoolSize != DefaultDatabasePoolSize ||
+		c.IngestBusyWindow != DefaultIngestBusyWindow || c.PprofAddr != "" {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	t.Setenv("BACKEND", "postgres")
+	t.Setenv("DATABASE_POOL_SIZE", "8")
+	t.Setenv("INGEST_BUSY_WINDOW", "500ms")
+	t.Setenv("PPROF_ADDR", "127.0.0.1:6060")
+	c, err = FromEnv()
+	if err != nil || c.Backend != "postgres" || c.DatabasePoolSize != 8 || c.IngestBusyWindow != 500*time.Millisecond || c.PprofAddr != "127.0.0.1:6060" {
+		t.Fatalf("got %+v %v", c, err)
+	}
+	t.Setenv("DATABASE_POOL_SIZE", "0")
+	if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "DATABASE_POOL_SIZE") {
+		t.Errorf("DATABASE_POOL_SIZE=0: %v", err)
+	}
+	c.JWTSecret = strings.Repeat("s", 32)
+	c.Backend = "mysql"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "BACKEND") {
+		t.Errorf("BACKEND=mysql: %v", err)
+	}
+}
