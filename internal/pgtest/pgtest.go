@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/database"
 )
@@ -181,4 +182,24 @@ func NewDB(t testing.TB, b database.Backend) string {
 		_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 	})
 	return withDB(adminURL, name)
+}
+
+// ForEachBackend runs fn as a subtest per available backend.
+func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {
+	for _, b := range Backends(t) {
+		t.Run(string(b), func(t *testing.T) { fn(t, b) })
+	}
+}
+
+// NewPool returns a small pool on a fresh migrated database of backend b
+// (NewDB), closed when the test ends: the fixture of tests that call a
+// package's API directly, without the service around it.
+func NewPool(t testing.TB, b database.Backend) *pgxpool.Pool {
+	t.Helper()
+	pool, err := database.Connect(context.Background(), NewDB(t, b), 4)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
