@@ -60,14 +60,7 @@ func NewService(cfg Config) (*Service, error) {
 }
 
 // BillRequest asks for a user's bill over a period.
-type BillRequest struct {
-	UserID string // "": the caller's own
-	Period usage.Period
-}
-
-// Validate checks the period; the user id is checked with the caller's
-// right to it (auth.Principal.Subject).
-func (r *BillRequest) Validate() error { return r.Period.Validate() }
+type BillRequest = usage.UserPeriod
 
 // Bill computes the billing summary of a user for a period. Usage comes
 // from the same rollups as the reports, so bill and report agree.
@@ -80,13 +73,9 @@ func (s *Service) Bill(ctx context.Context, caller auth.Principal, req BillReque
 		return Bill{}, err
 	}
 	period := req.Period
-	list, err := s.proxies.List(ctx, uid)
+	ids, err := s.proxies.IDs(ctx, uid)
 	if err != nil {
 		return Bill{}, err
-	}
-	ids := make([]string, len(list))
-	for i, p := range list {
-		ids[i] = p.ID
 	}
 	daily, err := s.reader.DailyBytes(ctx, ids, period.Start, period.End)
 	if err != nil {

@@ -102,14 +102,18 @@ func (s *Store) Register(ctx context.Context, caller auth.Principal, id string, 
 	return p, created, nil
 }
 
-// List returns the caller's proxies, archived ones included, in byte order
-// of their ids (whatever the database's collation).
-func (s *Store) List(ctx context.Context, userID string) ([]Proxy, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+columns+` FROM proxies WHERE user_id = $1 ORDER BY id COLLATE "C"`, userID)
+// IDs returns the ids of a user's proxies, archived ones included: the
+// proxies whose usage a user's reports and bills cover.
+func (s *Store) IDs(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM proxies WHERE user_id = $1 ORDER BY id COLLATE "C"`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("list proxies: %w", err)
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Proxy, error) { return scan(r) })
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list proxies: %w", err)
+	}
+	return ids, nil
 }
 
 // MaxPageSize is the largest (and the default) page of GET /proxies.

@@ -155,7 +155,7 @@ func TestValidation(t *testing.T) {
 			}
 		}
 		// Nothing was stored.
-		if list, err := s.List(ctx, alice.UserID); err != nil || len(list) != 0 {
+		if list, err := s.IDs(ctx, alice.UserID); err != nil || len(list) != 0 {
 			t.Fatalf("after refusals: %v %v", list, err)
 		}
 	})
@@ -181,12 +181,12 @@ func TestListAndPages(t *testing.T) {
 		want := slices.Clone(ids)
 		slices.Sort(want) // Go compares strings bytewise
 
-		list, err := s.List(ctx, "alice")
+		got, err := s.IDs(ctx, "alice")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := idsOf(list); !slices.Equal(got, want) {
-			t.Errorf("list %v, want %v (archived included, byte order, alice's only)", got, want)
+		if !slices.Equal(got, want) {
+			t.Errorf("ids %v, want %v (archived included, byte order, alice's only)", got, want)
 		}
 		var paged []string
 		req := proxy.PageRequest{Limit: 4}

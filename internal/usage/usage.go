@@ -261,18 +261,6 @@ func utc(t *time.Time) *time.Time {
 	return &u
 }
 
-func (s *Service) proxyIDs(ctx context.Context, userID string) ([]string, error) {
-	list, err := s.proxies.List(ctx, userID)
-	if err != nil {
-		return nil, err
-	}
-	ids := make([]string, len(list))
-	for i, p := range list {
-		ids[i] = p.ID
-	}
-	return ids, nil
-}
-
 // GroupBy is how a report or an aggregation is broken down.
 type GroupBy string
 
@@ -315,7 +303,7 @@ func (s *Service) Report(ctx context.Context, caller auth.Principal, req ReportR
 	if groupBy == GroupByProxy {
 		by = rollup.ByProxy
 	}
-	ids, err := s.proxyIDs(ctx, uid)
+	ids, err := s.proxies.IDs(ctx, uid)
 	if err != nil {
 		return Report{}, err
 	}
@@ -393,7 +381,7 @@ func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, req Ag
 }
 
 func (s *Service) aggregate(ctx context.Context, uid string, period Period) (Aggregation, error) {
-	ids, err := s.proxyIDs(ctx, uid)
+	ids, err := s.proxies.IDs(ctx, uid)
 	if err != nil {
 		return Aggregation{}, err
 	}
@@ -484,15 +472,19 @@ func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, re
 	return out, nil
 }
 
-// SnapshotRequest asks to store a user's period aggregation.
-type SnapshotRequest struct {
-	UserID string // another user's period (admins); "" the caller's
+// UserPeriod asks about one user's usage over a period: the request of a
+// snapshot and of a bill.
+type UserPeriod struct {
+	UserID string // another user's (admins); "": the caller's own
 	Period Period
 }
 
 // Validate checks the period; the user id is checked with the caller's
 // right to it (auth.Principal.Subject).
-func (r *SnapshotRequest) Validate() error { return r.Period.Validate() }
+func (r *UserPeriod) Validate() error { return r.Period.Validate() }
+
+// SnapshotRequest asks to store a user's period aggregation.
+type SnapshotRequest = UserPeriod
 
 // Snapshot computes the caller's period aggregation and upserts it into
 // proxy_usage_aggregation, returning the stored row.
