@@ -60,6 +60,15 @@ func (p Principal) CanWriteAny() bool {
 	return p.IsAdmin() || slices.Contains(p.Roles, RoleService)
 }
 
+// CanRead reports whether the caller may read what owner owns (a proxy
+// and its usage): its own, or anything for admins.
+func (p Principal) CanRead(owner string) bool { return owner == p.UserID || p.IsAdmin() }
+
+// CanWrite reports whether the caller may act as the edge for what owner
+// owns (record a proxy's events, ask whether it may open a connection):
+// its own, or anything for the service role and admins.
+func (p Principal) CanWrite(owner string) bool { return owner == p.UserID || p.CanWriteAny() }
+
 // Config configures a Verifier. At least one of Secret and JWKSURL is
 // required.
 type Config struct {

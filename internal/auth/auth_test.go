@@ -98,3 +98,24 @@ func TestVerifierCache(t *testing.T) {
 		t.Fatalf("cache holds %d entries, bound %d", n, cacheEntries)
 	}
 }
+
+func TestOwnershipRules(t *testing.T) {
+	alice := Principal{UserID: "alice"}
+	admin := Principal{UserID: "root", Roles: []string{RoleAdmin}}
+	service := Principal{UserID: "fleet", Roles: []string{RoleService}}
+	for _, c := range []struct {
+		who         Principal
+		owner       string
+		read, write bool
+	}{
+		{alice, "alice", true, true}, {alice, "bob", false, false},
+		{admin, "bob", true, true}, {service, "bob", false, true}, {service, "fleet", true, true},
+	} {
+		if got := c.who.CanRead(c.owner); got != c.read {
+			t.Errorf("%s CanRead(%s) = %v", c.who.UserID, c.owner, got)
+		}
+		if got := c.who.CanWrite(c.owner); got != c.write {
+			t.Errorf("%s CanWrite(%s) = %v", c.who.UserID, c.owner, got)
+		}
+	}
+}

@@ -244,7 +244,7 @@ WITH owner AS (`+subjectColumns+`, x.archived_at IS NOT NULL AS archived
  WHERE x.id = $2
 ), bytes_scope AS (SELECT proxy_ids, $3::date AS first_day, $4::date AS last_day FROM owner),`+s.reader.BytesCTEs()+`
 SELECT owner.*, exact_bytes.bytes::text FROM owner, exact_bytes`, s.Today(), proxyID, month, MonthEnd(month)), &archived, &usedSum)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && sub.UserID != caller.UserID && !caller.CanWriteAny()) {
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !caller.CanWrite(sub.UserID)) {
 		return Access{}, notFound
 	}
 	if err != nil {

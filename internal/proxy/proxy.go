@@ -181,7 +181,7 @@ func (s *Store) Get(ctx context.Context, caller auth.Principal, id string) (Prox
 		return Proxy{}, apperr.Errorf(apperr.NotFound, "proxy not found")
 	}
 	p, err := scan(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM proxies WHERE id = $1`, id))
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && p.UserID != caller.UserID && !caller.IsAdmin()) {
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !caller.CanRead(p.UserID)) {
 		return Proxy{}, apperr.Errorf(apperr.NotFound, "proxy not found")
 	}
 	if err != nil {
@@ -211,7 +211,7 @@ func (s *Store) Lookup(ctx context.Context, ids []string) (map[string]Proxy, err
 // proxy). Unknown or someone else's proxy is not found; archived is a
 // conflict.
 func CheckWritable(caller auth.Principal, p *Proxy) error {
-	if p == nil || (p.UserID != caller.UserID && !caller.CanWriteAny()) {
+	if p == nil || !caller.CanWrite(p.UserID) {
 		return apperr.Errorf(apperr.NotFound, "proxy not found")
 	}
 	if p.Archived() {
