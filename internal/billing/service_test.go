@@ -11,26 +11,18 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/billing"
-	"proxyusage/internal/config"
 	"proxyusage/internal/database"
+	"proxyusage/internal/fixture"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/limit"
 	"proxyusage/internal/pgtest"
-	"proxyusage/internal/proxy"
-	"proxyusage/internal/rollup"
 	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
-	"proxyusage/internal/workload"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var (
-	alice   = auth.Principal{UserID: "alice"}
-	bob     = auth.Principal{UserID: "bob"}
-	admin   = auth.Principal{UserID: "root", Roles: []string{auth.RoleAdmin}}
-	service = auth.Principal{UserID: "fleet", Roles: []string{auth.RoleService}}
-)
+var alice, bob, admin, service = fixture.Alice, fixture.Bob, fixture.Admin, fixture.Service
 
 func day(s string) time.Time {
 	d, err := time.Parse(usage.DateLayout, s)
@@ -42,49 +34,27 @@ func day(s string) time.Time {
 
 var november = usage.Period{Start: day("2026-11-01"), End: day("2026-11-30")}
 
-type fixture struct {
+type seeded struct {
 	svc    *billing.Service
 	events []ingest.Event
 }
 
 // newFixture: alice's proxy a1 carries 3 GB on 2 November and 2 GB on 20
 // November; bob's b1 1 GB. Today is 1 December.
-func newFixture(t *testing.T, b database.Backend) *fixture {
+func newFixture(t *testing.T, b database.Backend) *seeded {
 	t.Helper()
-	ctx := context.Background()
-	pool := pgtest.NewPool(t, b)
-	users, proxies := user.NewStore(pool), proxy.NewStore(pool)
-	for _, c := range []struct {
-		who auth.Principal
-		id  string
-	}{{alice, "a1"}, {bob, "b1"}} {
-		if err := users.Ensure(ctx, c.who.UserID); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := proxies.Register(ctx, c.who, c.id, proxy.Registration{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f := &fixture{events: []ingest.Event{
+	db := fixture.New(t, b)
+	db.Own(t, alice, "a1")
+	db.Own(t, bob, "b1")
+	f := &seeded{events: []ingest.Event{
 		{ProxyID: "a1", Time: day("2026-11-02").Add(time.Hour), BytesSent: 2e9, BytesReceived: 1e9},
 		{ProxyID: "a1", Time: day("2026-11-20").Add(time.Hour), BytesSent: 1_500_000_000, BytesReceived: 500_000_000},
 		{ProxyID: "b1", Time: day("2026-11-20"), BytesSent: 1e9},
 	}}
-	for i := range f.events {
-		f.events[i].Type, f.events[i].EventID = ingest.DataTransfer, string(rune('a'+i))
-	}
-	if _, err := workload.CopyEvents(ctx, pool, "usage_events", f.events, day("2026-12-01")); err != nil {
-		t.Fatal(err)
-	}
-	if err := workload.LogInvalidations(ctx, pool, f.events); err != nil {
-		t.Fatal(err)
-	}
-	reader, err := rollup.NewReader(ctx, pool, b, config.DefaultMaxConnectionAge)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.svc, err = billing.NewService(billing.Config{Pool: pool, Plans: billing.DefaultPlans(), Reader: reader,
-		Proxies: proxies, Users: users, Now: func() time.Time { return day("2026-12-01").Add(9 * time.Hour) }})
+	db.Store(t, day("2026-12-01"), f.events)
+	var err error
+	f.svc, err = billing.NewService(billing.Config{Pool: db.Pool, Plans: billing.DefaultPlans(), Reader: db.Reader(t),
+		Proxies: db.Proxies, Users: db.Users, Now: func() time.Time { return day("2026-12-01").Add(9 * time.Hour) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +63,7 @@ func newFixture(t *testing.T, b database.Backend) *fixture {
 
 // gb is the independent computation: the GB alice's proxy carried on the
 // days from..to, with the nine decimals bills show.
-func (f *fixture) gb(proxyID string, from, to time.Time) string {
+func (f *seeded) gb(proxyID string, from, to time.Time) string {
 	var n int64
 	for _, e := range f.events {
 		if e.ProxyID == proxyID && !e.Time.Before(from) && e.Time.Before(to.AddDate(0, 0, 1)) {

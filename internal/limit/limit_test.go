@@ -11,30 +11,23 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
-	"proxyusage/internal/config"
 	"proxyusage/internal/database"
+	"proxyusage/internal/fixture"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/limit"
 	"proxyusage/internal/pgtest"
 	"proxyusage/internal/proxy"
-	"proxyusage/internal/rollup"
 	"proxyusage/internal/user"
-	"proxyusage/internal/workload"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var (
-	alice   = auth.Principal{UserID: "alice"}
-	bob     = auth.Principal{UserID: "bob"}
-	admin   = auth.Principal{UserID: "root", Roles: []string{auth.RoleAdmin}}
-	service = auth.Principal{UserID: "fleet", Roles: []string{auth.RoleService}}
-)
+var alice, bob, admin, service = fixture.Alice, fixture.Bob, fixture.Admin, fixture.Service
 
 // now is mid-November; October's events do not count this month.
 var now = time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 
-type fixture struct {
+type seeded struct {
 	svc     *limit.Service
 	proxies *proxy.Store
 	events  []ingest.Event
@@ -42,51 +35,29 @@ type fixture struct {
 
 // newFixture: alice (proxy a1) has her own hard limit of 5000 bytes; bob
 // (proxy b1) is on the free plan, which carries a soft 1 GB limit.
-func newFixture(t *testing.T, b database.Backend) *fixture {
+func newFixture(t *testing.T, b database.Backend) *seeded {
 	t.Helper()
 	ctx := context.Background()
-	pool := pgtest.NewPool(t, b)
-	users := user.NewStore(pool)
-	f := &fixture{proxies: proxy.NewStore(pool)}
-	for _, c := range []struct {
-		who   auth.Principal
-		proxy string
-	}{{alice, "a1"}, {bob, "b1"}} {
-		if err := users.Ensure(ctx, c.who.UserID); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := f.proxies.Register(ctx, c.who, c.proxy, proxy.Registration{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	db := fixture.New(t, b)
+	db.Own(t, alice, "a1")
+	db.Own(t, bob, "b1")
+	f := &seeded{proxies: db.Proxies}
 	own, err := limit.Input{MonthlyGB: "0.000005"}.Parse()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return limit.Set(ctx, tx, "alice", &own) }); err != nil {
+	if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error { return limit.Set(ctx, tx, "alice", &own) }); err != nil {
 		t.Fatal(err)
 	}
-	for i, e := range []ingest.Event{
+	f.events = []ingest.Event{
 		{ProxyID: "a1", Time: time.Date(2026, 11, 2, 8, 0, 0, 0, time.UTC), BytesSent: 3000, BytesReceived: 1},
 		{ProxyID: "a1", Time: time.Date(2026, 11, 19, 23, 0, 0, 0, time.UTC), BytesSent: 1999, BytesReceived: 500},
 		{ProxyID: "a1", Time: time.Date(2026, 10, 31, 23, 59, 0, 0, time.UTC), BytesSent: 1 << 40}, // last month
 		{ProxyID: "b1", Time: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), BytesSent: 60, BytesReceived: 40},
-	} {
-		e.Type, e.EventID = ingest.DataTransfer, string(rune('a'+i))
-		f.events = append(f.events, e)
 	}
-	if _, err := workload.CopyEvents(ctx, pool, "usage_events", f.events, now); err != nil {
-		t.Fatal(err)
-	}
-	if err := workload.LogInvalidations(ctx, pool, f.events); err != nil {
-		t.Fatal(err)
-	}
-	reader, err := rollup.NewReader(ctx, pool, b, config.DefaultMaxConnectionAge)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db.Store(t, now, f.events)
 	plan := limit.Limit{MonthlyGB: decimal.New(1, 0), Enforcement: limit.Soft, AlertPercents: limit.DefaultAlertPercents()}
-	f.svc, err = limit.NewService(limit.Config{Pool: pool, Reader: reader, Now: func() time.Time { return now },
+	f.svc, err = limit.NewService(limit.Config{Pool: db.Pool, Reader: db.Reader(t), Now: func() time.Time { return now },
 		PlanLimit: func(tier string) *limit.Limit {
 			if tier == user.TierFree {
 				return &plan
@@ -101,7 +72,7 @@ func newFixture(t *testing.T, b database.Backend) *fixture {
 
 // usedThisMonth is the independent computation: the proxy's bytes sent
 // and received in now's month.
-func (f *fixture) usedThisMonth(proxyID string) string {
+func (f *seeded) usedThisMonth(proxyID string) string {
 	var n int64
 	for _, e := range f.events {
 		if e.ProxyID == proxyID && e.Time.Year() == now.Year() && e.Time.Month() == now.Month() {

@@ -9,32 +9,24 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/fixture"
 	"proxyusage/internal/pgtest"
 	"proxyusage/internal/proxy"
-	"proxyusage/internal/user"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var (
-	alice   = auth.Principal{UserID: "alice"}
-	bob     = auth.Principal{UserID: "bob"}
-	admin   = auth.Principal{UserID: "root", Roles: []string{auth.RoleAdmin}}
-	service = auth.Principal{UserID: "fleet", Roles: []string{auth.RoleService}}
-)
+var alice, bob, admin, service = fixture.Alice, fixture.Bob, fixture.Admin, fixture.Service
 
 // newStore returns a Store on a fresh migrated database with alice, bob,
 // the admin and the service caller as users.
 func newStore(t *testing.T, b database.Backend) *proxy.Store {
 	t.Helper()
-	pool := pgtest.NewPool(t, b)
-	users := user.NewStore(pool)
+	db := fixture.New(t, b)
 	for _, p := range []auth.Principal{alice, bob, admin, service} {
-		if err := users.Ensure(context.Background(), p.UserID); err != nil {
-			t.Fatal(err)
-		}
+		db.Own(t, p)
 	}
-	return proxy.NewStore(pool)
+	return db.Proxies
 }
 
 func name(s string) proxy.Registration { return proxy.Registration{Name: &s} }

@@ -10,31 +10,24 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
-	"proxyusage/internal/config"
 	"proxyusage/internal/database"
 	"proxyusage/internal/exact"
+	"proxyusage/internal/fixture"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/pgtest"
-	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
-	"proxyusage/internal/workload"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var (
-	alice   = auth.Principal{UserID: "alice"}
-	bob     = auth.Principal{UserID: "bob"}
-	admin   = auth.Principal{UserID: "root", Roles: []string{auth.RoleAdmin}}
-	service = auth.Principal{UserID: "fleet", Roles: []string{auth.RoleService}}
-)
+var alice, bob, admin, service = fixture.Alice, fixture.Bob, fixture.Admin, fixture.Service
 
 // day1 is the first of the three days the fixture's events fall on.
 var day1 = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
 
-type fixture struct {
+type seeded struct {
 	svc    *usage.Service
 	events []ingest.Event
 	owner  map[string]string // proxy id → user id
@@ -44,21 +37,12 @@ type fixture struct {
 // users, proxies (alice owns a1 and a2, bob b1) and events over three
 // days, stored as ingest stores them and logged for the rollup worker,
 // which does not run: reads answer from raw events, exactly.
-func newFixture(t *testing.T, b database.Backend) *fixture {
+func newFixture(t *testing.T, b database.Backend) *seeded {
 	t.Helper()
-	ctx := context.Background()
-	pool := pgtest.NewPool(t, b)
-	users, proxies := user.NewStore(pool), proxy.NewStore(pool)
-	f := &fixture{owner: map[string]string{"a1": "alice", "a2": "alice", "b1": "bob"}}
-	for _, id := range []string{"a1", "a2", "b1"} {
-		caller := auth.Principal{UserID: f.owner[id]}
-		if err := users.Ensure(ctx, caller.UserID); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := proxies.Register(ctx, caller, id, proxy.Registration{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	db := fixture.New(t, b)
+	db.Own(t, alice, "a1", "a2")
+	db.Own(t, bob, "b1")
+	f := &seeded{owner: map[string]string{"a1": "alice", "a2": "alice", "b1": "bob"}}
 	n := 0
 	add := func(proxyID, typ string, at time.Time, e ingest.Event) {
 		n++
@@ -84,17 +68,9 @@ func newFixture(t *testing.T, b database.Backend) *fixture {
 	add("a1", ingest.ConnectionEnd, day1.Add(11*time.Hour+30*time.Minute), ingest.Event{ConnectionID: "c2", DurationUS: 1800e6, HasDuration: true})
 	add("a1", ingest.ConnectionEnd, day1.Add(12*time.Hour), ingest.Event{ConnectionID: "c1", DurationUS: 7200e6, HasDuration: true})
 
-	if _, err := workload.CopyEvents(ctx, pool, "usage_events", f.events, day1.AddDate(0, 0, 3)); err != nil {
-		t.Fatal(err)
-	}
-	if err := workload.LogInvalidations(ctx, pool, f.events); err != nil {
-		t.Fatal(err)
-	}
-	reader, err := rollup.NewReader(ctx, pool, b, config.DefaultMaxConnectionAge)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.svc, err = usage.NewService(usage.Config{Pool: pool, Reader: reader, Proxies: proxies, Users: users,
+	db.Store(t, day1.AddDate(0, 0, 3), f.events)
+	var err error
+	f.svc, err = usage.NewService(usage.Config{Pool: db.Pool, Reader: db.Reader(t), Proxies: db.Proxies, Users: db.Users,
 		Now: func() time.Time { return day1.AddDate(0, 0, 3) }})
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +81,7 @@ func newFixture(t *testing.T, b database.Backend) *fixture {
 // sums is the independent computation: the fixture's events counted in Go.
 type sums struct{ events, sent, received, errors, successes, connections int64 }
 
-func (f *fixture) sum(keep func(e *ingest.Event) bool) sums {
+func (f *seeded) sum(keep func(e *ingest.Event) bool) sums {
 	var s sums
 	for i := range f.events {
 		e := &f.events[i]
@@ -127,7 +103,7 @@ func (f *fixture) sum(keep func(e *ingest.Event) bool) sums {
 	return s
 }
 
-func (f *fixture) of(userID string, from, to time.Time) func(e *ingest.Event) bool {
+func (f *seeded) of(userID string, from, to time.Time) func(e *ingest.Event) bool {
 	return func(e *ingest.Event) bool {
 		return f.owner[e.ProxyID] == userID && !e.Time.Before(from) && e.Time.Before(to.AddDate(0, 0, 1))
 	}
