@@ -1,8 +1,10 @@
 package ingest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/apperr"
@@ -269,12 +272,13 @@ const (
 	// claimKeys claims keys that are, almost always, new: a plain insert is
 	// about half the work of ON CONFLICT. Any repeat fails it, and the flush
 	// claims again with claimKeysReturning after a rollback to savepoint.
+	// $1 holds the distinct keys (EventKey), sorted.
 	claimKeys = `
-INSERT INTO usage_event_keys (proxy_id, event_id, received_at)
-SELECT proxy_id, event_id, now() FROM unnest($1::text[], $2::text[]) AS k(proxy_id, event_id)`
+INSERT INTO usage_event_keys (key, received_at)
+SELECT key, now() FROM unnest($1::uuid[]) AS k(key)`
 	claimKeysReturning = claimKeys + `
 ON CONFLICT DO NOTHING
-RETURNING proxy_id, event_id`
+RETURNING key`
 
 	// logInvalidations appends one row per log holding the flush's
 	// distinct entries as parallel arrays: one row with two GIN-indexed
@@ -289,17 +293,18 @@ SELECT $3::text[], $4::text[] WHERE cardinality($3::text[]) > 0`
 
 // flushStatement writes a small flush at once: it claims the keys, stores
 // the events without a key or with a fresh one, logs the invalidations and
-// returns the stored count per request. $1/$2 are the distinct keys
-// (sorted), $3 the candidates' requests and $4.. the candidates (keyed
-// ones once: the first occurrence) as eventArrays.
+// returns the stored count per request. $1 holds the distinct keys
+// (sorted), $2 each candidate's key (NULL when keyless), $3 the
+// candidates' requests and $4.. the candidates (keyed ones once: the first
+// occurrence) as eventArrays.
 var flushStatement = `
 WITH fresh AS (` + claimKeysReturning + `
 ), ev AS (
-  SELECT * FROM ` + unnestEvents(3) + `
+  SELECT * FROM ` + strings.Replace(strings.Replace(unnestEvents(3), "unnest(", "unnest($2::uuid[], ", 1), "AS e(", "AS e(key, ", 1) + `
 ), chosen AS (
-  SELECT e.* FROM ev e WHERE e.event_id IS NULL
+  SELECT e.* FROM ev e WHERE e.key IS NULL
   UNION ALL
-  SELECT e.* FROM ev e JOIN fresh f ON f.proxy_id = e.proxy_id AND f.event_id = e.event_id
+  SELECT e.* FROM ev e JOIN fresh f ON f.key = e.key
 ), stored AS (
   INSERT INTO usage_events (` + strings.Join(EventColumns, ", ") + `)
   SELECT ` + strings.Join(EventColumns, ", ") + ` FROM chosen
@@ -318,12 +323,12 @@ SELECT req, count(*)::int FROM chosen GROUP BY req`
 
 // flushState is what one flush works out in memory.
 type flushState struct {
-	outs []outcome
-	live []bool   // requests that passed authorisation
-	keyP []string // distinct idempotency keys of the live requests, sorted
-	keyE []string
-	ev   []*Event // candidates: keyless events and first occurrences of keys
-	req  []int32  // request of each candidate
+	outs  []outcome
+	live  []bool        // requests that passed authorisation
+	keys  []pgtype.UUID // distinct idempotency keys of the live requests, sorted
+	evKey []pgtype.UUID // key of each candidate; not Valid when keyless
+	ev    []*Event      // candidates: keyless events and first occurrences of keys
+	req   []int32       // request of each candidate
 
 	chosenReq []int32 // requests of the chosen events, when some were repeats
 }
@@ -414,7 +419,7 @@ func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 func (st *flushState) writeSmall(ctx context.Context, c *pgx.Conn) (int, error) {
 	b := &pgx.Batch{}
 	if len(st.ev) > 0 {
-		b.Queue(flushStatement, append([]any{st.keyP, st.keyE, st.req}, eventArrays(st.ev)...)...)
+		b.Queue(flushStatement, append([]any{st.keys, st.evKey, st.req}, eventArrays(st.ev)...)...)
 	}
 	b.Queue("COMMIT")
 	br := c.SendBatch(ctx, b)
@@ -449,14 +454,14 @@ func (st *flushState) writeSmall(ctx context.Context, c *pgx.Conn) (int, error) 
 // writeLarge claims the keys, COPYs the events and logs, then commits.
 func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) {
 	chosen := st.ev
-	if len(st.keyP) > 0 {
-		_, err := c.Exec(ctx, claimKeys, st.keyP, st.keyE)
+	if len(st.keys) > 0 {
+		_, err := c.Exec(ctx, claimKeys, st.keys)
 		switch {
 		case database.HasCode(err, database.UniqueViolation): // a repeat: claim the fresh ones only
 			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT claim"); err != nil {
 				return 0, fmt.Errorf("claim keys: %w", err)
 			}
-			fresh, err := claimFresh(ctx, c, st.keyP, st.keyE)
+			fresh, err := claimFresh(ctx, c, st.keys)
 			if err != nil {
 				return 0, err
 			}
@@ -500,21 +505,19 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 }
 
 // claimFresh claims keys with ON CONFLICT DO NOTHING and returns the ones
-// this flush claimed, as "proxy\x00id" (neither part can hold NUL).
-func claimFresh(ctx context.Context, c *pgx.Conn, keyP, keyE []string) (map[string]bool, error) {
-	fresh := make(map[string]bool, len(keyP))
-	rows, err := c.Query(ctx, claimKeysReturning, keyP, keyE)
+// this flush claimed.
+func claimFresh(ctx context.Context, c *pgx.Conn, keys []pgtype.UUID) (map[[16]byte]bool, error) {
+	fresh := make(map[[16]byte]bool, len(keys))
+	rows, err := c.Query(ctx, claimKeysReturning, keys)
 	if err != nil {
 		return nil, fmt.Errorf("claim keys: %w", err)
 	}
-	var buf []byte
-	for rows.Next() {
-		raw := rows.RawValues()
-		buf = append(append(append(buf[:0], raw[0]...), 0), raw[1]...)
-		fresh[string(buf)] = true
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	var k [16]byte
+	_, err = pgx.ForEachRow(rows, []any{&k}, func() error {
+		fresh[k] = true
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("claim keys: %w", err)
 	}
 	return fresh, nil
@@ -523,16 +526,12 @@ func claimFresh(ctx context.Context, c *pgx.Conn, keyP, keyE []string) (map[stri
 // fresh returns the candidates to store once some keys turned out to be
 // repeats: keyless events and those whose key is in fresh. chosenReq
 // holds their requests.
-func (st *flushState) fresh(fresh map[string]bool) []*Event {
+func (st *flushState) fresh(fresh map[[16]byte]bool) []*Event {
 	var out []*Event
 	st.chosenReq = st.chosenReq[:0]
-	var buf []byte
 	for i, e := range st.ev {
-		if e.EventID != "" {
-			buf = append(append(append(buf[:0], e.ProxyID...), 0), e.EventID...)
-			if !fresh[string(buf)] {
-				continue
-			}
+		if k := st.evKey[i]; k.Valid && !fresh[k.Bytes] {
+			continue
 		}
 		out = append(out, e)
 		st.chosenReq = append(st.chosenReq, st.req[i])
@@ -567,37 +566,45 @@ func (st *flushState) authorize(batch []*pending, found map[string]proxy.Proxy) 
 // keys are sorted, so concurrent flushes claim them in one order and
 // cannot deadlock.
 func (st *flushState) candidates(batch []*pending) {
-	type key struct{ p, e string }
-	var keys []key
-	seen := map[key]struct{}{}
+	seen := map[[16]byte]struct{}{}
 	for r, p := range batch {
 		if !st.live[r] {
 			continue
 		}
 		for i := range p.events {
 			e := &p.events[i]
+			var key pgtype.UUID
 			if e.EventID != "" {
-				k := key{e.ProxyID, e.EventID}
-				if _, dup := seen[k]; dup {
+				key = pgtype.UUID{Bytes: EventKey(e.ProxyID, e.EventID), Valid: true}
+				if _, dup := seen[key.Bytes]; dup {
 					continue
 				}
-				seen[k] = struct{}{}
-				keys = append(keys, k)
+				seen[key.Bytes] = struct{}{}
+				st.keys = append(st.keys, key)
 			}
 			st.ev = append(st.ev, e)
+			st.evKey = append(st.evKey, key)
 			st.req = append(st.req, int32(r))
 		}
 	}
-	slices.SortFunc(keys, func(a, b key) int {
-		if c := strings.Compare(a.p, b.p); c != 0 {
-			return c
-		}
-		return strings.Compare(a.e, b.e)
-	})
-	st.keyP, st.keyE = make([]string, len(keys)), make([]string, len(keys))
-	for i, k := range keys {
-		st.keyP[i], st.keyE[i] = k.p, k.e
-	}
+	slices.SortFunc(st.keys, func(a, b pgtype.UUID) int { return bytes.Compare(a.Bytes[:], b.Bytes[:]) })
+}
+
+// EventKey is the idempotency key of (proxyID, eventID) as the database
+// stores it: the first 128 bits of SHA-256(proxyID || 0x00 || eventID), the
+// SQL function usage_event_key. Neither id can hold a NUL, so distinct
+// pairs hash distinct inputs; two of 10^11 remembered keys collide with
+// probability about 3 * 10^-17 (n^2 / 2^129), and a collision would only
+// make an event look like a retry.
+func EventKey(proxyID, eventID string) [16]byte {
+	h := sha256.New()
+	h.Write([]byte(proxyID))
+	h.Write([]byte{0})
+	h.Write([]byte(eventID))
+	var sum [sha256.Size]byte
+	var k [16]byte
+	copy(k[:], h.Sum(sum[:0]))
+	return k
 }
 
 // invalidations lists the distinct (proxy, UTC day) of events and the

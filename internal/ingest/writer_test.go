@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -218,8 +219,9 @@ func TestWriterAuthorizes(t *testing.T) {
 	if got := count(t, pool, `SELECT count(*) FROM usage_events WHERE event_id LIKE 'm-%' OR event_id LIKE 'u-%' OR event_id LIKE 'x-%'`); got != 0 {
 		t.Fatalf("%d events of denied requests stored", got)
 	}
-	if got := count(t, pool, `SELECT count(*) FROM usage_event_keys WHERE event_id LIKE 'm-%' OR event_id LIKE 'x-%'`); got != 0 {
-		t.Fatalf("%d keys of denied requests claimed", got)
+	// Every claimed key belongs to a stored event: denied requests claim none.
+	if got, stored := count(t, pool, `SELECT count(*) FROM usage_event_keys`), count(t, pool, `SELECT count(*) FROM usage_events WHERE event_id IS NOT NULL`); got != stored {
+		t.Fatalf("%d keys claimed for %d stored keyed events", got, stored)
 	}
 	// An admin (or the service role) writes anyone's proxy, never an archived one.
 	admin := auth.Principal{UserID: "root", Roles: []string{auth.RoleAdmin}}
@@ -244,5 +246,32 @@ func TestWriterActive(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if w.Active(10 * time.Millisecond) {
 		t.Fatal("still active after the window")
+	}
+}
+
+// The writer's key is the schema's: usage_event_key in SQL (which the
+// migration to compact keys uses to carry old keys over) gives the same
+// 128 bits for any ids, multi-byte ones included.
+func TestEventKeyMatchesSQL(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			pool, err := database.Connect(context.Background(), pgtest.NewDB(t, b), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			for _, c := range [][2]string{{"p1", "e1"}, {"p1", "e2"}, {"p1e", "1"}, {"p", "1e1"}, {"proxy:x.y-z_9", "Ünïcødé ✓ 日本"}, {"p", strings.Repeat("x", 128)}} {
+				var got [16]byte
+				if err := pool.QueryRow(context.Background(), `SELECT usage_event_key($1, $2)`, c[0], c[1]).Scan(&got); err != nil {
+					t.Fatal(err)
+				}
+				if want := EventKey(c[0], c[1]); got != want {
+					t.Fatalf("%q: SQL %x, Go %x", c, got, want)
+				}
+			}
+			if EventKey("p1e", "1") == EventKey("p1", "e1") {
+				t.Fatal("the separator does not separate")
+			}
+		})
 	}
 }
