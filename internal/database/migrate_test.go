@@ -3,14 +3,21 @@ package database_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
+	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/pgtest"
+	"proxyusage/internal/telemetry"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -145,6 +152,75 @@ func TestPackedLatencyMigrationKeepsHistograms(t *testing.T) {
 				}
 			} else if packed != want || logged != "" {
 				t.Fatalf("packed %q, logged %q", packed, logged)
+			}
+		})
+	}
+}
+
+// Migration 11 replaces the text keys with compact ones: a retry of a key
+// remembered before it is still a duplicate after it, a new id is not, and
+// a key older than the window is carried over for the pruner to forget.
+func TestCompactKeysMigrationKeepsDedup(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			url, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 10); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, `
+				INSERT INTO users (id) VALUES ('alice');
+				INSERT INTO proxies (id, user_id) VALUES ('a1', 'alice'), ('a2', 'alice');
+				INSERT INTO usage_event_keys (proxy_id, event_id, received_at)
+				SELECT 'a' || (i % 2 + 1), 'old-' || i, now() - interval '1 day' FROM generate_series(1, 1000) i;
+				INSERT INTO usage_event_keys (proxy_id, event_id, received_at) VALUES ('a1', 'expired', now() - interval '40 days')`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Up(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var keys int
+			if err := db.QueryRowContext(ctx, `SELECT count(*) FROM usage_event_keys`).Scan(&keys); err != nil || keys != 1001 {
+				t.Fatalf("%d keys after the migration (%v), want 1001", keys, err)
+			}
+
+			pool, err := database.Connect(ctx, url, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			w, err := ingest.NewWriter(ctx, ingest.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Start()
+			defer w.Stop()
+			now := time.Now().UTC()
+			var retry []ingest.Event
+			for i := 1; i <= 1000; i++ { // a large flush: claim, then COPY
+				retry = append(retry, ingest.Event{ProxyID: fmt.Sprintf("a%d", i%2+1), EventID: fmt.Sprintf("old-%d", i), Type: ingest.DataTransfer, Time: now})
+			}
+			alice := auth.Principal{UserID: "alice"}
+			for _, evs := range [][]ingest.Event{retry, retry[:10]} { // and a small one
+				if acc, _, err := w.WriteAs(ctx, alice, evs, true); err != nil || acc != 0 {
+					t.Fatalf("retry of %d remembered keys stored %d (%v)", len(evs), acc, err)
+				}
+			}
+			// old-1 was remembered for a2: on a1 it is a new key.
+			fresh := []ingest.Event{{ProxyID: "a1", EventID: "old-1", Type: ingest.DataTransfer, Time: now}, {ProxyID: "a1", EventID: "new", Type: ingest.DataTransfer, Time: now}}
+			if acc, _, err := w.WriteAs(ctx, alice, fresh, true); err != nil || acc != 2 {
+				t.Fatalf("new keys: stored %d (%v), want 2", acc, err)
+			}
+			pruner, err := ingest.NewKeyPruner(ingest.KeyPrunerConfig{Pool: pool, Logger: log, Window: 35 * 24 * time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := pruner.RunOnce(ctx); err != nil || n != 1 {
+				t.Fatalf("pruned %d (%v), want the expired key", n, err)
+			}
+			if acc, _, err := w.WriteAs(ctx, alice, []ingest.Event{{ProxyID: "a1", EventID: "expired", Type: ingest.DataTransfer, Time: now}}, false); err != nil || acc != 1 {
+				t.Fatalf("a forgotten key: stored %d (%v), want 1", acc, err)
 			}
 		})
 	}
