@@ -18,6 +18,9 @@
 //     backend (sustained.go)
 //  12. rollup lag and read latency while ingest never stops: paced at half
 //     the measured maximum, then at full rate, on each backend (live.go)
+//  13. batch ingest with 50 M remembered idempotency keys vs. an empty
+//     database, bytes per key and per raw (and compressed) event, on each
+//     backend (keys.go)
 //
 // It prints progress and a table to the terminal and writes the table, the
 // machine, the PostgreSQL settings and profile evidence to BENCHMARKS.md.
@@ -36,7 +39,7 @@ import (
 
 // defaultPhases are the phases of a plain run; one of fewer writes its own
 // block of the results file (writeGenerated).
-const defaultPhases = "ingest,reads,access,fairness,sustained,live"
+const defaultPhases = "ingest,reads,access,fairness,sustained,live,keys"
 
 type options struct {
 	quick   bool
@@ -77,6 +80,8 @@ type options struct {
 	liveFullFor       time.Duration
 	liveMaxFor        time.Duration
 	liveReadEvery     time.Duration
+
+	keysSeeded, keysEvents int
 }
 
 func main() {
@@ -102,7 +107,7 @@ func main() {
 	flag.IntVar(&o.rollupBatch, "seed-rollup-batch", 100_000, "invalidation entries per rollup run while seeding (4)")
 	flag.IntVar(&o.lateEvents, "late-events", 1_000_000, "late events for the rollup catch-up (6)")
 	flag.IntVar(&o.lateDays, "late-days", 30, "days the late events spread over (6)")
-	flag.StringVar(&o.phases, "phases", defaultPhases, "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12)")
+	flag.StringVar(&o.phases, "phases", defaultPhases, "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12), keys (13)")
 	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
 	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
@@ -114,6 +119,8 @@ func main() {
 	flag.DurationVar(&o.liveFullFor, "live-full-duration", 3*time.Minute, "ingest at full rate, per backend (12)")
 	flag.DurationVar(&o.liveMaxFor, "live-max-duration", 30*time.Second, "measurement of the maximum batch ingest rate, per backend (12)")
 	flag.DurationVar(&o.liveReadEvery, "live-read-interval", 250*time.Millisecond, "interval between requests of each reader (12)")
+	flag.IntVar(&o.keysSeeded, "keys-seeded", 50_000_000, "remembered idempotency keys seeded before the second run, per backend (13)")
+	flag.IntVar(&o.keysEvents, "keys-events", 1_000_000, "events of each batch-ingest run, and of the columnstore measurement (13)")
 	flag.Parse()
 	quickSizes = o.quick
 	if o.quick {
@@ -130,6 +137,8 @@ func main() {
 		quick("raw-requests", &o.rawRequests, 5)
 		quick("late-events", &o.lateEvents, 50_000)
 		quick("fairness-events", &o.fairnessEvents, 50_000)
+		quick("keys-seeded", &o.keysSeeded, 500_000)
+		quick("keys-events", &o.keysEvents, 50_000)
 		if !set["single-duration"] {
 			o.singleFor = 5 * time.Second
 		}

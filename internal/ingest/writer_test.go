@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -273,5 +274,61 @@ func TestEventKeyMatchesSQL(t *testing.T) {
 				t.Fatal("the separator does not separate")
 			}
 		})
+	}
+}
+
+// On TimescaleDB the columnstore policy compresses raw-event chunks after
+// 2 days, inside the 35-day late-data window: late events still land in a
+// compressed chunk, through both flush paths, repeats of its keys are
+// still duplicates, and the continuous aggregate still counts exactly.
+func TestLateEventsIntoCompressedChunks(t *testing.T) {
+	if !slices.Contains(pgtest.Backends(t), database.TimescaleDB) {
+		t.Skip("TimescaleDB is not installed")
+	}
+	w, pool := startWriter(t, database.TimescaleDB)
+	ctx := context.Background()
+	alice := auth.Principal{UserID: "alice"}
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -10)
+	at := func(evs []Event) []Event {
+		for i := range evs {
+			evs[i].Time = day.Add(time.Hour + time.Duration(i)*time.Second)
+		}
+		return evs
+	}
+	if acc, _, err := w.WriteAs(ctx, alice, at(events("a1", "early", 20)), true); err != nil || acc != 20 {
+		t.Fatalf("early: %d %v", acc, err)
+	}
+	var job int
+	if err := pool.QueryRow(ctx, `SELECT job_id FROM timescaledb_information.jobs
+		WHERE hypertable_name = 'usage_events' AND proc_name IN ('policy_compression', 'policy_columnstore')`).Scan(&job); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CALL run_job($1)`, job); err != nil {
+		t.Fatal(err)
+	}
+	compressed := `SELECT count(*) FROM timescaledb_information.chunks
+		WHERE hypertable_name = 'usage_events' AND is_compressed AND range_start <= $1 AND range_end > $1`
+	if n := count(t, pool, compressed, day); n != 1 {
+		t.Fatalf("the policy left the chunk of 10 days ago uncompressed (%d compressed)", n)
+	}
+	for _, n := range []int{10, smallFlush + 50} { // one statement, and claim + COPY
+		late := at(events("a1", fmt.Sprint("late", n), n))
+		if acc, _, err := w.WriteAs(ctx, alice, late, true); err != nil || acc != n {
+			t.Fatalf("late %d: %d %v", n, acc, err)
+		}
+		repeat := append(at(events("a1", "early", 20)), late...)
+		if acc, _, err := w.WriteAs(ctx, alice, repeat, true); err != nil || acc != 0 {
+			t.Fatalf("repeats into a compressed chunk stored %d (%v)", acc, err)
+		}
+	}
+	want := 20 + 10 + smallFlush + 50
+	if got := count(t, pool, `SELECT count(*) FROM usage_events WHERE time >= $1 AND time < $1 + interval '1 day'`, day); got != want {
+		t.Fatalf("%d events on the day, want %d", got, want)
+	}
+	if _, err := pool.Exec(ctx, `CALL refresh_continuous_aggregate('usage_daily', $1::timestamptz, $1::timestamptz + interval '1 day')`, day); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(t, pool, `SELECT coalesce(sum(event_count), 0)::int FROM usage_daily WHERE bucket = $1`, day); got != want {
+		t.Fatalf("usage_daily counts %d, want %d", got, want)
 	}
 }
