@@ -7,7 +7,7 @@
 -- key all told, and 5x fewer index pages to keep in memory. Neither part
 -- can hold a NUL, so the separator makes the encoding injective; the
 -- chance that two distinct keys collide among n remembered ones is about
--- n^2 / 2^129 (3 * 10^-17 at 10^11 keys), and a collision only makes an
+-- n^2 / 2^129 (1.5 * 10^-17 at 10^11 keys, a 35-day window at 33,000 events/s), and a collision only makes an
 -- event look like a retry.
 --
 -- The keys stay in one table with one unique index: every claim is a

@@ -594,7 +594,7 @@ func (st *flushState) candidates(batch []*pending) {
 // stores it: the first 128 bits of SHA-256(proxyID || 0x00 || eventID), the
 // SQL function usage_event_key. Neither id can hold a NUL, so distinct
 // pairs hash distinct inputs; two of 10^11 remembered keys collide with
-// probability about 3 * 10^-17 (n^2 / 2^129), and a collision would only
+// probability about 1.5 * 10^-17 (n^2 / 2^129), and a collision would only
 // make an event look like a retry.
 func EventKey(proxyID, eventID string) [16]byte {
 	h := sha256.New()
