@@ -28,6 +28,11 @@ var eventTable = [...]struct{ name, sqlType string }{
 	{"latency_bucket", "int2"},
 	{"error_message", "text"},
 	{"ip_address", "inet"},
+	// An eventId in the canonical text form of a uuid (what clients
+	// generating uuid4 ids send) is stored here, in 16 bytes, and event_id
+	// is NULL: a random id is a third of a compressed row as text.
+	// coalesce(event_id, event_uuid::text) is the id as sent.
+	{"event_uuid", "uuid"},
 }
 
 // eventRow is a usage_events row in EventColumns order.
@@ -48,6 +53,10 @@ var EventColumns = func() []string {
 // histograms are a plain GROUP BY on both backends.
 func (e *Event) row(r *eventRow) {
 	r[0], r[1], r[2], r[3], r[4] = e.Time, e.ProxyID, e.Type, nullText(e.EventID), nullText(e.ConnectionID)
+	r[12] = nil
+	if u, ok := canonicalUUID(e.EventID); ok {
+		r[3], r[12] = nil, u
+	}
 	r[5], r[6] = e.BytesSent, e.BytesReceived
 	r[7], r[8], r[9] = nil, nil, nil
 	if e.HasDuration {
@@ -60,6 +69,37 @@ func (e *Event) row(r *eventRow) {
 	if e.IP.IsValid() {
 		r[11] = e.IP
 	}
+}
+
+// canonicalUUID parses s if it is a uuid exactly as PostgreSQL prints one
+// (36 characters, lower-case hex, hyphens after the 8th, 12th, 16th and
+// 20th digit), so that event_uuid::text gives s back.
+func canonicalUUID(s string) ([16]byte, bool) {
+	var u [16]byte
+	if len(s) != 36 {
+		return u, false
+	}
+	n := 0
+	for i := 0; i < 36; i++ {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if s[i] != '-' {
+				return u, false
+			}
+			continue
+		}
+		var v byte
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			v = c - '0'
+		case c >= 'a' && c <= 'f':
+			v = c - 'a' + 10
+		default:
+			return u, false
+		}
+		u[n/2] |= v << (4 * (1 - n%2))
+		n++
+	}
+	return u, true
 }
 
 func nullText(s string) any {

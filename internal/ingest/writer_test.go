@@ -332,3 +332,41 @@ func TestLateEventsIntoCompressedChunks(t *testing.T) {
 		t.Fatalf("usage_daily counts %d, want %d", got, want)
 	}
 }
+
+// An eventId in canonical uuid form is stored in 16 bytes (event_uuid),
+// any other in event_id, through both flush paths; either way the id
+// reads back exactly as sent, and repeats are duplicates.
+func TestEventIDStoredCompactly(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			w, pool := startWriter(t, b)
+			ctx := context.Background()
+			alice := auth.Principal{UserID: "alice"}
+			ids := []string{"0b6f3a7e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "0B6F3A7E-1C2D-4E5F-8A9B-0C1D2E3F4A5B",
+				"{0b6f3a7e-1c2d-4e5f-8a9b-0c1d2e3f4a5b}", "0b6f3a7e1c2d4e5f8a9b0c1d2e3f4a5b", "0b6f3a7e-1c2d-4e5f-8a9b-0c1d2e3f4a5g", "e-1"}
+			for _, n := range []int{len(ids), smallFlush + 1} { // one statement; claim + COPY
+				proxyID := map[int]string{len(ids): "a1", smallFlush + 1: "a2"}[n]
+				evs := events(proxyID, "pad", n)
+				for i, id := range ids {
+					evs[i].EventID = id
+				}
+				for _, want := range []int{len(evs), 0} {
+					if acc, _, err := w.WriteAs(ctx, alice, evs, true); err != nil || acc != want {
+						t.Fatalf("%d events: accepted %d (%v), want %d", len(evs), acc, err, want)
+					}
+				}
+				for i, id := range ids {
+					var text *string
+					var compact bool
+					if err := pool.QueryRow(ctx, `SELECT coalesce(event_id, event_uuid::text), event_uuid IS NOT NULL FROM usage_events
+						WHERE proxy_id = $1 AND time = $2`, proxyID, evs[i].Time).Scan(&text, &compact); err != nil {
+						t.Fatalf("%q: %v", id, err)
+					}
+					if text == nil || *text != id || compact != (i == 0) {
+						t.Fatalf("%q read back as %v (compact %v)", id, text, compact)
+					}
+				}
+			}
+		})
+	}
+}
