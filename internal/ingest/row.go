@@ -160,11 +160,12 @@ func eventArrays(events []*Event) []any {
 }
 
 // unnestEvents is the FROM item of a flush's candidates sent as
-// parameters: $req their requests (int4[]), then eventArrays' columns.
-func unnestEvents(req int) string {
-	params, names := fmt.Sprintf("$%d::int4[]", req), "req"
+// parameters: $first their idempotency keys (uuid[], NULL when keyless),
+// then their requests (int4[]), then eventArrays' columns.
+func unnestEvents(first int) string {
+	params, names := fmt.Sprintf("$%d::uuid[], $%d::int4[]", first, first+1), "key, req"
 	for i, c := range eventTable {
-		params += fmt.Sprintf(", $%d::%s[]", req+1+i, c.sqlType)
+		params += fmt.Sprintf(", $%d::%s[]", first+2+i, c.sqlType)
 		names += ", " + c.name
 	}
 	return "unnest(" + params + ") AS e(" + names + ")"

@@ -300,7 +300,7 @@ SELECT $3::text[], $4::text[] WHERE cardinality($3::text[]) > 0`
 var flushStatement = `
 WITH fresh AS (` + claimKeysReturning + `
 ), ev AS (
-  SELECT * FROM ` + strings.Replace(strings.Replace(unnestEvents(3), "unnest(", "unnest($2::uuid[], ", 1), "AS e(", "AS e(key, ", 1) + `
+  SELECT * FROM ` + unnestEvents(2) + `
 ), chosen AS (
   SELECT e.* FROM ev e WHERE e.key IS NULL
   UNION ALL
