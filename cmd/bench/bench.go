@@ -248,12 +248,12 @@ func (b *bench) phasesKey() string {
 	return b.opt.phases
 }
 
-// backendNote names the backend of the run's results: phases 11 and 12
-// run on several and name theirs in each row.
+// backendNote names the backend of the run's results: phases 11, 12 and
+// 13 run on several and name theirs in each row.
 func (b *bench) backendNote() string {
 	note := string(b.backend)
-	if strings.Contains(b.opt.phases, "sustained") || strings.Contains(b.opt.phases, "live") {
-		note = strings.TrimPrefix(note+"; 11 and 12: each result names its own", "; ")
+	if strings.Contains(b.opt.phases, "sustained") || strings.Contains(b.opt.phases, "live") || strings.Contains(b.opt.phases, "keys") {
+		note = strings.TrimPrefix(note+"; 11, 12 and 13: each result names its own", "; ")
 	}
 	return note
 }

@@ -14,21 +14,35 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/workload"
 )
 
-// keysPhase is (9): batch ingest with random uuid4 eventIds on an empty
-// database, then again once keysSeeded remembered keys (random, received
-// over the last 34 days) have been written straight into
-// usage_event_keys; bytes per remembered key (table and indexes) and per
-// raw event, and on TimescaleDB per event of chunks the columnstore policy
-// compressed. Both runs start right after a CHECKPOINT, so each pays the
-// full-page writes of the index pages it dirties first.
+// keysPhase is (13), on each backend of -backends: batch ingest with
+// random uuid4 eventIds on an empty database, then again once keysSeeded
+// remembered keys (random, received over the last 34 days) have been
+// written straight into usage_event_keys; bytes per remembered key (table
+// and indexes) and per raw event, and on TimescaleDB per event of chunks
+// the columnstore policy compressed. Both runs start right after a
+// CHECKPOINT, so each pays the full-page writes of the index pages it
+// dirties first.
 func (b *bench) keysPhase(ctx context.Context) error {
-	pool, dbURL, err := b.newDatabase(ctx, "bench_keys")
+	backends, err := b.phaseBackends(ctx)
+	if err != nil {
+		return err
+	}
+	for _, be := range backends {
+		if err := b.keys(ctx, be); err != nil {
+			return fmt.Errorf("(13) on %s: %w", be, err)
+		}
+	}
+	return nil
+}
+
+func (b *bench) keys(ctx context.Context, be database.Backend) error {
+	id := func(letter string) string { return "13" + letter + "-" + short(be) }
+	pool, dbURL, _, err := b.newDatabaseOn(ctx, "bench_keys_"+string(be), string(be))
 	if err != nil {
 		return err
 	}
@@ -39,7 +53,7 @@ func (b *bench) keysPhase(ctx context.Context) error {
 	if err := workload.SeedAccounts(ctx, pool, gen, now); err != nil {
 		return err
 	}
-	step("(9) generating 2 × %s events with random uuid4 eventIds", count(b.opt.keysEvents))
+	step("(13) %s: generating 2 × %s events with random uuid4 eventIds", be, count(b.opt.keysEvents))
 	var seed [32]byte
 	binary.LittleEndian.PutUint64(seed[:], b.opt.seed+13)
 	rng := rand.NewChaCha8(seed)
@@ -63,7 +77,7 @@ func (b *bench) keysPhase(ctx context.Context) error {
 	}
 	first, second := bodies(events[:half]), bodies(events[half:])
 
-	svc, err := b.startService(ctx, dbURL, "keys")
+	svc, err := b.startService(ctx, dbURL, "keys-"+string(be), "BACKEND="+string(be))
 	if err != nil {
 		return err
 	}
@@ -71,7 +85,7 @@ func (b *bench) keysPhase(ctx context.Context) error {
 		_ = svc.stop()
 		b.svc = nil
 	}()
-	tok, err := auth.Mint([]byte(secret), "bench-keys", []string{auth.RoleService}, 24*time.Hour, "", "")
+	tok, err := serviceToken()
 	if err != nil {
 		return err
 	}
@@ -94,7 +108,7 @@ func (b *bench) keysPhase(ctx context.Context) error {
 		return err
 	}
 	ratio := seededRate / emptyRate
-	b.add(result{"9a", fmt.Sprintf("batch ingest with %s remembered keys (random uuid4 eventIds) vs. an empty database", count(b.opt.keysSeeded)),
+	b.add(result{id("a"), fmt.Sprintf("%s: batch ingest with %s remembered keys (random uuid4 eventIds) vs. an empty database", be, count(b.opt.keysSeeded)),
 		fmt.Sprintf("%s events/s vs. %s events/s = **%.0f %%**", rate(seededRate), rate(emptyRate), 100*ratio),
 		"≥ 80 %", yes(ratio >= 0.8)})
 
@@ -104,26 +118,26 @@ func (b *bench) keysPhase(ctx context.Context) error {
 		return err
 	}
 	perKey := float64(keyBytes) / float64(keys)
-	b.add(result{"9b", "bytes per remembered idempotency key (table + indexes)",
+	b.add(result{id("b"), string(be) + ": bytes per remembered idempotency key (table + indexes)",
 		fmt.Sprintf("**%.0f bytes** (%s keys in %s, of which indexes %s)", perKey, count(int(keys)), mb(keyBytes), mb(keyIndexBytes)),
 		"≤ 100 bytes", yes(perKey <= 100)})
 
 	var stored, eventBytes int64
 	sizeQ := `SELECT (SELECT count(*) FROM usage_events), pg_total_relation_size('usage_events')`
-	if b.backend == database.TimescaleDB {
+	if be == database.TimescaleDB {
 		sizeQ = `SELECT (SELECT count(*) FROM usage_events), hypertable_size('usage_events')`
 	}
 	if err := pool.QueryRow(ctx, sizeQ).Scan(&stored, &eventBytes); err != nil {
 		return err
 	}
-	b.add(result{"9c", "bytes per raw event (table + indexes, uncompressed)",
+	b.add(result{id("c"), string(be) + ": bytes per raw event (table + indexes, uncompressed)",
 		fmt.Sprintf("%.0f bytes (%s events in %s)", float64(eventBytes)/float64(stored), count(int(stored)), mb(eventBytes)), "", ""})
-	if b.backend == database.TimescaleDB {
-		if err := b.compressedEventBytes(ctx, pool, rng, now); err != nil {
+	if be == database.TimescaleDB {
+		if err := b.compressedEventBytes(ctx, pool, rng, now, id("d")); err != nil {
 			return err
 		}
 	}
-	b.addEvidence("(9) ingest with remembered keys", "Server time per statement during the seeded run (`pg_stat_statements`):\n\n"+statements+
+	b.addEvidence("(13) "+string(be)+": ingest with remembered keys", "Server time per statement during the seeded run (`pg_stat_statements`):\n\n"+statements+
 		"\nA claim of 1,000 new random keys with the keys remembered, right after a CHECKPOINT (rolled back; `WAL` counts the full-page images, `FPI`):\n\n```\n"+plan+"\n```\n")
 	return nil
 }
@@ -131,7 +145,7 @@ func (b *bench) keysPhase(ctx context.Context) error {
 // keysIngest posts bodies with the batch clients after a CHECKPOINT and
 // returns the rate.
 func (b *bench) keysIngest(ctx context.Context, pool *pgxpool.Pool, tok string, bodies [][]byte, total int, what string) (float64, error) {
-	step("(9) batch ingest, %s: %s events, %d clients", what, count(total), b.opt.batchClients)
+	step("(13) batch ingest, %s: %s events, %d clients", what, count(total), b.opt.batchClients)
 	if _, err := pool.Exec(ctx, `CHECKPOINT`); err != nil {
 		return 0, err
 	}
@@ -184,7 +198,7 @@ func (b *bench) keysIngest(ctx context.Context, pool *pgxpool.Pool, tok string, 
 // received over the last 34 days in order (as the service appends them),
 // rebuilding the primary key afterwards rather than inserting into it.
 func (b *bench) seedKeys(ctx context.Context, pool *pgxpool.Pool) error {
-	step("(9) seeding %s remembered keys", count(b.opt.keysSeeded))
+	step("(13) seeding %s remembered keys", count(b.opt.keysSeeded))
 	if _, err := pool.Exec(ctx, `ALTER TABLE usage_event_keys DROP CONSTRAINT usage_event_keys_pkey`); err != nil {
 		return err
 	}
@@ -213,8 +227,8 @@ func (b *bench) seedKeys(ctx context.Context, pool *pgxpool.Pool) error {
 // compressedEventBytes copies keysEvents events dated 3 to 10 days ago
 // straight into usage_events, runs the columnstore policy's job (as its
 // schedule would) and measures bytes per event of the chunks it compressed.
-func (b *bench) compressedEventBytes(ctx context.Context, pool *pgxpool.Pool, rng *rand.ChaCha8, now time.Time) error {
-	step("(9) columnstore: %s events 3-10 days old, then the compression policy's job", count(b.opt.keysEvents))
+func (b *bench) compressedEventBytes(ctx context.Context, pool *pgxpool.Pool, rng *rand.ChaCha8, now time.Time, id string) error {
+	step("(13) columnstore: %s events 3-10 days old, then the compression policy's job", count(b.opt.keysEvents))
 	gen := workload.New(workload.Config{Seed: b.opt.seed + 99, Users: b.opt.users, Proxies: b.opt.proxies,
 		Start: now.Add(-10 * 24 * time.Hour), End: now.Add(-3 * 24 * time.Hour), Events: b.opt.keysEvents, Prefix: "c"})
 	var events []ingest.Event
@@ -256,7 +270,7 @@ func (b *bench) compressedEventBytes(ctx context.Context, pool *pgxpool.Pool, rn
 		return fmt.Errorf("columnstore: the policy compressed %d chunks holding %d events", chunks, n)
 	}
 	per := float64(after) / float64(n)
-	b.add(result{"9d", "TimescaleDB: bytes per raw event in chunks older than 2 days, compressed by the policy's job",
+	b.add(result{id, "timescaledb: bytes per raw event in chunks older than 2 days, compressed by the policy's job",
 		fmt.Sprintf("**%.0f bytes** (%s events in %d chunks: %s before, %s after; job took %.1f s)", per, count(int(n)), chunks, mb(before), mb(after), took.Seconds()),
 		"≤ 60 bytes", yes(per <= 60)})
 	return nil

@@ -111,7 +111,7 @@ func main() {
 	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
 	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
-	flag.StringVar(&o.backends, "backends", "postgres,timescaledb", "backends phases 11 and 12 run on, each in its own database and service (timescaledb only when installed)")
+	flag.StringVar(&o.backends, "backends", "postgres,timescaledb", "backends phases 11, 12 and 13 run on, each in its own database and service (timescaledb only when installed)")
 	flag.DurationVar(&o.sustainedFor, "sustained-duration", 10*time.Minute, "sustained batch ingest run time per backend (11)")
 	flag.IntVar(&o.sustainedClients, "sustained-clients", 8, "concurrent batch clients (11, 12)")
 	flag.IntVar(&o.sustainedCopyRows, "sustained-copy-rows", 2_000_000, "rows of the raw COPY baseline (11)")
