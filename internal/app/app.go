@@ -51,10 +51,16 @@ type Main struct {
 	// from running (tests drive them, or stop one replica's deliveries).
 	DisableAlertEvaluator bool
 	DisableAlertDelivery  bool
-	Logger                *slog.Logger
+	// ReadWithoutFence sends reads to the standby without waiting for
+	// it to replay the request's fence. Tests only: it shows the fence
+	// is what keeps reads after a write exact.
+	ReadWithoutFence bool
+	Logger           *slog.Logger
 
 	Cluster  *database.LocalCluster // set when no DATABASE_URL was given
 	Pool     *pgxpool.Pool
+	ReadPool *pgxpool.Pool     // the standbys of READ_DATABASE_URL, nil without
+	Standby  *database.Standby // routes reads to ReadPool, nil without
 	Metrics  *telemetry.Metrics
 	Writer   *ingest.Writer
 	Rollup   *rollup.Worker
@@ -208,9 +214,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.Writer.Start()
-	if err := m.Metrics.Registry.Register(telemetry.NewPoolCollector(map[string]*pgxpool.Pool{
-		"main": m.Pool, "ingest": m.Writer.Pool(),
-	})); err != nil {
+	pools := map[string]*pgxpool.Pool{"main": m.Pool, "ingest": m.Writer.Pool()}
+	if m.Config.ReadDatabaseURL != "" {
+		if err := m.openStandby(ctx); err != nil {
+			return err
+		}
+		pools["standby"] = m.ReadPool
+	}
+	if err := m.Metrics.Registry.Register(telemetry.NewPoolCollector(pools)); err != nil {
 		return err
 	}
 	ingestSvc, err := ingest.NewService(ingest.Config{
@@ -288,6 +299,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Addr: m.Config.HTTPAddr, Verifier: verifier, Users: users, Proxies: proxies,
 		Limits: limits, Webhooks: alert.NewWebhooks(m.Pool, guard),
 		Ingest: ingestSvc, Usage: usageSvc, Billing: billingSvc, Metrics: m.Metrics, Logger: m.Logger, Ready: m.ready,
+		RouteRead:   m.Standby.Route,
 		MaxInflight: m.Config.MaxInflight, MaxInflightPerUser: int(m.Config.MaxInflightPerUser),
 		MaxInflightPerService: int(m.Config.MaxInflightPerService), MaxConns: int(m.Config.MaxConns),
 		BodyTimeout: m.Config.BodyTimeout, ReadTimeout: m.Config.ReadTimeout, IdleTimeout: m.Config.IdleTimeout,
@@ -299,6 +311,26 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.Logger.Info("listening", slog.String("url", m.Server.URL()))
+	return nil
+}
+
+// openStandby connects to the standbys of READ_DATABASE_URL. Only read
+// requests use them (httpx.Config.RouteRead); writes, the rollup worker
+// and the alert evaluator stay on the primary. The pool connects lazily:
+// a standby down at start is a fallback to the primary, not a failure.
+func (m *Main) openStandby(ctx context.Context) error {
+	var err error
+	if m.ReadPool, err = database.Connect(ctx, m.Config.ReadDatabaseURL, 20); err != nil {
+		return fmt.Errorf("READ_DATABASE_URL: %w", err)
+	}
+	m.Standby, err = database.NewStandby(database.StandbyConfig{
+		Primary: m.Pool, Standby: m.ReadPool, FenceTimeout: m.Config.ReadFenceTimeout, SkipFence: m.ReadWithoutFence,
+		Metrics: database.StandbyMetrics{Served: m.Metrics.ReadsServed, FenceWait: m.Metrics.ReadFenceWait, Fallbacks: m.Metrics.ReadFallbacks},
+	})
+	if err != nil {
+		return err
+	}
+	m.Logger.Info("reads go to standbys", slog.Duration("fenceTimeout", m.Config.ReadFenceTimeout))
 	return nil
 }
 
@@ -371,6 +403,9 @@ func (m *Main) Close() error {
 	}
 	if m.Webhooks != nil {
 		m.Webhooks.Stop()
+	}
+	if m.ReadPool != nil {
+		m.ReadPool.Close()
 	}
 	if m.Pool != nil {
 		m.Pool.Close()

@@ -14,6 +14,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
+	"proxyusage/internal/database"
 	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
@@ -94,18 +95,24 @@ func (s *Service) Bill(ctx context.Context, caller auth.Principal, req BillReque
 
 // contracts reads a user's contract history, ascending.
 func (s *Service) contracts(ctx context.Context, userID string) (Contracts, error) {
-	rows, err := s.pool.Query(ctx, `
+	var out Contracts
+	err := database.ReadSnapshot(ctx, s.pool, func(b *pgx.Batch) {
+		b.Queue(`
 		SELECT effective_from, base_monthly, per_gb, currency FROM user_contracts
 		 WHERE user_id = $1 ORDER BY effective_from`, userID)
-	if err != nil {
-		return nil, fmt.Errorf("read contracts: %w", err)
-	}
-	var out Contracts
-	var c DatedContract
-	_, err = pgx.ForEachRow(rows, []any{&c.EffectiveFrom, &c.BaseMonthly, &c.PerGB, &c.Currency}, func() error {
-		c.EffectiveFrom = c.EffectiveFrom.UTC()
-		out = append(out, c)
-		return nil
+	}, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		out = nil // a run on a standby may have failed part way
+		var c DatedContract
+		_, err = pgx.ForEachRow(rows, []any{&c.EffectiveFrom, &c.BaseMonthly, &c.PerGB, &c.Currency}, func() error {
+			c.EffectiveFrom = c.EffectiveFrom.UTC()
+			out = append(out, c)
+			return nil
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read contracts: %w", err)
@@ -322,7 +329,7 @@ func (s *Service) GetAccount(ctx context.Context, caller auth.Principal, userID 
 		return Account{}, err
 	}
 	var exists bool
-	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)`, userID).Scan(&exists); err != nil {
+	if err := database.Reads(s.pool).QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)`, userID).Scan(&exists); err != nil {
 		return Account{}, fmt.Errorf("get account: %w", err)
 	}
 	if !exists {
@@ -352,7 +359,7 @@ func (s *Service) account(ctx context.Context, userID string) (Account, error) {
 		j := c.JSON()
 		acc.Contract = &j
 	}
-	own, err := limit.Own(ctx, s.pool, userID)
+	own, err := limit.Own(ctx, database.Reads(s.pool), userID)
 	if err != nil {
 		return Account{}, err
 	}

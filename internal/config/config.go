@@ -16,9 +16,17 @@ import (
 // Config is the whole service configuration.
 type Config struct {
 	DatabaseURL string // empty: a local cluster under DataDir
-	DataDir     string
-	HTTPAddr    string
-	Backend     string // auto (detect), postgres or timescaledb
+	// ReadDatabaseURL names streaming standbys of DatabaseURL's database
+	// (one, or several in a multi-host URL with target_session_attrs);
+	// empty: every read on the primary.
+	ReadDatabaseURL string
+	// ReadFenceTimeout bounds how long a read waits for its standby to
+	// replay the primary's WAL position taken after the request arrived;
+	// past it the read goes to the primary.
+	ReadFenceTimeout time.Duration
+	DataDir          string
+	HTTPAddr         string
+	Backend          string // auto (detect), postgres or timescaledb
 	// DatabasePoolSize bounds the main pool's connections (the ingest
 	// writer has its own pool, sized by IngestWriters).
 	DatabasePoolSize int64
@@ -85,6 +93,8 @@ const (
 	DefaultMaxConnectionAge = 24 * time.Hour
 	DefaultRawRetention     = 400 * 24 * time.Hour
 	DefaultAlertInterval    = 10 * time.Second
+	DefaultReadFenceTimeout = 200 * time.Millisecond
+	MaxReadFenceTimeout     = 10 * time.Second
 	MaxAlertInterval        = time.Minute
 )
 
@@ -106,6 +116,8 @@ func FromEnv() (Config, error) {
 	}
 	c := Config{
 		DatabaseURL:      os.Getenv("DATABASE_URL"),
+		ReadDatabaseURL:  os.Getenv("READ_DATABASE_URL"),
+		ReadFenceTimeout: dur("READ_FENCE_TIMEOUT", DefaultReadFenceTimeout),
 		DataDir:          cmp.Or(os.Getenv("DATA_DIR"), DefaultDataDir),
 		HTTPAddr:         cmp.Or(os.Getenv("HTTP_ADDR"), DefaultHTTPAddr),
 		Backend:          cmp.Or(os.Getenv("BACKEND"), DefaultBackend),
@@ -182,6 +194,11 @@ func (c Config) Validate() error {
 	if c.RawRetention > 0 && c.RawRetention < c.LateDataWindow {
 		errs = append(errs, fmt.Errorf("RAW_RETENTION (%s) must be at least LATE_DATA_WINDOW (%s): days that late events can still change are read from raw events", c.RawRetention, c.LateDataWindow))
 	}
+	// A read waits this long before the primary answers it instead; longer
+	// waits would only hold requests that the primary can serve now.
+	if c.ReadFenceTimeout > MaxReadFenceTimeout {
+		errs = append(errs, fmt.Errorf("READ_FENCE_TIMEOUT must be at most %s", MaxReadFenceTimeout))
+	}
 	if c.AlertInterval > MaxAlertInterval {
 		errs = append(errs, fmt.Errorf("ALERT_INTERVAL must be at most %s (alerts are due within a minute)", MaxAlertInterval))
 	}
@@ -192,7 +209,7 @@ func (c Config) Validate() error {
 		{"MAX_INFLIGHT", c.MaxInflight}, {"MAX_INFLIGHT_PER_USER", c.MaxInflightPerUser},
 		{"MAX_INFLIGHT_PER_SERVICE", c.MaxInflightPerService}, {"MAX_CONNS", c.MaxConns}, {"INGEST_WRITERS", c.IngestWriters},
 		{"DATABASE_POOL_SIZE", c.DatabasePoolSize}, {"INGEST_BUSY_WINDOW", int64(c.IngestBusyWindow)},
-		{"BODY_TIMEOUT", int64(c.BodyTimeout)}, {"READ_TIMEOUT", int64(c.ReadTimeout)}, {"IDLE_TIMEOUT", int64(c.IdleTimeout)},
+		{"BODY_TIMEOUT", int64(c.BodyTimeout)}, {"READ_FENCE_TIMEOUT", int64(c.ReadFenceTimeout)}, {"READ_TIMEOUT", int64(c.ReadTimeout)}, {"IDLE_TIMEOUT", int64(c.IdleTimeout)},
 	} {
 		if v.value < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative", v.name))

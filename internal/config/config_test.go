@@ -102,3 +102,30 @@ func TestProcessSettings(t *testing.T) {
 		t.Errorf("BACKEND=mysql: %v", err)
 	}
 }
+
+func TestReadReplicaSettings(t *testing.T) {
+	t.Setenv("READ_DATABASE_URL", "postgres://a:5432,b:5432/proxyusage?target_session_attrs=standby")
+	c, err := FromEnv()
+	if err != nil || c.ReadFenceTimeout != DefaultReadFenceTimeout || c.ReadDatabaseURL == "" {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	t.Setenv("READ_FENCE_TIMEOUT", "50ms")
+	if c, err := FromEnv(); err != nil || c.ReadFenceTimeout != 50*time.Millisecond {
+		t.Fatalf("READ_FENCE_TIMEOUT=50ms: %v %v", c.ReadFenceTimeout, err)
+	}
+	for _, bad := range []string{"0s", "-1s", "soon"} {
+		t.Setenv("READ_FENCE_TIMEOUT", bad)
+		if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "READ_FENCE_TIMEOUT") {
+			t.Errorf("READ_FENCE_TIMEOUT=%q: %v", bad, err)
+		}
+	}
+	base := Config{JWTSecret: strings.Repeat("x", 32), HTTPAddr: ":0", DataDir: "d", ReadDatabaseURL: "postgres://standby/db"}
+	base.ReadFenceTimeout = time.Minute
+	if err := base.Validate(); err == nil || !strings.Contains(err.Error(), "READ_FENCE_TIMEOUT") {
+		t.Errorf("READ_FENCE_TIMEOUT of a minute: %v", err)
+	}
+	base.ReadFenceTimeout = DefaultReadFenceTimeout
+	if err := base.Validate(); err != nil {
+		t.Errorf("valid: %v", err)
+	}
+}

@@ -47,22 +47,46 @@ const txIdle = 'I'
 func InTransaction(c *pgx.Conn) bool { return c.PgConn().TxStatus() != txIdle }
 
 // ReadOnly runs fn in a read-only repeatable-read transaction: one
-// snapshot across several round trips.
+// snapshot across several round trips. In a read request marked by
+// Standby.Route it runs on a standby that has replayed the request's
+// fence, or on pool when the standby cannot serve it; fn may then run a
+// second time after a partial run on the standby, so it must build its
+// results afresh on each call.
 func ReadOnly(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
-	return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
+	opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+	if r := routeFrom(ctx); r != nil {
+		if fallback, err := r.onStandby(ctx, func(c *pgxpool.Conn) error {
+			return pgx.BeginTxFunc(ctx, c, opts, fn)
+		}); !fallback {
+			return err
+		}
+	}
+	return pgx.BeginTxFunc(ctx, pool, opts, fn)
 }
 
 // ReadSnapshot runs the queries queue adds in a read-only repeatable-read
 // transaction, in one round trip: BEGIN, the queries and COMMIT are sent
 // as one pipeline. read consumes the queries' results in order, each of
 // them. The connection goes back to the pool outside any transaction,
-// whatever failed (see Release).
+// whatever failed (see Release). It is routed as ReadOnly is: queue and
+// read may run twice, and read must build its results afresh each time.
 func ReadSnapshot(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
+	if r := routeFrom(ctx); r != nil {
+		if fallback, err := r.onStandby(ctx, func(c *pgxpool.Conn) error {
+			return snapshotOn(ctx, c, queue, read)
+		}); !fallback {
+			return err
+		}
+	}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer Release(conn)
+	return snapshotOn(ctx, conn, queue, read)
+}
+
+func snapshotOn(ctx context.Context, conn *pgxpool.Conn, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 	queue(b)

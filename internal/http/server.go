@@ -45,6 +45,10 @@ type Config struct {
 	// Ready reports whether the service can serve (database reachable,
 	// migrations applied).
 	Ready func(context.Context) error
+	// RouteRead marks the context of a read (GET, HEAD) as it arrives, so
+	// its snapshots may be served by a standby (database.Standby.Route);
+	// nil: every read on the primary.
+	RouteRead func(context.Context) context.Context
 
 	// Limits; zero means the Default* of the same name (limits.go).
 	MaxInflight           int64         // requests handled at once before shedding
@@ -183,14 +187,18 @@ func (s *Server) routes() {
 // withTimeout bounds each request's context, and so every database call
 // in it: a read (GET, HEAD) gets ReadTimeout; a write gets BodyTimeout for
 // its body plus RequestTimeout for its work. Past it the statement in
-// progress is cancelled and the answer is 503 (Error).
+// progress is cancelled and the answer is 503 (Error). A read is marked
+// for a standby here (RouteRead), after it arrived.
 func (s *Server) withTimeout(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		d := s.cfg.BodyTimeout + s.cfg.RequestTimeout
+		ctx, d := r.Context(), s.cfg.BodyTimeout+s.cfg.RequestTimeout
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
 			d = s.cfg.ReadTimeout
+			if s.cfg.RouteRead != nil {
+				ctx = s.cfg.RouteRead(ctx)
+			}
 		}
-		ctx, cancel := context.WithTimeoutCause(r.Context(), d, &requestTimeout{after: d})
+		ctx, cancel := context.WithTimeoutCause(ctx, d, &requestTimeout{after: d})
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})

@@ -12,6 +12,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
+	"proxyusage/internal/database"
 	"proxyusage/internal/exact"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
@@ -107,7 +108,7 @@ func (s *Service) Today() time.Time { return rollup.Day(s.now()) }
 
 // subject reads one user's Subject; NotFound when the user does not exist.
 func (s *Service) subject(ctx context.Context, userID string) (Subject, error) {
-	sub, err := scanSubject(s.pool.QueryRow(ctx, subjectColumns+`
+	sub, err := scanSubject(database.Reads(s.pool).QueryRow(ctx, subjectColumns+`
   FROM users u LEFT JOIN user_limits l ON l.user_id = u.id
  WHERE u.id = $2`, s.Today(), userID))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -149,7 +150,7 @@ SELECT * FROM c WHERE monthly_gb IS NOT NULL OR c.tier = ANY($2)`, s.Today(), li
 // acknowledged event.
 func (s *Service) Used(ctx context.Context, sub Subject, month time.Time) (*big.Int, error) {
 	var used exact.Sum
-	err := s.pool.QueryRow(ctx, UsedSQL(s.reader.BytesCTEs()), sub.Proxies, month, MonthEnd(month)).Scan(&used)
+	err := database.Reads(s.pool).QueryRow(ctx, UsedSQL(s.reader.BytesCTEs()), sub.Proxies, month, MonthEnd(month)).Scan(&used)
 	if err != nil {
 		return nil, errorf("read usage: %w", err)
 	}
@@ -238,7 +239,7 @@ func (s *Service) Access(ctx context.Context, caller auth.Principal, proxyID str
 	month := Month(s.now())
 	var archived bool
 	var usedSum exact.Sum
-	sub, err := scanSubject(s.pool.QueryRow(ctx, `
+	sub, err := scanSubject(database.Reads(s.pool).QueryRow(ctx, `
 WITH owner AS (`+subjectColumns+`, x.archived_at IS NOT NULL AS archived
   FROM proxies x JOIN users u ON u.id = x.user_id LEFT JOIN user_limits l ON l.user_id = u.id
  WHERE x.id = $2

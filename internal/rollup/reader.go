@@ -144,6 +144,7 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
  WHERE proxy_id = ANY($1) AND bucket >= $2 AND bucket < $3
  GROUP BY bucket`, rel.daily), proxies, from, to.AddDate(0, 0, 1))
 	}, func(br pgx.BatchResults) error {
+		clear(out) // a run on a standby may have failed part way (database.ReadSnapshot)
 		rows, err := br.Query()
 		if err != nil {
 			return err
@@ -179,6 +180,7 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
 func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
 	out := map[Key]*Totals{}
 	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
+		clear(out) // a run on a standby may have failed part way (database.ReadOnly)
 		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
 		if err != nil {
 			return err
@@ -446,6 +448,7 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 		b.Queue(fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency), args...)
 		b.Queue(fastPeaks, args[:3]...)
 	}, func(br pgx.BatchResults) error {
+		clear(out) // a run on a standby may have failed part way (database.ReadSnapshot)
 		var (
 			proxyID string
 			bucket  time.Time
@@ -629,6 +632,7 @@ func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]Con
 func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.Time) (int, error) {
 	var n int
 	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
+		n = 0 // a run on a standby may have failed part way (database.ReadOnly)
 		pending, err := pendingConnections(ctx, tx, []string{proxyID})
 		if err != nil {
 			return err

@@ -39,7 +39,15 @@ type Metrics struct {
 	WebhookDeliveries *prometheus.CounterVec // result: delivered, http_error, timeout, network_error, refused
 	AlertDeliveryTime prometheus.Histogram
 	AlertsLeader      prometheus.Gauge
+
+	ReadsServed   *prometheus.CounterVec // server: standby, primary
+	ReadFenceWait prometheus.Histogram
+	ReadFallbacks *prometheus.CounterVec // reason: database.FallbackReasons
 }
+
+// ReadFallbackReasons are the values of ReadFallbacks' reason label
+// (database.FallbackReasons; telemetry does not import database).
+var ReadFallbackReasons = []string{"timeout", "conflict", "unavailable", "fence"}
 
 // WebhookResults are the values of WebhookDeliveries' result label.
 var WebhookResults = []string{"delivered", "http_error", "timeout", "network_error", "refused"}
@@ -150,6 +158,19 @@ func New() *Metrics {
 			Name: "proxyusage_alerts_leader",
 			Help: "1 when this replica holds the alert evaluator's advisory lock and records alerts, else 0.",
 		}),
+		ReadsServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyusage_read_snapshots_total",
+			Help: "Read snapshots of read requests with READ_DATABASE_URL set, by the server that answered them: standby, or primary after a fallback.",
+		}, []string{"server"}),
+		ReadFenceWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "proxyusage_read_fence_wait_seconds",
+			Help:    "Seconds a read waited for its standby to replay the primary's WAL position taken after the request arrived (until reached, or READ_FENCE_TIMEOUT).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2, .5, 1, 2.5},
+		}),
+		ReadFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyusage_read_fallbacks_total",
+			Help: "Read snapshots sent to the primary instead of a standby, by reason: timeout (fence not replayed within READ_FENCE_TIMEOUT), conflict (recovery conflict), unavailable (standby unreachable or not in recovery), fence (primary's WAL position unreadable).",
+		}, []string{"reason"}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -159,7 +180,14 @@ func New() *Metrics {
 		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed,
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
 		m.AlertsRecorded, m.AlertsAbandoned, m.WebhookDeliveries, m.AlertDeliveryTime, m.AlertsLeader,
+		m.ReadsServed, m.ReadFenceWait, m.ReadFallbacks,
 	)
+	for _, s := range []string{"standby", "primary"} {
+		m.ReadsServed.WithLabelValues(s)
+	}
+	for _, r := range ReadFallbackReasons {
+		m.ReadFallbacks.WithLabelValues(r)
+	}
 	for _, r := range WebhookResults {
 		m.WebhookDeliveries.WithLabelValues(r)
 	}
