@@ -5,6 +5,7 @@ package apptest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -43,6 +44,16 @@ type Option func(*app.Main)
 // NoWorker keeps the rollup worker from running in the background, so a
 // test decides when rollups happen (env.Main.Rollup.RunOnce).
 func NoWorker(m *app.Main) { m.DisableRollupWorker = true }
+
+// ReadFromStandby points the service's reads at the test standby
+// (pgtest.Standby) of its database, waiting at most fenceTimeout for it to
+// replay a request's fence (0: the default).
+func ReadFromStandby(t testing.TB, fenceTimeout time.Duration) Option {
+	return func(m *app.Main) {
+		m.Config.ReadDatabaseURL = pgtest.StandbyURL(t, m.Config.DatabaseURL)
+		m.Config.ReadFenceTimeout = cmp.Or(fenceTimeout, config.DefaultReadFenceTimeout)
+	}
+}
 
 // ForEachBackend runs fn as a subtest per available backend.
 func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {

@@ -94,7 +94,7 @@ const (
 	DefaultRawRetention     = 400 * 24 * time.Hour
 	DefaultAlertInterval    = 10 * time.Second
 	DefaultReadFenceTimeout = 200 * time.Millisecond
-	MaxReadFenceTimeout     = 10 * time.Second
+	MaxReadFenceTimeout     = 5 * time.Second // half the default READ_TIMEOUT
 	MaxAlertInterval        = time.Minute
 )
 
@@ -198,6 +198,9 @@ func (c Config) Validate() error {
 	// waits would only hold requests that the primary can serve now.
 	if c.ReadFenceTimeout > MaxReadFenceTimeout {
 		errs = append(errs, fmt.Errorf("READ_FENCE_TIMEOUT must be at most %s", MaxReadFenceTimeout))
+	}
+	if c.ReadTimeout > 0 && c.ReadFenceTimeout >= c.ReadTimeout {
+		errs = append(errs, fmt.Errorf("READ_FENCE_TIMEOUT (%s) must be shorter than READ_TIMEOUT (%s): a read that gave up on its standby still needs time on the primary", c.ReadFenceTimeout, c.ReadTimeout))
 	}
 	if c.AlertInterval > MaxAlertInterval {
 		errs = append(errs, fmt.Errorf("ALERT_INTERVAL must be at most %s (alerts are due within a minute)", MaxAlertInterval))

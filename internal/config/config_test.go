@@ -124,6 +124,10 @@ func TestReadReplicaSettings(t *testing.T) {
 	if err := base.Validate(); err == nil || !strings.Contains(err.Error(), "READ_FENCE_TIMEOUT") {
 		t.Errorf("READ_FENCE_TIMEOUT of a minute: %v", err)
 	}
+	base.ReadFenceTimeout, base.ReadTimeout = time.Second, time.Second
+	if err := base.Validate(); err == nil || !strings.Contains(err.Error(), "shorter than READ_TIMEOUT") {
+		t.Errorf("READ_FENCE_TIMEOUT as long as READ_TIMEOUT: %v", err)
+	}
 	base.ReadFenceTimeout = DefaultReadFenceTimeout
 	if err := base.Validate(); err != nil {
 		t.Errorf("valid: %v", err)

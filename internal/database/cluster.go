@@ -142,6 +142,10 @@ func (c *LocalCluster) initdb(ctx context.Context) error {
 		"max_wal_size = 4GB",
 		"checkpoint_timeout = 15min",
 		"log_min_messages = warning",
+		// Streaming standbys (READ_DATABASE_URL, NewStandby) replicate
+		// it; these are PostgreSQL's defaults, stated because they matter.
+		"wal_level = replica",
+		"max_wal_senders = 10",
 	}
 	if c.Ephemeral {
 		conf = append(conf, "fsync = off", "full_page_writes = off", "shared_buffers = 128MB")
@@ -158,6 +162,41 @@ func (c *LocalCluster) initdb(ctx context.Context) error {
 	defer f.Close()
 	_, err = f.WriteString("\n" + strings.Join(conf, "\n") + "\n")
 	return err
+}
+
+// NewStandby makes a streaming hot standby of the running cluster c in
+// dir (pg_basebackup -R: a base backup plus primary_conninfo), listening
+// on port, with settings (postgresql.conf lines, e.g.
+// "recovery_min_apply_delay = '1s'") added, and starts it.
+func (c *LocalCluster) NewStandby(ctx context.Context, dir string, port int, settings ...string) (*LocalCluster, error) {
+	if c.binDir == "" {
+		return nil, errors.New("standby: the primary is not started")
+	}
+	s := &LocalCluster{Dir: dir, Port: port, Ephemeral: c.Ephemeral, Timescale: c.Timescale, binDir: c.binDir, cred: c.cred}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if c.cred != nil {
+		if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return nil, err
+		}
+	}
+	if out, err := c.run(ctx, "pg_basebackup", "-D", dir, "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres",
+		"-R", "-X", "stream", "-c", "fast", "--no-sync"); err != nil {
+		return nil, fmt.Errorf("pg_basebackup: %v: %s", err, out)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.WriteString("\nhot_standby = on\n" + strings.Join(settings, "\n") + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, s.Start(ctx)
 }
 
 // checkReachable says what to do when the postgres user the cluster runs

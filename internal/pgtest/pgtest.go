@@ -32,12 +32,24 @@ var (
 	tplReady = map[database.Backend]bool{}
 	counter  atomic.Int64
 	tempDir  string
+
+	standbyOnce sync.Once
+	standbyErr  error
+	standby     *database.LocalCluster
 )
+
+// StandbyApplyDelay is how far the test standby's replay trails the
+// primary (recovery_min_apply_delay): long enough that a read right after
+// a write sees the standby behind, short enough to wait for.
+const StandbyApplyDelay = time.Second
 
 // Main runs the tests of a package and removes the cluster afterwards. Use
 // it from TestMain: func TestMain(m *testing.M) { pgtest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
+	if standby != nil {
+		_ = standby.Kill()
+	}
 	if cluster != nil {
 		_ = cluster.Kill()
 		_ = os.RemoveAll(tempDir)
@@ -202,4 +214,55 @@ func NewPool(t testing.TB, b database.Backend) *pgxpool.Pool {
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// Standby returns a streaming hot standby of the test cluster, made with
+// pg_basebackup -R on first use and shared by the test binary; its replay
+// trails the primary by StandbyApplyDelay. Tests may stop and restart it
+// (Kill, Restart) or pause its replay, and must leave it running and
+// replaying. It needs the local cluster: with TEST_DATABASE_URL the test
+// is skipped.
+func Standby(t testing.TB) *database.LocalCluster {
+	t.Helper()
+	Backends(t)
+	if cluster == nil {
+		t.Skip("pgtest: a standby needs the local test cluster (TEST_DATABASE_URL is set)")
+	}
+	standbyOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		port, err := database.FreePort()
+		if err != nil {
+			standbyErr = err
+			return
+		}
+		standby, standbyErr = cluster.NewStandby(ctx, tempDir+"/standby", port,
+			fmt.Sprintf("recovery_min_apply_delay = '%dms'", StandbyApplyDelay.Milliseconds()))
+	})
+	if standbyErr != nil {
+		t.Fatalf("pgtest: standby: %v", standbyErr)
+	}
+	return standby
+}
+
+// StandbyURL is the URL of dbURL's database (from NewDB) on the standby,
+// once the standby has replayed its creation.
+func StandbyURL(t testing.TB, dbURL string) string {
+	t.Helper()
+	s := Standby(t)
+	url := withDB(s.URL("postgres"), dbURL[strings.LastIndex(dbURL, "/")+1:strings.Index(dbURL+"?", "?")])
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := pgx.Connect(ctx, url)
+		cancel()
+		if err == nil {
+			conn.Close(context.Background())
+			return url
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgtest: the standby has no %s yet: %v", url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
