@@ -260,6 +260,7 @@ type fencer struct {
 	mu      sync.Mutex
 	latest  *fenceFetch // the fetch started last, running or done
 	queued  *fenceFetch // starts when latest is done
+	fetches atomic.Int64
 }
 
 type fenceFetch struct {
@@ -301,6 +302,7 @@ func (f *fencer) after(ctx context.Context, arrived time.Time) (string, error) {
 func (f *fencer) start(c *fenceFetch) {
 	c.started, c.running = time.Now(), true
 	f.latest = c
+	f.fetches.Add(1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), fenceFetchTimeout)
 		err := f.primary.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&c.lsn)
