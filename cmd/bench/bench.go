@@ -60,10 +60,10 @@ type phase struct {
 
 func (b *bench) run(ctx context.Context) error {
 	phases := []phase{{"ingest", b.ingestPhases}, {"reads", b.readPhases}, {"access", b.accessPhase}, {"fairness", b.fairnessPhase},
-		{"sustained", b.sustainedPhase}, {"live", b.livePhase}, {"keys", b.keysPhase}}
+		{"sustained", b.sustainedPhase}, {"live", b.livePhase}, {"keys", b.keysPhase}, {"replica", b.replicaPhase}}
 	for _, name := range strings.Split(b.opt.phases, ",") {
 		if !slices.ContainsFunc(phases, func(p phase) bool { return p.name == name }) {
-			return fmt.Errorf("-phases: unknown phase %q (ingest, reads, access, fairness, sustained, live, keys)", name)
+			return fmt.Errorf("-phases: unknown phase %q (ingest, reads, access, fairness, sustained, live, keys, replica)", name)
 		}
 	}
 	b.client = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
