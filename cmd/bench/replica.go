@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -45,9 +46,10 @@ func (b *bench) replicaSettings() (events int, runFor time.Duration) {
 // readRun is one configuration's measurement.
 type readRun struct {
 	latencies          []time.Duration
-	primaryCPU         float64 // cores: the primary's postmaster and children
-	standbyCPU         float64 // cores, the same on the standby
-	standbyReads, fell float64 // read snapshots on the standby, fallbacks
+	primaryCPU         float64  // cores: the primary's postmaster and children
+	standbyCPU         float64  // cores, the same on the standby
+	standbyReads, fell float64  // read snapshots on the standby, fallbacks
+	fallbacks          []string // "reason n" of each reason that occurred
 	ingested           int64
 }
 
@@ -123,10 +125,10 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 		"reads move off the primary", yes(one.standbyReads > 0 && saved > 0)})
 	ev := fmt.Sprintf("Dataset: %s events over 14 days, %s proxies of %d users, rolled up. Each configuration runs the same load for %s: %d clients in a closed loop, each request a random user's 7-day report or a random proxy's 7-day range metrics, while batch ingest posts at a paced %s events/s. "+
 		"The standby streams from the primary on the same machine (pg_basebackup -R, no apply delay); the service waits for it to replay each request's fence (READ_FENCE_TIMEOUT 200 ms). "+
-		"CPU is read from /proc for each cluster's postmaster and its children. 1 standby: %.0f read snapshots on the standby, %.0f fallbacks to the primary; ingested %s and %s events. "+
+		"CPU is read from /proc for each cluster's postmaster and its children. 1 standby: %.0f read snapshots on the standby, %.0f fallbacks to the primary (%s); ingested %s and %s events. "+
 		"On one machine the standby competes for the same cores as the primary, the service and the load generator, so throughput here shows the cost of the fence, not the capacity gained: the primary's CPU per read is the number that carries over to a standby on its own host.",
 		count(events), count(b.opt.proxies), b.opt.users, runFor, *replicaClients, rate(float64(*accessIngestRate)),
-		one.standbyReads, one.fell, count(int(zero.ingested)), count(int(one.ingested)))
+		one.standbyReads, one.fell, cmp.Or(strings.Join(one.fallbacks, ", "), "none"), count(int(zero.ingested)), count(int(one.ingested)))
 	b.addEvidence("(9) reads from a streaming standby", ev)
 	return nil
 }
@@ -207,13 +209,17 @@ func (b *bench) replicaRun(ctx context.Context, gen *workload.Generator, runFor 
 	}
 	secs := p1.at.Sub(p0.at).Seconds()
 	fell := 0.0
+	var reasons []string
 	for _, reason := range database.FallbackReasons {
 		k := `proxyusage_read_fallbacks_total{reason="` + reason + `"}`
-		fell += m1[k] - m0[k]
+		if n := m1[k] - m0[k]; n > 0 {
+			fell += n
+			reasons = append(reasons, fmt.Sprintf("%s %.0f", reason, n))
+		}
 	}
 	k := `proxyusage_read_snapshots_total{server="standby"}`
 	return &readRun{latencies: lat, primaryCPU: (p1.pg - p0.pg) / secs, standbyCPU: (s1 - s0) / secs,
-		standbyReads: m1[k] - m0[k], fell: fell, ingested: ingested}, nil
+		standbyReads: m1[k] - m0[k], fell: fell, fallbacks: reasons, ingested: ingested}, nil
 }
 
 func (b *bench) replicaGet(ctx context.Context, path, token string) (time.Duration, error) {
