@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	dto "github.com/prometheus/client_model/go"
+
 	"proxyusage/internal/database"
 	"proxyusage/internal/pgtest"
 	"proxyusage/internal/telemetry"
@@ -86,5 +89,73 @@ func TestFenceIsSharedAndTakenAfterArrival(t *testing.T) {
 func TestFallbackReasonsMatchMetrics(t *testing.T) {
 	if !slices.Equal(database.FallbackReasons, telemetry.ReadFallbackReasons) {
 		t.Fatalf("database %v, telemetry %v", database.FallbackReasons, telemetry.ReadFallbackReasons)
+	}
+}
+
+// A recovery conflict on the standby (SQLSTATE 40001) sends the read to
+// the primary, where fn runs again and answers; unmarked contexts never
+// reach the standby.
+func TestStandbyConflictFallsBackToPrimary(t *testing.T) {
+	ctx := context.Background()
+	dbURL := pgtest.NewDB(t, database.Postgres)
+	primary, err := database.Connect(ctx, dbURL, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close()
+	standbyPool, err := database.Connect(ctx, pgtest.StandbyURL(t, dbURL), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer standbyPool.Close()
+	m := telemetry.New()
+	s, err := database.NewStandby(database.StandbyConfig{Primary: primary, Standby: standbyPool, FenceTimeout: 5 * time.Second,
+		Metrics: database.StandbyMetrics{Served: m.ReadsServed, FenceWait: m.ReadFenceWait, Fallbacks: m.ReadFallbacks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(c interface{ Write(*dto.Metric) error }) float64 {
+		var d dto.Metric
+		if err := c.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetCounter().GetValue()
+	}
+	var where []bool // pg_is_in_recovery() of each run
+	read := func(ctx context.Context) error {
+		where = nil
+		return database.ReadOnly(ctx, primary, func(tx pgx.Tx) error {
+			var inRecovery bool
+			if err := tx.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&inRecovery); err != nil {
+				return err
+			}
+			where = append(where, inRecovery)
+			if inRecovery {
+				// What a recovery conflict cancelling the query looks like.
+				_, err := tx.Exec(ctx, `DO $$ BEGIN RAISE EXCEPTION 'canceling statement due to conflict with recovery' USING ERRCODE = 'serialization_failure'; END $$`)
+				return err
+			}
+			return nil
+		})
+	}
+	if err := read(ctx); err != nil || !slices.Equal(where, []bool{false}) {
+		t.Fatalf("unrouted read: %v, ran in recovery %v, want once on the primary", err, where)
+	}
+	if err := read(s.Route(ctx)); err != nil || !slices.Equal(where, []bool{true, false}) {
+		t.Fatalf("routed read: %v, ran in recovery %v, want the standby then the primary", err, where)
+	}
+	if c, p := count(m.ReadFallbacks.WithLabelValues(database.FallbackConflict)), count(m.ReadsServed.WithLabelValues("primary")); c != 1 || p != 1 {
+		t.Fatalf("conflict fallbacks %v, served by the primary %v; want 1 and 1", c, p)
+	}
+	// Single statements (database.Reads) route the same way.
+	var inRecovery bool
+	if err := database.Reads(primary).QueryRow(s.Route(ctx), `SELECT pg_is_in_recovery()`).Scan(&inRecovery); err != nil || !inRecovery {
+		t.Fatalf("routed QueryRow: in recovery %v, %v", inRecovery, err)
+	}
+	if err := database.Reads(primary).QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&inRecovery); err != nil || inRecovery {
+		t.Fatalf("unrouted QueryRow: in recovery %v, %v", inRecovery, err)
+	}
+	if n := count(m.ReadsServed.WithLabelValues("standby")); n != 1 {
+		t.Fatalf("served by the standby %v, want 1 (the routed QueryRow)", n)
 	}
 }
