@@ -125,7 +125,9 @@ func routeFrom(ctx context.Context) *route {
 func (r *route) onStandby(ctx context.Context, read func(*pgxpool.Conn) error) (fallback bool, err error) {
 	conn, reason := r.acquire(ctx)
 	if conn == nil {
-		r.fellBack(reason)
+		if reason != "" {
+			r.fellBack(reason)
+		}
 		return true, nil
 	}
 	err = read(conn)
@@ -162,9 +164,11 @@ func (s *Standby) served(server string) {
 func (s *Standby) markDown() { s.downUntil.Store(time.Now().Add(standbyDownFor).UnixNano()) }
 
 // acquire returns a standby connection that has replayed the request's
-// fence, or nil and the reason to read on the primary. The fence fetch,
-// the connect and the wait together take at most the fence timeout.
-func (r *route) acquire(parent context.Context) (*pgxpool.Conn, string) {
+// fence, or nil and the reason to read on the primary ("" when the
+// request itself was cancelled: nothing to count, and the primary will
+// say so). The fence fetch, the connect and the wait together take at
+// most the fence timeout.
+func (r *route) acquire(parent context.Context) (conn *pgxpool.Conn, reason string) {
 	s := r.standby
 	if time.Now().UnixNano() < s.downUntil.Load() {
 		return nil, FallbackUnavailable
@@ -172,6 +176,11 @@ func (r *route) acquire(parent context.Context) (*pgxpool.Conn, string) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(parent, s.timeout)
 	defer cancel()
+	defer func() {
+		if conn == nil && parent.Err() != nil {
+			reason = ""
+		}
+	}()
 	timedOut := func() bool { return ctx.Err() != nil && parent.Err() == nil }
 	var fence string
 	if !s.skipFence {
@@ -186,11 +195,13 @@ func (r *route) acquire(parent context.Context) (*pgxpool.Conn, string) {
 	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		if timedOut() {
+		switch {
+		case timedOut():
 			s.observeWait(start)
 			return nil, FallbackTimeout
+		case parent.Err() == nil:
+			s.markDown()
 		}
-		s.markDown()
 		return nil, FallbackUnavailable
 	}
 	if s.skipFence {
@@ -204,10 +215,13 @@ func (r *route) acquire(parent context.Context) (*pgxpool.Conn, string) {
 			Release(conn)
 			s.observeWait(start)
 			return nil, FallbackTimeout
-		case err != nil:
+		case err != nil && parent.Err() == nil:
 			Release(conn)
 			s.markDown()
 			return nil, FallbackUnavailable
+		case err != nil:
+			Release(conn)
+			return nil, ""
 		case reached == nil:
 			// Not in recovery (READ_DATABASE_URL names a primary, or a
 			// promoted standby): its WAL is not the primary's.
