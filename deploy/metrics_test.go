@@ -198,8 +198,10 @@ var boundedLabel = map[string]*regexp.Regexp{
 	"method": regexp.MustCompile(`^(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS)$`),
 	"status": regexp.MustCompile(`^[1-5][0-9][0-9]$`),
 	"result": regexp.MustCompile(`^(accepted|duplicate|rejected|ok|error|delivered|http_error|timeout|network_error|refused)$`),
-	"pool":   regexp.MustCompile(`^(main|ingest)$`),
+	"pool":   regexp.MustCompile(`^(main|ingest|standby)$`),
 	"le":     regexp.MustCompile(`^([0-9.e+-]+|\+Inf)$`),
+	"server": regexp.MustCompile(`^(standby|primary)$`),
+	"reason": regexp.MustCompile(`^(timeout|conflict|unavailable|fence)$`),
 }
 
 func seriesCount(fams map[string]*dto.MetricFamily) (int, []string) {
