@@ -21,7 +21,7 @@
 //  13. batch ingest with 50 M remembered idempotency keys vs. an empty
 //     database, bytes per key and per raw (and compressed) event, on each
 //     backend (keys.go)
-//  9. reads under ingest with 0 and 1 streaming standby (replica.go)
+//  14. reads under ingest with 0 and 1 streaming standby (replica.go)
 //
 // It prints progress and a table to the terminal and writes the table, the
 // machine, the PostgreSQL settings and profile evidence to BENCHMARKS.md.
@@ -108,7 +108,7 @@ func main() {
 	flag.IntVar(&o.rollupBatch, "seed-rollup-batch", 100_000, "invalidation entries per rollup run while seeding (4)")
 	flag.IntVar(&o.lateEvents, "late-events", 1_000_000, "late events for the rollup catch-up (6)")
 	flag.IntVar(&o.lateDays, "late-days", 30, "days the late events spread over (6)")
-	flag.StringVar(&o.phases, "phases", defaultPhases, "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12), keys (13), replica (9)")
+	flag.StringVar(&o.phases, "phases", defaultPhases, "phases to run: ingest (1-3, 5), reads (4, 6), access (7), fairness (8), sustained (11), live (12), keys (13), replica (14)")
 	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
 	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")

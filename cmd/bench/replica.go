@@ -21,13 +21,13 @@ import (
 	"proxyusage/internal/workload"
 )
 
-// Phase (9), replica: the same read load under the same batch ingest, once
+// Phase (14), replica: the same read load under the same batch ingest, once
 // with every read on the primary and once with READ_DATABASE_URL naming a
 // streaming standby of it; read throughput, p99 and the primary's CPU.
 var (
-	replicaEvents  = flag.Int("replica-events", 1_000_000, "events of the replica phase's dataset (9)")
-	replicaClients = flag.Int("replica-clients", 16, "concurrent read clients, closed loop (9)")
-	replicaFor     = flag.Duration("replica-duration", 20*time.Second, "how long each configuration is measured (9)")
+	replicaEvents  = flag.Int("replica-events", 1_000_000, "events of the replica phase's dataset (14)")
+	replicaClients = flag.Int("replica-clients", 16, "concurrent read clients, closed loop (14)")
+	replicaFor     = flag.Duration("replica-duration", 20*time.Second, "how long each configuration is measured (14)")
 )
 
 func (b *bench) replicaSettings() (events int, runFor time.Duration) {
@@ -66,7 +66,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 	if err := workload.SeedAccounts(ctx, pool, gen, now); err != nil {
 		return err
 	}
-	step("(9) seeding %s events over 14 days and rolling them up", count(events))
+	step("(14) seeding %s events over 14 days and rolling them up", count(events))
 	if _, err := workload.Seed(ctx, pool, gen, 50_000, nil); err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 		return err
 	}
 
-	step("(9) making a streaming standby (pg_basebackup -R)")
+	step("(14) making a streaming standby (pg_basebackup -R)")
 	port, err := database.FreePort()
 	if err != nil {
 		return err
@@ -102,7 +102,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 		if _, err := b.startService(ctx, dbURL, fmt.Sprintf("replica-%d", standbys), env...); err != nil {
 			return err
 		}
-		step("(9) %d standby: %d read clients for %s while batch ingest runs at %s events/s", standbys, *replicaClients, runFor, rate(float64(*accessIngestRate)))
+		step("(14) %d standby: %d read clients for %s while batch ingest runs at %s events/s", standbys, *replicaClients, runFor, rate(float64(*accessIngestRate)))
 		r, runErr := b.replicaRun(ctx, gen, runFor, standby)
 		err := b.svc.stop()
 		b.svc = nil
@@ -118,7 +118,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 	// Primary CPU per read served: what each read costs the primary.
 	perRead := func(r *readRun) float64 { return r.primaryCPU / max(tput(r), 1e-9) }
 	saved := 1 - perRead(one)/max(perRead(zero), 1e-12)
-	b.add(result{"9", fmt.Sprintf("reads (report and range metrics) from %d closed-loop clients under batch ingest (%s events/s): 0 vs 1 streaming standby (READ_DATABASE_URL, fence on)", *replicaClients, rate(float64(*accessIngestRate))),
+	b.add(result{"14", fmt.Sprintf("reads (report and range metrics) from %d closed-loop clients under batch ingest (%s events/s): 0 vs 1 streaming standby (READ_DATABASE_URL, fence on)", *replicaClients, rate(float64(*accessIngestRate))),
 		fmt.Sprintf("0 standbys: %.0f reads/s, p99 %s, primary %.2f cores; **1 standby: %.0f reads/s, p99 %s, primary %.2f cores** (standby %.2f); primary CPU per read %.0f %% lower",
 			tput(zero), ms(quantile(zero.latencies, 0.99)), zero.primaryCPU,
 			tput(one), ms(quantile(one.latencies, 0.99)), one.primaryCPU, one.standbyCPU, 100*saved),
@@ -129,7 +129,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 		"On one machine the standby competes for the same cores as the primary, the service and the load generator, so throughput here shows the cost of the fence, not the capacity gained: the primary's CPU per read is the number that carries over to a standby on its own host.",
 		count(events), count(b.opt.proxies), b.opt.users, runFor, *replicaClients, rate(float64(*accessIngestRate)),
 		one.standbyReads, one.fell, cmp.Or(strings.Join(one.fallbacks, ", "), "none"), count(int(zero.ingested)), count(int(one.ingested)))
-	b.addEvidence("(9) reads from a streaming standby", ev)
+	b.addEvidence("(14) reads from a streaming standby", ev)
 	return nil
 }
 
