@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,5 +158,37 @@ func TestStandbyConflictFallsBackToPrimary(t *testing.T) {
 	}
 	if n := count(m.ReadsServed.WithLabelValues("standby")); n != 1 {
 		t.Fatalf("served by the standby %v, want 1 (the routed QueryRow)", n)
+	}
+}
+
+// Several standbys are one multi-host READ_DATABASE_URL: with
+// target_session_attrs=standby, pgx skips a host that is not one (here
+// the primary itself, listed first) and reads go to the standby.
+func TestStandbyMultiHostURL(t *testing.T) {
+	ctx := context.Background()
+	dbURL := pgtest.NewDB(t, database.Postgres)
+	standbyURL := pgtest.StandbyURL(t, dbURL)
+	primary, err := database.Connect(ctx, dbURL, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close()
+	// postgres://postgres@127.0.0.1:P/db?sslmode=disable → both hosts.
+	hostOf := func(url string) string { return strings.SplitN(strings.SplitN(url, "@", 2)[1], "/", 2)[0] }
+	multi := strings.Replace(standbyURL, hostOf(standbyURL), hostOf(dbURL)+","+hostOf(standbyURL), 1) + "&target_session_attrs=standby"
+	pool, err := database.Connect(ctx, multi, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	s, err := database.NewStandby(database.StandbyConfig{Primary: primary, Standby: pool, FenceTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		var inRecovery bool
+		if err := database.Reads(primary).QueryRow(s.Route(ctx), `SELECT pg_is_in_recovery()`).Scan(&inRecovery); err != nil || !inRecovery {
+			t.Fatalf("read through %s: in recovery %v, %v", multi, inRecovery, err)
+		}
 	}
 }
