@@ -43,15 +43,34 @@ func (b *bench) replicaSettings() (events int, runFor time.Duration) {
 	return events, runFor
 }
 
-// readRun is one configuration's measurement.
+// readRun is one configuration's measurement, summed over its rounds.
 type readRun struct {
 	latencies          []time.Duration
-	primaryCPU         float64  // cores: the primary's postmaster and children
-	standbyCPU         float64  // cores, the same on the standby
-	standbyReads, fell float64  // read snapshots on the standby, fallbacks
-	fallbacks          []string // "reason n" of each reason that occurred
+	secs               float64            // measured wall time
+	primaryCPU         float64            // CPU seconds of the primary's postmaster and children
+	standbyCPU         float64            // the same on the standby
+	standbyReads, fell float64            // read snapshots on the standby, fallbacks
+	fallbacks          map[string]float64 // by reason
 	ingested           int64
 }
+
+func (r *readRun) add(o *readRun) {
+	r.latencies = append(r.latencies, o.latencies...)
+	r.secs += o.secs
+	r.primaryCPU += o.primaryCPU
+	r.standbyCPU += o.standbyCPU
+	r.standbyReads += o.standbyReads
+	r.fell += o.fell
+	r.ingested += o.ingested
+	for k, v := range o.fallbacks {
+		r.fallbacks[k] += v
+	}
+}
+
+func (r *readRun) throughput() float64 { return float64(len(r.latencies)) / max(r.secs, 1e-9) }
+
+// cores is the CPU seconds cpu spread over the run.
+func (r *readRun) cores(cpu float64) float64 { return cpu / max(r.secs, 1e-9) }
 
 func (b *bench) replicaPhase(ctx context.Context) error {
 	events, runFor := b.replicaSettings()
@@ -93,42 +112,51 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 	}()
 	name := dbURL[strings.LastIndexByte(dbURL, '/')+1 : strings.IndexByte(dbURL, '?')]
 
-	runs := map[int]*readRun{}
-	for _, standbys := range []int{0, 1} {
-		var env []string
-		if standbys == 1 {
-			env = append(env, "READ_DATABASE_URL="+standby.URL(name))
+	// Two rounds in opposite orders, half the time each: whatever runs
+	// first (caches warming, autovacuum after the seeding) weighs on both.
+	runs := map[int]*readRun{0: {fallbacks: map[string]float64{}}, 1: {fallbacks: map[string]float64{}}}
+	for _, order := range [][]int{{0, 1}, {1, 0}} {
+		for _, standbys := range order {
+			var env []string
+			if standbys == 1 {
+				env = append(env, "READ_DATABASE_URL="+standby.URL(name))
+			}
+			if _, err := b.startService(ctx, dbURL, fmt.Sprintf("replica-%d", standbys), env...); err != nil {
+				return err
+			}
+			step("(14) %d standby: %d read clients for %s while batch ingest runs at %s events/s", standbys, *replicaClients, runFor/2, rate(float64(*accessIngestRate)))
+			r, runErr := b.replicaRun(ctx, gen, runFor/2, standby)
+			err := b.svc.stop()
+			b.svc = nil
+			if err := errors.Join(runErr, err); err != nil {
+				return err
+			}
+			runs[standbys].add(r)
+			fmt.Printf("  %.0f reads/s, p99 %s; primary %.2f cores, standby %.2f cores; %.0f reads on the standby, %.0f fallbacks\n",
+				r.throughput(), ms(quantile(r.latencies, 0.99)), r.cores(r.primaryCPU), r.cores(r.standbyCPU), r.standbyReads, r.fell)
 		}
-		if _, err := b.startService(ctx, dbURL, fmt.Sprintf("replica-%d", standbys), env...); err != nil {
-			return err
-		}
-		step("(14) %d standby: %d read clients for %s while batch ingest runs at %s events/s", standbys, *replicaClients, runFor, rate(float64(*accessIngestRate)))
-		r, runErr := b.replicaRun(ctx, gen, runFor, standby)
-		err := b.svc.stop()
-		b.svc = nil
-		if err := errors.Join(runErr, err); err != nil {
-			return err
-		}
-		runs[standbys] = r
-		fmt.Printf("  %.0f reads/s, p99 %s; primary %.2f cores, standby %.2f cores; %.0f reads on the standby, %.0f fallbacks\n",
-			float64(len(r.latencies))/runFor.Seconds(), ms(quantile(r.latencies, 0.99)), r.primaryCPU, r.standbyCPU, r.standbyReads, r.fell)
 	}
 	zero, one := runs[0], runs[1]
-	tput := func(r *readRun) float64 { return float64(len(r.latencies)) / runFor.Seconds() }
 	// Primary CPU per read served: what each read costs the primary.
-	perRead := func(r *readRun) float64 { return r.primaryCPU / max(tput(r), 1e-9) }
+	perRead := func(r *readRun) float64 { return r.primaryCPU / max(float64(len(r.latencies)), 1) }
 	saved := 1 - perRead(one)/max(perRead(zero), 1e-12)
 	b.add(result{"14", fmt.Sprintf("reads (report and range metrics) from %d closed-loop clients under batch ingest (%s events/s): 0 vs 1 streaming standby (READ_DATABASE_URL, fence on)", *replicaClients, rate(float64(*accessIngestRate))),
 		fmt.Sprintf("0 standbys: %.0f reads/s, p99 %s, primary %.2f cores; **1 standby: %.0f reads/s, p99 %s, primary %.2f cores** (standby %.2f); primary CPU per read %.0f %% lower",
-			tput(zero), ms(quantile(zero.latencies, 0.99)), zero.primaryCPU,
-			tput(one), ms(quantile(one.latencies, 0.99)), one.primaryCPU, one.standbyCPU, 100*saved),
+			zero.throughput(), ms(quantile(zero.latencies, 0.99)), zero.cores(zero.primaryCPU),
+			one.throughput(), ms(quantile(one.latencies, 0.99)), one.cores(one.primaryCPU), one.cores(one.standbyCPU), 100*saved),
 		"reads move off the primary", yes(one.standbyReads > 0 && saved > 0)})
-	ev := fmt.Sprintf("Dataset: %s events over 14 days, %s proxies of %d users, rolled up. Each configuration runs the same load for %s: %d clients in a closed loop, each request a random user's 7-day report or a random proxy's 7-day range metrics, while batch ingest posts at a paced %s events/s. "+
+	var fell []string
+	for _, reason := range database.FallbackReasons {
+		if n := one.fallbacks[reason]; n > 0 {
+			fell = append(fell, fmt.Sprintf("%s %.0f", reason, n))
+		}
+	}
+	ev := fmt.Sprintf("Dataset: %s events over 14 days, %s proxies of %d users, rolled up. Each configuration runs the same load for %s in all, in two rounds of opposite order (0, 1, 1, 0 standbys), each against a fresh service: %d clients in a closed loop, each request a random user's 7-day report or a random proxy's 7-day range metrics, while batch ingest posts at a paced %s events/s. "+
 		"The standby streams from the primary on the same machine (pg_basebackup -R, no apply delay); the service waits for it to replay each request's fence (READ_FENCE_TIMEOUT 200 ms). "+
 		"CPU is read from /proc for each cluster's postmaster and its children. 1 standby: %.0f read snapshots on the standby, %.0f fallbacks to the primary (%s); ingested %s and %s events. "+
 		"On one machine the standby competes for the same cores as the primary, the service and the load generator, so throughput here shows the cost of the fence, not the capacity gained: the primary's CPU per read is the number that carries over to a standby on its own host.",
 		count(events), count(b.opt.proxies), b.opt.users, runFor, *replicaClients, rate(float64(*accessIngestRate)),
-		one.standbyReads, one.fell, cmp.Or(strings.Join(one.fallbacks, ", "), "none"), count(int(zero.ingested)), count(int(one.ingested)))
+		one.standbyReads, one.fell, cmp.Or(strings.Join(fell, ", "), "none"), count(int(zero.ingested)), count(int(one.ingested)))
 	b.addEvidence("(14) reads from a streaming standby", ev)
 	return nil
 }
@@ -209,16 +237,16 @@ func (b *bench) replicaRun(ctx context.Context, gen *workload.Generator, runFor 
 	}
 	secs := p1.at.Sub(p0.at).Seconds()
 	fell := 0.0
-	var reasons []string
+	reasons := map[string]float64{}
 	for _, reason := range database.FallbackReasons {
 		k := `proxyusage_read_fallbacks_total{reason="` + reason + `"}`
 		if n := m1[k] - m0[k]; n > 0 {
 			fell += n
-			reasons = append(reasons, fmt.Sprintf("%s %.0f", reason, n))
+			reasons[reason] = n
 		}
 	}
 	k := `proxyusage_read_snapshots_total{server="standby"}`
-	return &readRun{latencies: lat, primaryCPU: (p1.pg - p0.pg) / secs, standbyCPU: (s1 - s0) / secs,
+	return &readRun{latencies: lat, secs: secs, primaryCPU: p1.pg - p0.pg, standbyCPU: s1 - s0,
 		standbyReads: m1[k] - m0[k], fell: fell, fallbacks: reasons, ingested: ingested}, nil
 }
 
