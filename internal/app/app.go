@@ -314,13 +314,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// openStandby connects to the standbys of READ_DATABASE_URL. Only read
+// openStandby connects to the standbys of READ_DATABASE_URL, a pool as
+// large as the primary's (DATABASE_POOL_SIZE). Only read
 // requests use them (httpx.Config.RouteRead); writes, the rollup worker
 // and the alert evaluator stay on the primary. The pool connects lazily:
 // a standby down at start is a fallback to the primary, not a failure.
 func (m *Main) openStandby(ctx context.Context) error {
 	var err error
-	if m.ReadPool, err = database.Connect(ctx, m.Config.ReadDatabaseURL, 20); err != nil {
+	if m.ReadPool, err = database.Connect(ctx, m.Config.ReadDatabaseURL, int32(cmp.Or(m.Config.DatabasePoolSize, config.DefaultDatabasePoolSize))); err != nil {
 		return fmt.Errorf("READ_DATABASE_URL: %w", err)
 	}
 	m.Standby, err = database.NewStandby(database.StandbyConfig{
