@@ -18,11 +18,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"proxyusage/internal/app"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/config"
 	"proxyusage/internal/exact"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/localdb"
 	"proxyusage/internal/workload"
 )
 
@@ -291,7 +291,7 @@ func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	}
 	secret := cfg.JWTSecret
 	if secret == "" {
-		s, err := os.ReadFile(app.DevSecretFile(cfg.DataDir))
+		s, err := os.ReadFile(localdb.SecretFile(cfg.DataDir))
 		if err != nil {
 			return errors.New("set JWT_SECRET, or run `make run` once to create the local dev secret")
 		}

@@ -29,6 +29,7 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/config"
+	"proxyusage/internal/localdb"
 	"proxyusage/internal/user"
 )
 
@@ -117,24 +118,47 @@ func serve(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	m := &app.Main{Config: cfg, Logger: newLogger(stderr, cfg.LogLevel)}
-	if err := m.EnsureLocal(ctx); err != nil {
+	logger := newLogger(stderr, cfg.LogLevel)
+	stopLocal, err := ensureLocal(ctx, &cfg, logger)
+	if err != nil {
 		return err
 	}
+	m := &app.Main{Config: cfg, Logger: logger}
 	if err := m.Run(ctx); err != nil {
-		return err
+		return errors.Join(err, stopLocal())
 	}
 	if *devToken {
 		tok, err := auth.Mint([]byte(m.Config.JWTSecret), "dev-user", []string{auth.RoleAdmin}, 30*24*time.Hour, m.Config.JWTIssuer, m.Config.JWTAudience)
 		if err != nil {
-			m.Close()
-			return err
+			return errors.Join(err, m.Close(), stopLocal())
 		}
 		fmt.Fprint(stdout, devHints(m.Server.URL(), tok))
 	}
 	<-ctx.Done()
 	m.Logger.Info("shutting down")
-	return m.Close()
+	return errors.Join(m.Close(), stopLocal())
+}
+
+// ensureLocal points cfg at the local cluster under its data directory
+// when no DATABASE_URL is given, starting the cluster (creating it on
+// first use), and provides a persistent dev JWT secret when none is
+// configured. It returns what stops the cluster again (nothing to stop
+// with a DATABASE_URL).
+func ensureLocal(ctx context.Context, cfg *config.Config, logger *slog.Logger) (stop func() error, err error) {
+	if cfg.DatabaseURL != "" {
+		return func() error { return nil }, nil
+	}
+	cluster, err := localdb.Start(ctx, cfg.DataDir, logger)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DatabaseURL = cluster.URL(localdb.Database)
+	if cfg.JWTSecret == "" && cfg.JWTJWKSURL == "" {
+		if cfg.JWTSecret, err = localdb.LoadOrCreateSecret(localdb.SecretFile(cfg.DataDir)); err != nil {
+			return nil, errors.Join(err, cluster.Stop())
+		}
+	}
+	return cluster.Stop, nil
 }
 
 // devHints is what `serve -print-dev-token` prints: the token and requests
@@ -191,16 +215,17 @@ func migrate(cfg config.Config, args []string, stderr io.Writer) error {
 		return err
 	}
 	ctx := context.Background()
-	m := &app.Main{Config: cfg, Logger: newLogger(stderr, cfg.LogLevel)}
-	if err := m.EnsureLocal(ctx); err != nil {
+	logger := newLogger(stderr, cfg.LogLevel)
+	stopLocal, err := ensureLocal(ctx, &cfg, logger)
+	if err != nil {
 		return err
 	}
-	defer m.Close()
+	m := &app.Main{Config: cfg, Logger: logger}
 	if err := m.Migrate(ctx); err != nil {
-		return err
+		return errors.Join(err, m.Close(), stopLocal())
 	}
 	m.Logger.Info("migrations applied", slog.String("backend", string(m.Detected)))
-	return nil
+	return errors.Join(m.Close(), stopLocal())
 }
 
 func token(cfg config.Config, args []string, stdout, stderr io.Writer) error {
@@ -218,7 +243,7 @@ func token(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	}
 	secret := cfg.JWTSecret
 	if secret == "" {
-		b, err := os.ReadFile(app.DevSecretFile(cfg.DataDir))
+		b, err := os.ReadFile(localdb.SecretFile(cfg.DataDir))
 		if err != nil {
 			return errors.New("set JWT_SECRET, or run `make run` once to create the local dev secret")
 		}

@@ -13,9 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"proxyusage/internal/app"
 	"proxyusage/internal/apptest"
-	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 )
 
 // With the database down every request answers 503/PROXY_USAGE_002 with
@@ -30,17 +29,17 @@ func TestDatabaseOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = os.Chmod(dir, 0o755)
-	port, err := database.FreePort()
+	port, err := localdb.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cluster := &database.LocalCluster{Dir: dir + "/pg", Port: port, Ephemeral: true}
+	cluster := &localdb.Cluster{Dir: dir + "/pg", Port: port, Ephemeral: true}
 	ctx := context.Background()
 	if err := cluster.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cluster.Kill(); _ = os.RemoveAll(dir) })
-	if err := app.CreateDatabase(ctx, cluster.URL("postgres"), "outage"); err != nil {
+	if err := localdb.CreateDatabase(ctx, cluster.URL("postgres"), "outage"); err != nil {
 		t.Fatal(err)
 	}
 	dbURL := cluster.URL("outage")

@@ -19,6 +19,7 @@ import (
 
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 	"proxyusage/internal/pgtest"
 )
 
@@ -62,7 +63,7 @@ type service struct {
 
 func startService(t *testing.T, dbURL string) *service {
 	t.Helper()
-	port, err := database.FreePort()
+	port, err := localdb.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,20 +6,14 @@ package app
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
 	"runtime/debug"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/alert"
@@ -30,16 +24,13 @@ import (
 	httpx "proxyusage/internal/http"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/limit"
+	"proxyusage/internal/localdb"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
 	"proxyusage/internal/usage"
 	"proxyusage/internal/user"
 )
-
-// LocalPort is the preferred port of the local cluster `make run` creates
-// under .data/ (another free one is used, and remembered, if it is taken).
-const LocalPort = 54329
 
 // Main is the running service.
 type Main struct {
@@ -57,7 +48,6 @@ type Main struct {
 	ReadWithoutFence bool
 	Logger           *slog.Logger
 
-	Cluster  *database.LocalCluster // set when no DATABASE_URL was given
 	Pool     *pgxpool.Pool
 	ReadPool *pgxpool.Pool     // the standbys of READ_DATABASE_URL, nil without
 	Standby  *database.Standby // routes reads to ReadPool, nil without
@@ -71,94 +61,9 @@ type Main struct {
 	Detected database.Backend
 }
 
-// DevSecretFile holds the generated JWT secret of a local setup.
-func DevSecretFile(dataDir string) string { return filepath.Join(dataDir, "jwt-secret") }
-
-// EnsureLocal starts (creating on first use) the local cluster under the
-// data directory and points the configuration at it. It also provides a
-// persistent dev JWT secret when none is configured.
-func (m *Main) EnsureLocal(ctx context.Context) error {
-	if m.Config.DatabaseURL != "" {
-		return nil
-	}
-	if err := os.MkdirAll(m.Config.DataDir, 0o755); err != nil {
-		return err
-	}
-	port, err := localPort(m.Config.DataDir)
-	if err != nil {
-		return err
-	}
-	m.Cluster = &database.LocalCluster{Dir: filepath.Join(m.Config.DataDir, "postgres"), Port: port, Timescale: true}
-	m.Logger.Info("starting local postgres", slog.String("dir", m.Cluster.Dir), slog.Int("port", port))
-	if err := m.Cluster.Start(ctx); err != nil {
-		return err
-	}
-	if err := CreateDatabase(ctx, m.Cluster.URL("postgres"), "proxyusage"); err != nil {
-		return err
-	}
-	m.Config.DatabaseURL = m.Cluster.URL("proxyusage")
-	if m.Config.JWTSecret == "" && m.Config.JWTJWKSURL == "" {
-		secret, err := LoadOrCreateSecret(DevSecretFile(m.Config.DataDir))
-		if err != nil {
-			return err
-		}
-		m.Config.JWTSecret = secret
-	}
-	return nil
-}
-
-// localPort returns the local cluster's port, chosen on first use (LocalPort
-// unless it is taken) and remembered under the data directory.
-func localPort(dataDir string) (int, error) {
-	file := filepath.Join(dataDir, "postgres.port")
-	if b, err := os.ReadFile(file); err == nil {
-		var p int
-		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &p); err == nil && p > 0 {
-			return p, nil
-		}
-	}
-	port := LocalPort
-	if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-		l.Close()
-	} else if port, err = database.FreePort(); err != nil {
-		return 0, err
-	}
-	return port, os.WriteFile(file, []byte(fmt.Sprintf("%d\n", port)), 0o644)
-}
-
-// CreateDatabase creates database name unless it exists.
-func CreateDatabase(ctx context.Context, adminURL, name string) error {
-	conn, err := pgx.Connect(ctx, adminURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
-		return err
-	}
-	if exists {
-		return nil
-	}
-	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
-	return err
-}
-
-// LoadOrCreateSecret reads a secret file, creating a random one first.
-func LoadOrCreateSecret(path string) (string, error) {
-	if b, err := os.ReadFile(path); err == nil {
-		return strings.TrimSpace(string(b)), nil
-	}
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	secret := hex.EncodeToString(b[:])
-	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	return secret, nil
-}
+// CreateDatabase moved to internal/localdb; this name stays only until
+// cmd/bench, reworked elsewhere, imports localdb.
+var CreateDatabase = localdb.CreateDatabase
 
 // Migrate applies the migrations to the configured database.
 func (m *Main) Migrate(ctx context.Context) error {
@@ -410,9 +315,6 @@ func (m *Main) Close() error {
 	}
 	if m.Pool != nil {
 		m.Pool.Close()
-	}
-	if m.Cluster != nil {
-		errs = append(errs, m.Cluster.Stop())
 	}
 	return errors.Join(errs...)
 }

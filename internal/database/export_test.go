@@ -8,9 +8,6 @@ import (
 // NewProvider exposes the goose provider to migration tests.
 var NewProvider = newProvider
 
-// Untraversable exposes the data directory reachability check.
-var Untraversable = untraversable
-
 // FenceAfter exposes the shared fence fetch: the fence for a request that
 // arrived at arrived, and how many fetches ran so far.
 func (s *Standby) FenceAfter(ctx context.Context, arrived time.Time) (lsn string, fetches int64, err error) {

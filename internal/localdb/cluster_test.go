@@ -1,4 +1,4 @@
-package database_test
+package localdb_test
 
 import (
 	"os"
@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"testing"
 
-	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 )
 
 // A data directory under a mode-700 directory of another user (a clone
@@ -30,7 +30,7 @@ func TestUntraversableParent(t *testing.T) {
 	}
 	// t.TempDir's own parents are usually open to others, but not always
 	// (a private TMPDIR): skip rather than assert on what we do not control.
-	if blocked, _, err := database.Untraversable(base, 12345, []uint32{12345}); err != nil || blocked != "" {
+	if blocked, _, err := localdb.Untraversable(base, 12345, []uint32{12345}); err != nil || blocked != "" {
 		t.Skipf("the temporary directory itself is not open to others (%s)", blocked)
 	}
 	owner := uint32(os.Getuid())
@@ -44,7 +44,7 @@ func TestUntraversableParent(t *testing.T) {
 		{"the owner", owner, nil, ""},
 		{"root", 0, nil, ""},
 	} {
-		blocked, mode, err := database.Untraversable(data, tc.uid, tc.groups)
+		blocked, mode, err := localdb.Untraversable(data, tc.uid, tc.groups)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,10 +58,10 @@ func TestUntraversableParent(t *testing.T) {
 	}
 	fi, _ := os.Stat(private)
 	gid := statGid(t, fi)
-	if blocked, _, _ := database.Untraversable(data, 12345, []uint32{gid}); blocked != "" && os.Getuid() != 12345 {
+	if blocked, _, _ := localdb.Untraversable(data, 12345, []uint32{gid}); blocked != "" && os.Getuid() != 12345 {
 		t.Errorf("a member of the directory's group is blocked at %s", blocked)
 	}
-	if blocked, _, _ := database.Untraversable(data, 12345, []uint32{gid + 1}); blocked != private {
+	if blocked, _, _ := localdb.Untraversable(data, 12345, []uint32{gid + 1}); blocked != private {
 		t.Errorf("a non-member passes a mode-710 directory (blocked %q)", blocked)
 	}
 }

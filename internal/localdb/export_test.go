@@ -1,0 +1,4 @@
+package localdb
+
+// Untraversable exposes the data directory reachability check.
+var Untraversable = untraversable
