@@ -35,18 +35,14 @@ import (
 // Main is the running service.
 type Main struct {
 	Config config.Config
-	// DisableRollupWorker keeps the background worker from running (tests
-	// drive Rollup.RunOnce themselves).
-	DisableRollupWorker bool
-	// DisableAlerts keeps the alert evaluator and the webhook deliverer
-	// from running (tests drive them, or stop one replica's deliveries).
-	DisableAlertEvaluator bool
-	DisableAlertDelivery  bool
+	Logger *slog.Logger
+	// Manual names the background services Run builds but leaves to its
+	// caller to drive. A service leaves it empty: everything runs.
+	Manual Manual
 	// ReadWithoutFence sends reads to the standby without waiting for
-	// it to replay the request's fence. Tests only: it shows the fence
-	// is what keeps reads after a write exact.
+	// it to replay the request's fence. Tests only (apptest.NoReadFence):
+	// it shows the fence is what keeps reads after a write exact.
 	ReadWithoutFence bool
-	Logger           *slog.Logger
 
 	Pool     *pgxpool.Pool
 	ReadPool *pgxpool.Pool     // the standbys of READ_DATABASE_URL, nil without
@@ -59,6 +55,15 @@ type Main struct {
 	Webhooks *alert.Deliverer
 	Server   *httpx.Server
 	Detected database.Backend
+}
+
+// Manual names background services that Run builds but does not start.
+// End-to-end tests set it (through apptest's options) to decide when
+// rollups or alerts happen, or to keep a replica from delivering.
+type Manual struct {
+	Rollup         bool // the caller runs Rollup.RunOnce
+	AlertEvaluator bool // the caller runs Alerts.RunOnce
+	AlertDelivery  bool // this replica delivers no webhooks
 }
 
 // CreateDatabase moved to internal/localdb; this name stays only until
@@ -163,7 +168,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if !m.DisableRollupWorker {
+	if !m.Manual.Rollup {
 		m.Rollup.Start(context.WithoutCancel(ctx))
 	}
 	m.Pruner, err = ingest.NewKeyPruner(ingest.KeyPrunerConfig{Pool: m.Pool, Logger: m.Logger, Window: m.Config.DedupWindow})
@@ -187,7 +192,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if !m.DisableAlertDelivery {
+	if !m.Manual.AlertDelivery {
 		m.Webhooks.Start(context.WithoutCancel(ctx))
 	}
 	m.Alerts, err = alert.NewEvaluator(alert.EvaluatorConfig{
@@ -197,7 +202,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if !m.DisableAlertEvaluator {
+	if !m.Manual.AlertEvaluator {
 		m.Alerts.Start(context.WithoutCancel(ctx))
 	}
 	m.Server, err = httpx.NewServer(httpx.Config{

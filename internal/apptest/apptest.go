@@ -43,7 +43,21 @@ type Option func(*app.Main)
 
 // NoWorker keeps the rollup worker from running in the background, so a
 // test decides when rollups happen (env.Main.Rollup.RunOnce).
-func NoWorker(m *app.Main) { m.DisableRollupWorker = true }
+func NoWorker(m *app.Main) { m.Manual.Rollup = true }
+
+// NoAlertEvaluator keeps the alert evaluator from running in the
+// background, so a test decides when thresholds are evaluated
+// (env.Main.Alerts.RunOnce), or that they are not.
+func NoAlertEvaluator(m *app.Main) { m.Manual.AlertEvaluator = true }
+
+// NoAlertDelivery keeps this replica from delivering webhooks.
+func NoAlertDelivery(m *app.Main) { m.Manual.AlertDelivery = true }
+
+// Quiet runs no background service at all (rollups, alert evaluation,
+// deliveries): the only statements are the test's requests'.
+func Quiet(m *app.Main) {
+	m.Manual = app.Manual{Rollup: true, AlertEvaluator: true, AlertDelivery: true}
+}
 
 // ReadFromStandby points the service's reads at the test standby
 // (pgtest.Standby) of its database, waiting at most fenceTimeout for it to
@@ -54,6 +68,11 @@ func ReadFromStandby(t testing.TB, fenceTimeout time.Duration) Option {
 		m.Config.ReadFenceTimeout = cmp.Or(fenceTimeout, config.DefaultReadFenceTimeout)
 	}
 }
+
+// NoReadFence sends reads to the standby without waiting for it to replay
+// the request's fence (with ReadFromStandby): reads after a write may then
+// be stale, which shows that the fence is what keeps them exact.
+func NoReadFence(m *app.Main) { m.ReadWithoutFence = true }
 
 // ForEachBackend runs fn as a subtest per available backend.
 func ForEachBackend(t *testing.T, fn func(t *testing.T, b database.Backend)) {

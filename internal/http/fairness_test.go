@@ -276,7 +276,7 @@ func TestBodyTimeout(t *testing.T) {
 // Once its body is in, a request may take longer than BODY_TIMEOUT: the
 // deadline covers the upload only.
 func TestBodyTimeoutDoesNotCutWork(t *testing.T) {
-	env := apptest.Start(t, database.Postgres, quiet, func(m *app.Main) { m.Config.BodyTimeout = 200 * time.Millisecond })
+	env := apptest.Start(t, database.Postgres, apptest.Quiet, func(m *app.Main) { m.Config.BodyTimeout = 200 * time.Millisecond })
 	tok := apptest.Token(t, "alice")
 	env.MustRegister(tok, "p1")
 	today := time.Now().UTC().Format("2006-01-02")
@@ -309,12 +309,6 @@ func lockTable(t testing.TB, env *apptest.Env, table string) func() {
 	unlock := func() { once.Do(func() { _ = tx.Rollback(ctx) }) }
 	t.Cleanup(unlock)
 	return unlock
-}
-
-// quiet keeps the background workers (rollups, alerts) from running, so
-// the only statements waiting for a test's lock are its requests'.
-func quiet(m *app.Main) {
-	m.DisableRollupWorker, m.DisableAlertEvaluator, m.DisableAlertDelivery = true, true, true
 }
 
 // lockWaiters counts the service's statements waiting for a lock.
@@ -515,7 +509,7 @@ func TestClientGoneIsNotAnError(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
 		logs := &logRecorder{}
-		env := apptest.Start(t, b, quiet, func(m *app.Main) {
+		env := apptest.Start(t, b, apptest.Quiet, func(m *app.Main) {
 			m.Logger = slog.New(logs)
 			if os.Getenv("TEST_LOG") != "" {
 				m.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -562,7 +556,7 @@ func TestClientGoneIsNotAnError(t *testing.T) {
 func TestReadTimeout(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
-		env := apptest.Start(t, b, quiet, func(m *app.Main) { m.Config.ReadTimeout = 300 * time.Millisecond })
+		env := apptest.Start(t, b, apptest.Quiet, func(m *app.Main) { m.Config.ReadTimeout = 300 * time.Millisecond })
 		tok := apptest.Token(t, "alice")
 		env.MustRegister(tok, "p1")
 

@@ -57,7 +57,7 @@ func TestLimitsAndAccess(t *testing.T) {
 		t.Parallel()
 		// No rollup worker: every read below must see the events it was
 		// not given time to roll up (read-your-writes), then again after.
-		env := apptest.Start(t, b, apptest.NoWorker, func(m *app.Main) { m.DisableAlertEvaluator = true })
+		env := apptest.Start(t, b, apptest.NoWorker, apptest.NoAlertEvaluator)
 		admin := apptest.Token(t, "root", "admin")
 		svc := apptest.Token(t, "edge", "service")
 		alice := apptest.Token(t, "alice")
@@ -178,7 +178,7 @@ func TestLimitsAndAccess(t *testing.T) {
 }
 
 func TestLimitsBadInput(t *testing.T) {
-	env := apptest.Start(t, database.Postgres, func(m *app.Main) { m.DisableAlertEvaluator = true })
+	env := apptest.Start(t, database.Postgres, apptest.NoAlertEvaluator)
 	admin := apptest.Token(t, "root", "admin")
 	alice := apptest.Token(t, "alice")
 	for name, body := range map[string]string{
@@ -230,7 +230,7 @@ func TestPlanLimit(t *testing.T) {
 		"enterprise":{"custom":true}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := apptest.Start(t, database.Postgres, func(m *app.Main) { m.Config.PlansFile = plans; m.DisableAlertEvaluator = true })
+	env := apptest.Start(t, database.Postgres, apptest.NoAlertEvaluator, func(m *app.Main) { m.Config.PlansFile = plans })
 	admin := apptest.Token(t, "root", "admin")
 	alice := apptest.Token(t, "alice")
 	env.MustRegister(alice, "a1")

@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"proxyusage/internal/app"
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
 	"proxyusage/internal/pgtest"
@@ -24,13 +23,11 @@ import (
 // standby and pause and stop it, so they run one at a time.
 func TestReadsFromStandby(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
-		quiet := func(m *app.Main) { m.DisableAlertEvaluator, m.DisableAlertDelivery = true, true }
 		// The reference: every read on the primary.
-		primary := apptest.Start(t, b, apptest.NoWorker, quiet)
-		fenced := primary.Replica(apptest.NoWorker, quiet, apptest.ReadFromStandby(t, 5*time.Second))
-		unfenced := primary.Replica(apptest.NoWorker, quiet, apptest.ReadFromStandby(t, 0),
-			func(m *app.Main) { m.ReadWithoutFence = true })
-		short := primary.Replica(apptest.NoWorker, quiet, apptest.ReadFromStandby(t, 50*time.Millisecond))
+		primary := apptest.Start(t, b, apptest.Quiet)
+		fenced := primary.Replica(apptest.Quiet, apptest.ReadFromStandby(t, 5*time.Second))
+		unfenced := primary.Replica(apptest.Quiet, apptest.ReadFromStandby(t, 0), apptest.NoReadFence)
+		short := primary.Replica(apptest.Quiet, apptest.ReadFromStandby(t, 50*time.Millisecond))
 		standby := pgtest.Standby(t)
 
 		admin := apptest.Token(t, "root", "admin")

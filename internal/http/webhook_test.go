@@ -398,8 +398,7 @@ func TestWebhookSSRF(t *testing.T) {
 func TestContractHistoryRebilling(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
-		env := apptest.Start(t, b, func(m *app.Main) {
-			m.DisableAlertEvaluator = true
+		env := apptest.Start(t, b, apptest.NoAlertEvaluator, func(m *app.Main) {
 			m.Config.LateDataWindow = 70 * 24 * time.Hour // all of last month
 		})
 		admin := apptest.Token(t, "root", "admin")
