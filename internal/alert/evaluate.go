@@ -27,7 +27,7 @@ const leaderLockKey int64 = 0x70727573_61676502
 // EvaluatorConfig configures an Evaluator.
 type EvaluatorConfig struct {
 	Pool    *pgxpool.Pool
-	Limits  *limit.Service
+	Limits  *limit.Store
 	Metrics *telemetry.Metrics
 	Logger  *slog.Logger
 	// LimitedTiers are the tiers whose plan carries a limit.

@@ -44,8 +44,16 @@ func Sign(secret string, t time.Time, body []byte) string {
 	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
 }
 
-// Webhooks stores the users' webhook endpoints and reads their delivery
-// log.
+// WebhookService manages the callers' webhook endpoints and reads their
+// delivery logs.
+type WebhookService interface {
+	Set(ctx context.Context, caller auth.Principal, in WebhookInput) (Webhook, error)
+	Get(ctx context.Context, caller auth.Principal) (Webhook, error)
+	Delete(ctx context.Context, caller auth.Principal) error
+	Deliveries(ctx context.Context, caller auth.Principal, req DeliveriesRequest) ([]Delivery, error)
+}
+
+// Webhooks is the WebhookService on PostgreSQL.
 type Webhooks struct {
 	pool  *pgxpool.Pool
 	guard Guard
@@ -56,6 +64,11 @@ type Webhooks struct {
 func NewWebhooks(pool *pgxpool.Pool, guard Guard) *Webhooks {
 	return &Webhooks{pool: pool, guard: guard, now: time.Now}
 }
+
+var _ WebhookService = (*Webhooks)(nil)
+
+// MaxWebhookBytes bounds a WebhookInput's JSON body.
+const MaxWebhookBytes = 16 << 10
 
 // WebhookInput is the body of PUT /proxy/usage/webhook.
 type WebhookInput struct {
@@ -153,19 +166,38 @@ const (
 	ResultRefused   = "refused" // the address was private (SSRF guard)
 )
 
-// MaxDeliveries bounds one page of the delivery log.
-const MaxDeliveries = 1000
+// The delivery log's page size: the default and the largest.
+const (
+	DefaultDeliveries = 100
+	MaxDeliveries     = 1000
+)
+
+// DeliveriesRequest asks for the latest delivery attempts of a user's
+// alerts.
+type DeliveriesRequest struct {
+	UserID string // empty: the caller's own
+	Limit  int    // 1 to MaxDeliveries; the transport starts from DefaultDeliveries
+}
+
+// Validate checks the page size.
+func (r DeliveriesRequest) Validate() error {
+	if r.Limit < 1 || r.Limit > MaxDeliveries {
+		return apperr.Errorf(apperr.Invalid, "limit must be an integer from 1 to %d", MaxDeliveries)
+	}
+	return nil
+}
 
 // Deliveries lists the latest delivery attempts of a user's alerts, newest
 // first: the caller's own, or for an admin any user's.
-func (s *Webhooks) Deliveries(ctx context.Context, caller auth.Principal, userID string, limit int) ([]Delivery, error) {
-	uid, err := caller.Subject(userID)
+func (s *Webhooks) Deliveries(ctx context.Context, caller auth.Principal, req DeliveriesRequest) ([]Delivery, error) {
+	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return nil, err
 	}
-	if limit < 1 || limit > MaxDeliveries {
-		return nil, apperr.Errorf(apperr.Invalid, "limit must be an integer from 1 to %d", MaxDeliveries)
+	if err := req.Validate(); err != nil {
+		return nil, err
 	}
+	limit := req.Limit
 	rows, err := s.pool.Query(ctx, `
 		SELECT d.alert_id::text, d.attempt, d.http_status, d.result, d.at, a.month, a.threshold_percent
 		  FROM webhook_deliveries d JOIN usage_alerts a ON a.id = d.alert_id

@@ -146,7 +146,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	usageSvc, err := usage.NewService(usage.Config{Pool: m.Pool, Reader: reader, Proxies: proxies, Users: users})
+	usageSvc, err := usage.NewStore(usage.Config{Pool: m.Pool, Reader: reader, Proxies: proxies, Users: users})
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	billingSvc, err := billing.NewService(billing.Config{Pool: m.Pool, Plans: plans, Reader: reader, Proxies: proxies, Users: users})
+	billingSvc, err := billing.NewStore(billing.Config{Pool: m.Pool, Plans: plans, Reader: reader, Proxies: proxies, Users: users})
 	if err != nil {
 		return err
 	}
@@ -176,7 +176,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.Pruner.Start(context.WithoutCancel(ctx))
-	limits, err := limit.NewService(limit.Config{Pool: m.Pool, Reader: reader, PlanLimit: plans.Limit})
+	limits, err := limit.NewStore(limit.Config{Pool: m.Pool, Reader: reader, PlanLimit: plans.Limit})
 	if err != nil {
 		return err
 	}

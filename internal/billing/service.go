@@ -23,7 +23,14 @@ import (
 )
 
 // Service computes bills and manages accounts (tier history, contracts).
-type Service struct {
+type Service interface {
+	Bill(ctx context.Context, caller auth.Principal, req BillRequest) (Bill, error)
+	GetAccount(ctx context.Context, caller auth.Principal, userID string) (Account, error)
+	UpdateAccount(ctx context.Context, caller auth.Principal, req AccountUpdate) (Account, error)
+}
+
+// Store is the Service on PostgreSQL and the plans.
+type Store struct {
 	pool    *pgxpool.Pool
 	plans   Plans
 	reader  *rollup.Reader
@@ -32,7 +39,7 @@ type Service struct {
 	now     func() time.Time
 }
 
-// Config configures a Service.
+// Config configures a Store.
 type Config struct {
 	Pool    *pgxpool.Pool
 	Plans   Plans
@@ -42,8 +49,8 @@ type Config struct {
 	Now     func() time.Time
 }
 
-// NewService returns a Service for cfg.
-func NewService(cfg Config) (*Service, error) {
+// NewStore returns a Store for cfg.
+func NewStore(cfg Config) (*Store, error) {
 	var errs []error
 	if cfg.Pool == nil || cfg.Reader == nil || cfg.Proxies == nil || cfg.Users == nil {
 		errs = append(errs, errors.New("billing: Pool, Reader, Proxies and Users are required"))
@@ -57,15 +64,17 @@ func NewService(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{pool: cfg.Pool, plans: cfg.Plans, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
+	return &Store{pool: cfg.Pool, plans: cfg.Plans, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
 }
+
+var _ Service = (*Store)(nil)
 
 // BillRequest asks for a user's bill over a period.
 type BillRequest = usage.UserPeriod
 
 // Bill computes the billing summary of a user for a period. Usage comes
 // from the same rollups as the reports, so bill and report agree.
-func (s *Service) Bill(ctx context.Context, caller auth.Principal, req BillRequest) (Bill, error) {
+func (s *Store) Bill(ctx context.Context, caller auth.Principal, req BillRequest) (Bill, error) {
 	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Bill{}, err
@@ -94,7 +103,7 @@ func (s *Service) Bill(ctx context.Context, caller auth.Principal, req BillReque
 }
 
 // contracts reads a user's contract history, ascending.
-func (s *Service) contracts(ctx context.Context, userID string) (Contracts, error) {
+func (s *Store) contracts(ctx context.Context, userID string) (Contracts, error) {
 	var out Contracts
 	err := database.ReadSnapshot(ctx, s.pool, func(b *pgx.Batch) {
 		b.Queue(`
@@ -121,7 +130,7 @@ func (s *Service) contracts(ctx context.Context, userID string) (Contracts, erro
 }
 
 // PlanLimit is the limit the plan of tier carries, nil for none.
-func (s *Service) PlanLimit(tier string) *limit.Limit { return s.plans.Limit(tier) }
+func (s *Store) PlanLimit(tier string) *limit.Limit { return s.plans.Limit(tier) }
 
 // Account is a user as an admin sees it.
 type Account struct {
@@ -144,6 +153,9 @@ type TierEntry struct {
 	Tier          string `json:"tier"`
 	EffectiveFrom string `json:"effectiveFrom"`
 }
+
+// MaxAccountBytes bounds an AccountUpdate's JSON body.
+const MaxAccountBytes = 64 << 10
 
 // AccountUpdate changes a user's account (PUT /admin/users/{userId}).
 // Every change is optional; what it leaves out stays as it was.
@@ -253,7 +265,7 @@ func (in ContractInput) parse(defaultCurrency string) (Contract, error) {
 
 // UpdateAccount sets a user's tier (from a date) and/or contract, creating
 // the user if new. Admin only.
-func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, req AccountUpdate) (Account, error) {
+func (s *Store) UpdateAccount(ctx context.Context, caller auth.Principal, req AccountUpdate) (Account, error) {
 	if !caller.IsAdmin() {
 		return Account{}, apperr.Errorf(apperr.Forbidden, "this endpoint requires the admin role")
 	}
@@ -321,7 +333,7 @@ func (s *Service) UpdateAccount(ctx context.Context, caller auth.Principal, req 
 }
 
 // GetAccount returns a user's tier, history and contract. Admin only.
-func (s *Service) GetAccount(ctx context.Context, caller auth.Principal, userID string) (Account, error) {
+func (s *Store) GetAccount(ctx context.Context, caller auth.Principal, userID string) (Account, error) {
 	if !caller.IsAdmin() {
 		return Account{}, apperr.Errorf(apperr.Forbidden, "this endpoint requires the admin role")
 	}
@@ -338,7 +350,7 @@ func (s *Service) GetAccount(ctx context.Context, caller auth.Principal, userID 
 	return s.account(ctx, userID)
 }
 
-func (s *Service) account(ctx context.Context, userID string) (Account, error) {
+func (s *Store) account(ctx context.Context, userID string) (Account, error) {
 	history, err := s.users.History(ctx, userID)
 	if err != nil {
 		return Account{}, err

@@ -35,7 +35,7 @@ func day(s string) time.Time {
 var november = usage.Period{Start: day("2026-11-01"), End: day("2026-11-30")}
 
 type seeded struct {
-	svc    *billing.Service
+	svc    *billing.Store
 	events []ingest.Event
 }
 
@@ -53,7 +53,7 @@ func newFixture(t *testing.T, b database.Backend) *seeded {
 	}}
 	db.Store(t, day("2026-12-01"), f.events)
 	var err error
-	f.svc, err = billing.NewService(billing.Config{Pool: db.Pool, Plans: billing.DefaultPlans(), Reader: db.Reader(t),
+	f.svc, err = billing.NewStore(billing.Config{Pool: db.Pool, Plans: billing.DefaultPlans(), Reader: db.Reader(t),
 		Proxies: db.Proxies, Users: db.Users, Now: func() time.Time { return day("2026-12-01").Add(9 * time.Hour) }})
 	if err != nil {
 		t.Fatal(err)

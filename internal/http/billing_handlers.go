@@ -46,7 +46,7 @@ func (s *Server) handlePutAccount(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body accountBody
-	if err := decodeBody(r, 64<<10, false, &body); err != nil {
+	if err := decodeBody(r, billing.MaxAccountBytes, false, &body); err != nil {
 		Error(w, r, err)
 		return
 	}

@@ -99,7 +99,7 @@ func toProxyJSON(p proxy.Proxy) proxyJSON {
 
 func (s *Server) handleRegisterProxy(w http.ResponseWriter, r *http.Request) {
 	var req proxy.Registration
-	if err := decodeBody(r, 64<<10, true, &req); err != nil {
+	if err := decodeBody(r, proxy.MaxRegistrationBytes, true, &req); err != nil {
 		Error(w, r, err)
 		return
 	}

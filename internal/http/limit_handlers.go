@@ -28,7 +28,7 @@ func (s *Server) handleAccess(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handlePutWebhook(w http.ResponseWriter, r *http.Request) {
 	var in alert.WebhookInput
-	if err := decodeBody(r, 16<<10, false, &in); err != nil {
+	if err := decodeBody(r, alert.MaxWebhookBytes, false, &in); err != nil {
 		Error(w, r, err)
 		return
 	}
@@ -59,16 +59,16 @@ func (s *Server) handleDeleteWebhook(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeliveries(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	limit := 100
+	req := alert.DeliveriesRequest{UserID: q.Get("userId"), Limit: alert.DefaultDeliveries}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
 			Error(w, r, apperr.Errorf(apperr.Invalid, "limit must be an integer from 1 to %d", alert.MaxDeliveries))
 			return
 		}
-		limit = n
+		req.Limit = n
 	}
-	list, err := s.webhooks.Deliveries(r.Context(), caller(r), q.Get("userId"), limit)
+	list, err := s.webhooks.Deliveries(r.Context(), caller(r), req)
 	if err != nil {
 		Error(w, r, err)
 		return

@@ -29,17 +29,28 @@ import (
 	"proxyusage/internal/user"
 )
 
-// Config wires a Server to its services.
+// IngestService records events for the API. It is declared here until
+// internal/ingest, being reworked, declares it next to ingest.Service
+// like the other domains do.
+type IngestService interface {
+	RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (ingest.Result, error)
+	RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (ingest.Result, error)
+	RecordCloudEvents(ctx context.Context, caller auth.Principal, body []byte, batch bool) (ingest.Result, error)
+}
+
+// Config wires a Server to its services: the domains' Service interfaces,
+// so that the transport depends on what the domains promise, not on how
+// they store it.
 type Config struct {
 	Addr     string // ":0" picks a free port (tests)
 	Verifier *auth.Verifier
-	Users    *user.Store
-	Proxies  *proxy.Store
-	Ingest   *ingest.Service
-	Usage    *usage.Service
-	Billing  *billing.Service
-	Limits   *limit.Service
-	Webhooks *alert.Webhooks
+	Users    user.Service
+	Proxies  proxy.Service
+	Ingest   IngestService
+	Usage    usage.Service
+	Billing  billing.Service
+	Limits   limit.Service
+	Webhooks alert.WebhookService
 	Metrics  *telemetry.Metrics
 	Logger   *slog.Logger
 	// Ready reports whether the service can serve (database reachable,
@@ -86,13 +97,13 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *telemetry.Metrics
 	verifier *auth.Verifier
-	users    *user.Store
-	proxies  *proxy.Store
-	ingest   *ingest.Service
-	usage    *usage.Service
-	billing  *billing.Service
-	limits   *limit.Service
-	webhooks *alert.Webhooks
+	users    user.Service
+	proxies  proxy.Service
+	ingest   IngestService
+	usage    usage.Service
+	billing  billing.Service
+	limits   limit.Service
+	webhooks alert.WebhookService
 	inflight *semaphore.Weighted
 	bodies   *semaphore.Weighted
 	callers  *callerLimiter

@@ -100,7 +100,7 @@ func (s *Server) handleAggregation(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 	var body snapshotBody
-	if err := decodeBody(r, 64<<10, false, &body); err != nil {
+	if err := decodeBody(r, usage.MaxSnapshotBytes, false, &body); err != nil {
 		Error(w, r, err)
 		return
 	}

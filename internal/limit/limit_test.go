@@ -28,7 +28,7 @@ var alice, bob, admin, service = fixture.Alice, fixture.Bob, fixture.Admin, fixt
 var now = time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 
 type seeded struct {
-	svc     *limit.Service
+	svc     *limit.Store
 	proxies *proxy.Store
 	events  []ingest.Event
 }
@@ -57,7 +57,7 @@ func newFixture(t *testing.T, b database.Backend) *seeded {
 	}
 	db.Store(t, now, f.events)
 	plan := limit.Limit{MonthlyGB: decimal.New(1, 0), Enforcement: limit.Soft, AlertPercents: limit.DefaultAlertPercents()}
-	f.svc, err = limit.NewService(limit.Config{Pool: db.Pool, Reader: db.Reader(t), Now: func() time.Time { return now },
+	f.svc, err = limit.NewStore(limit.Config{Pool: db.Pool, Reader: db.Reader(t), Now: func() time.Time { return now },
 		PlanLimit: func(tier string) *limit.Limit {
 			if tier == user.TierFree {
 				return &plan

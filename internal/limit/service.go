@@ -25,7 +25,7 @@ type BytesReader interface {
 	BytesCTEs() string
 }
 
-// Config configures a Service.
+// Config configures a Store.
 type Config struct {
 	Pool   *pgxpool.Pool
 	Reader BytesReader
@@ -34,16 +34,23 @@ type Config struct {
 	Now       func() time.Time
 }
 
-// Service answers limit questions.
-type Service struct {
+// Service answers the limit questions the API serves.
+type Service interface {
+	Status(ctx context.Context, caller auth.Principal, userID string) (Status, error)
+	Access(ctx context.Context, caller auth.Principal, proxyID string) (Access, error)
+}
+
+// Store is the Service on PostgreSQL; the alert evaluator also uses its
+// lower-level reads (Subjects, Effective, Used).
+type Store struct {
 	pool      *pgxpool.Pool
 	reader    BytesReader
 	planLimit func(string) *Limit
 	now       func() time.Time
 }
 
-// NewService returns a Service for cfg.
-func NewService(cfg Config) (*Service, error) {
+// NewStore returns a Store for cfg.
+func NewStore(cfg Config) (*Store, error) {
 	if cfg.Pool == nil || cfg.Reader == nil {
 		return nil, errors.New("limit: Pool and Reader are required")
 	}
@@ -53,8 +60,10 @@ func NewService(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{pool: cfg.Pool, reader: cfg.Reader, planLimit: cfg.PlanLimit, now: cfg.Now}, nil
+	return &Store{pool: cfg.Pool, reader: cfg.Reader, planLimit: cfg.PlanLimit, now: cfg.Now}, nil
 }
+
+var _ Service = (*Store)(nil)
 
 // Subject is what a limit decision needs about one user.
 type Subject struct {
@@ -93,7 +102,7 @@ func scanSubject(row pgx.Row, extra ...any) (Subject, error) {
 
 // Effective is the limit s is held to: its own, else its plan's (nil for
 // none). Source says which ("user", "plan" or "").
-func (s *Service) Effective(sub Subject) (l *Limit, source string) {
+func (s *Store) Effective(sub Subject) (l *Limit, source string) {
 	if sub.Own != nil {
 		return sub.Own, "user"
 	}
@@ -104,10 +113,10 @@ func (s *Service) Effective(sub Subject) (l *Limit, source string) {
 }
 
 // Today is the current UTC day.
-func (s *Service) Today() time.Time { return rollup.Day(s.now()) }
+func (s *Store) Today() time.Time { return rollup.Day(s.now()) }
 
 // subject reads one user's Subject; NotFound when the user does not exist.
-func (s *Service) subject(ctx context.Context, userID string) (Subject, error) {
+func (s *Store) subject(ctx context.Context, userID string) (Subject, error) {
 	sub, err := scanSubject(database.Reads(s.pool).QueryRow(ctx, subjectColumns+`
   FROM users u LEFT JOIN user_limits l ON l.user_id = u.id
  WHERE u.id = $2`, s.Today(), userID))
@@ -122,7 +131,7 @@ func (s *Service) subject(ctx context.Context, userID string) (Subject, error) {
 
 // Subjects returns every user held to a limit today: those with their own
 // and those whose plan carries one (limitedTiers).
-func (s *Service) Subjects(ctx context.Context, limitedTiers []string) ([]Subject, error) {
+func (s *Store) Subjects(ctx context.Context, limitedTiers []string) ([]Subject, error) {
 	rows, err := s.pool.Query(ctx, `
 WITH c AS (`+subjectColumns+`
   FROM users u LEFT JOIN user_limits l ON l.user_id = u.id)
@@ -148,7 +157,7 @@ SELECT * FROM c WHERE monthly_gb IS NOT NULL OR c.tier = ANY($2)`, s.Today(), li
 // Used returns the bytes the subject's proxies (archived ones included)
 // carried in the month starting at month, exactly, counting every
 // acknowledged event.
-func (s *Service) Used(ctx context.Context, sub Subject, month time.Time) (*big.Int, error) {
+func (s *Store) Used(ctx context.Context, sub Subject, month time.Time) (*big.Int, error) {
 	var used exact.Sum
 	err := database.Reads(s.pool).QueryRow(ctx, UsedSQL(s.reader.BytesCTEs()), sub.Proxies, month, MonthEnd(month)).Scan(&used)
 	if err != nil {
@@ -181,7 +190,7 @@ type Status struct {
 
 // Status answers GET /proxy/usage/limits: the caller's own, or for an
 // admin any user's.
-func (s *Service) Status(ctx context.Context, caller auth.Principal, userID string) (Status, error) {
+func (s *Store) Status(ctx context.Context, caller auth.Principal, userID string) (Status, error) {
 	uid, err := caller.Subject(userID)
 	if err != nil {
 		return Status{}, err
@@ -229,7 +238,7 @@ type Access struct {
 // admins and the proxy's owner; anyone else gets 404, as for a proxy that
 // does not exist. A hard limit reached (used ≥ limit) or an archived proxy
 // refuses; a soft limit never does.
-func (s *Service) Access(ctx context.Context, caller auth.Principal, proxyID string) (Access, error) {
+func (s *Store) Access(ctx context.Context, caller auth.Principal, proxyID string) (Access, error) {
 	notFound := apperr.Errorf(apperr.NotFound, "proxy not found")
 	if proxy.ValidateID(proxyID) != nil {
 		return Access{}, notFound

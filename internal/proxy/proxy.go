@@ -45,13 +45,23 @@ func ValidateID(id string) error {
 	return nil
 }
 
-// Store reads and writes proxies.
+// Service registers, lists and archives proxies for the API.
+type Service interface {
+	Register(ctx context.Context, caller auth.Principal, id string, reg Registration) (p Proxy, created bool, err error)
+	Page(ctx context.Context, userID string, req PageRequest) (page []Proxy, more bool, err error)
+	Archive(ctx context.Context, caller auth.Principal, id string) error
+}
+
+// Store is the Service on PostgreSQL; the other domains also read
+// proxies and check ownership through it.
 type Store struct {
 	pool *pgxpool.Pool
 }
 
 // NewStore returns a Store on pool.
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+var _ Service = (*Store)(nil)
 
 const columns = `id, user_id, name, created_at, updated_at, archived_at`
 
@@ -60,6 +70,9 @@ func scan(row pgx.Row) (Proxy, error) {
 	err := row.Scan(&p.ID, &p.UserID, &p.Name, &p.CreatedAt, &p.UpdatedAt, &p.ArchivedAt)
 	return p, err
 }
+
+// MaxRegistrationBytes bounds a Registration's JSON body.
+const MaxRegistrationBytes = 64 << 10
 
 // Registration is the body of PUT /proxies/{proxyId}.
 type Registration struct {

@@ -22,8 +22,20 @@ import (
 	"proxyusage/internal/user"
 )
 
-// Service reads usage.
-type Service struct {
+// Service answers the usage reads the API serves. Each method checks who
+// may ask before it validates the request.
+type Service interface {
+	Daily(ctx context.Context, caller auth.Principal, req DailyRequest) (Daily, error)
+	Range(ctx context.Context, caller auth.Principal, req RangeRequest) (Range, error)
+	Summary(ctx context.Context, caller auth.Principal, proxyID string) (Summary, error)
+	Report(ctx context.Context, caller auth.Principal, req ReportRequest) (Report, error)
+	Aggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (Aggregation, error)
+	TierAggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (TierAggregation, error)
+	Snapshot(ctx context.Context, caller auth.Principal, req SnapshotRequest) (Snapshot, error)
+}
+
+// Store is the Service, reading the rollups through rollup.Reader.
+type Store struct {
 	pool    *pgxpool.Pool
 	reader  *rollup.Reader
 	proxies *proxy.Store
@@ -31,7 +43,7 @@ type Service struct {
 	now     func() time.Time
 }
 
-// Config configures a Service.
+// Config configures a Store.
 type Config struct {
 	Pool    *pgxpool.Pool
 	Reader  *rollup.Reader
@@ -40,8 +52,8 @@ type Config struct {
 	Now     func() time.Time // default time.Now
 }
 
-// NewService returns a Service for cfg.
-func NewService(cfg Config) (*Service, error) {
+// NewStore returns a Store for cfg.
+func NewStore(cfg Config) (*Store, error) {
 	var errs []error
 	if cfg.Pool == nil {
 		errs = append(errs, errors.New("usage: Pool is required"))
@@ -61,8 +73,10 @@ func NewService(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{pool: cfg.Pool, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
+	return &Store{pool: cfg.Pool, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
 }
+
+var _ Service = (*Store)(nil)
 
 // Daily is one proxy's metrics for one day.
 type Daily struct {
@@ -148,7 +162,7 @@ type Snapshot struct {
 func date(t time.Time) string { return t.Format(DateLayout) }
 
 // readable returns the proxy if caller may read it (owner or admin).
-func (s *Service) readable(ctx context.Context, caller auth.Principal, proxyID string) (proxy.Proxy, error) {
+func (s *Store) readable(ctx context.Context, caller auth.Principal, proxyID string) (proxy.Proxy, error) {
 	return s.proxies.Get(ctx, caller, proxyID)
 }
 
@@ -171,7 +185,7 @@ func (r *DailyRequest) Validate() error {
 }
 
 // Daily returns one proxy's metrics for one day.
-func (s *Service) Daily(ctx context.Context, caller auth.Principal, req DailyRequest) (Daily, error) {
+func (s *Store) Daily(ctx context.Context, caller auth.Principal, req DailyRequest) (Daily, error) {
 	p, err := s.readable(ctx, caller, req.ProxyID)
 	if err != nil {
 		return Daily{}, err
@@ -204,7 +218,7 @@ type RangeRequest struct {
 func (r *RangeRequest) Validate() error { return r.Period.Validate() }
 
 // Range returns one proxy's metrics per day, zero-filled.
-func (s *Service) Range(ctx context.Context, caller auth.Principal, req RangeRequest) (Range, error) {
+func (s *Store) Range(ctx context.Context, caller auth.Principal, req RangeRequest) (Range, error) {
 	p, err := s.readable(ctx, caller, req.ProxyID)
 	if err != nil {
 		return Range{}, err
@@ -232,7 +246,7 @@ var (
 )
 
 // Summary returns one proxy's lifetime totals and open connections.
-func (s *Service) Summary(ctx context.Context, caller auth.Principal, proxyID string) (Summary, error) {
+func (s *Store) Summary(ctx context.Context, caller auth.Principal, proxyID string) (Summary, error) {
 	p, err := s.readable(ctx, caller, proxyID)
 	if err != nil {
 		return Summary{}, err
@@ -290,7 +304,7 @@ func (r *ReportRequest) Validate() error {
 }
 
 // Report returns a user's usage grouped by day or by proxy.
-func (s *Service) Report(ctx context.Context, caller auth.Principal, req ReportRequest) (Report, error) {
+func (s *Store) Report(ctx context.Context, caller auth.Principal, req ReportRequest) (Report, error) {
 	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Report{}, err
@@ -366,7 +380,7 @@ func (r *AggregationRequest) Validate() error {
 }
 
 // Aggregation returns a user's live period aggregation.
-func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (Aggregation, error) {
+func (s *Store) Aggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (Aggregation, error) {
 	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Aggregation{}, err
@@ -380,7 +394,7 @@ func (s *Service) Aggregation(ctx context.Context, caller auth.Principal, req Ag
 	return s.aggregate(ctx, uid, req.Period)
 }
 
-func (s *Service) aggregate(ctx context.Context, uid string, period Period) (Aggregation, error) {
+func (s *Store) aggregate(ctx context.Context, uid string, period Period) (Aggregation, error) {
 	ids, err := s.proxies.IDs(ctx, uid)
 	if err != nil {
 		return Aggregation{}, err
@@ -411,7 +425,7 @@ func (s *Service) aggregate(ctx context.Context, uid string, period Period) (Agg
 
 // TierAggregation returns per-tier totals over all users (admin only); each
 // user-day counts under the tier in effect that day.
-func (s *Service) TierAggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (TierAggregation, error) {
+func (s *Store) TierAggregation(ctx context.Context, caller auth.Principal, req AggregationRequest) (TierAggregation, error) {
 	if !caller.IsAdmin() {
 		return TierAggregation{}, apperr.Errorf(apperr.Forbidden, "groupBy=tier requires the admin role")
 	}
@@ -486,9 +500,12 @@ func (r *UserPeriod) Validate() error { return r.Period.Validate() }
 // SnapshotRequest asks to store a user's period aggregation.
 type SnapshotRequest = UserPeriod
 
+// MaxSnapshotBytes bounds a SnapshotRequest's JSON body.
+const MaxSnapshotBytes = 64 << 10
+
 // Snapshot computes the caller's period aggregation and upserts it into
 // proxy_usage_aggregation, returning the stored row.
-func (s *Service) Snapshot(ctx context.Context, caller auth.Principal, req SnapshotRequest) (Snapshot, error) {
+func (s *Store) Snapshot(ctx context.Context, caller auth.Principal, req SnapshotRequest) (Snapshot, error) {
 	uid, err := caller.Subject(req.UserID)
 	if err != nil {
 		return Snapshot{}, err

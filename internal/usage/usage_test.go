@@ -28,7 +28,7 @@ var alice, bob, admin, service = fixture.Alice, fixture.Bob, fixture.Admin, fixt
 var day1 = time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
 
 type seeded struct {
-	svc    *usage.Service
+	svc    *usage.Store
 	events []ingest.Event
 	owner  map[string]string // proxy id → user id
 }
@@ -70,7 +70,7 @@ func newFixture(t *testing.T, b database.Backend) *seeded {
 
 	db.Store(t, day1.AddDate(0, 0, 3), f.events)
 	var err error
-	f.svc, err = usage.NewService(usage.Config{Pool: db.Pool, Reader: db.Reader(t), Proxies: db.Proxies, Users: db.Users,
+	f.svc, err = usage.NewStore(usage.Config{Pool: db.Pool, Reader: db.Reader(t), Proxies: db.Proxies, Users: db.Users,
 		Now: func() time.Time { return day1.AddDate(0, 0, 3) }})
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,12 @@ const (
 	TierEnterprise = "enterprise"
 )
 
+// Service is what the API needs of users: a row for every caller it
+// authenticated.
+type Service interface {
+	Ensure(ctx context.Context, id string) error
+}
+
 // Store reads and writes users.
 type Store struct {
 	pool *pgxpool.Pool
@@ -31,6 +37,8 @@ type Store struct {
 func NewStore(pool *pgxpool.Pool) *Store {
 	return &Store{pool: pool, known: make(map[string]struct{})}
 }
+
+var _ Service = (*Store)(nil)
 
 // knownLimit bounds the in-memory set of known users; past it the set is
 // reset, which only costs a few idempotent inserts.
