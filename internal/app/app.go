@@ -150,9 +150,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	plans, err := billing.LoadPlans(m.Config.PlansFile)
-	if err != nil {
-		return err
+	plans := m.Config.Plans
+	if plans.Tiers == nil {
+		plans = billing.DefaultPlans() // a Config built in code (tests) names none
 	}
 	billingSvc, err := billing.NewStore(billing.Config{Pool: m.Pool, Plans: plans, Reader: reader, Proxies: proxies, Users: users})
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"proxyusage/internal/billing"
 )
 
 // Config is the whole service configuration.
@@ -38,8 +40,11 @@ type Config struct {
 	JWTIssuer   string
 	JWTAudience string
 
-	PlansFile string
-	LogLevel  slog.Level
+	// Plans are the tiers' prices and limits, read from PLANS_FILE (the
+	// built-in plans when it is unset). Zero, as a Config built in code
+	// leaves it: the built-in plans.
+	Plans    billing.Plans
+	LogLevel slog.Level
 
 	DedupWindow      time.Duration
 	LateDataWindow   time.Duration
@@ -128,7 +133,6 @@ func FromEnv() (Config, error) {
 		JWTJWKSURL:       os.Getenv("JWT_JWKS_URL"),
 		JWTIssuer:        os.Getenv("JWT_ISSUER"),
 		JWTAudience:      os.Getenv("JWT_AUDIENCE"),
-		PlansFile:        os.Getenv("PLANS_FILE"),
 		DedupWindow:      dur("DEDUP_WINDOW", DefaultDedupWindow),
 		LateDataWindow:   dur("LATE_DATA_WINDOW", DefaultLateDataWindow),
 		MaxFutureSkew:    DefaultMaxFutureSkew,
@@ -139,6 +143,11 @@ func FromEnv() (Config, error) {
 		ReadTimeout:      dur("READ_TIMEOUT", 0),
 		IdleTimeout:      dur("IDLE_TIMEOUT", 0),
 	}
+	plans, err := billing.LoadPlans(os.Getenv("PLANS_FILE"))
+	if err != nil {
+		errs = append(errs, err) // it names PLANS_FILE
+	}
+	c.Plans = plans
 	switch v := os.Getenv("WEBHOOK_ALLOW_PRIVATE"); v {
 	case "", "false", "0":
 	case "true", "1":
@@ -201,6 +210,11 @@ func (c Config) Validate() error {
 	}
 	if c.ReadTimeout > 0 && c.ReadFenceTimeout >= c.ReadTimeout {
 		errs = append(errs, fmt.Errorf("READ_FENCE_TIMEOUT (%s) must be shorter than READ_TIMEOUT (%s): a read that gave up on its standby still needs time on the primary", c.ReadFenceTimeout, c.ReadTimeout))
+	}
+	if c.Plans.Tiers != nil {
+		if err := c.Plans.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("PLANS_FILE: %w", err))
+		}
 	}
 	if c.AlertInterval > MaxAlertInterval {
 		errs = append(errs, fmt.Errorf("ALERT_INTERVAL must be at most %s (alerts are due within a minute)", MaxAlertInterval))

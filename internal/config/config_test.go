@@ -1,9 +1,13 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"proxyusage/internal/billing"
 )
 
 func TestIntegerSettings(t *testing.T) {
@@ -131,5 +135,49 @@ func TestReadReplicaSettings(t *testing.T) {
 	base.ReadFenceTimeout = DefaultReadFenceTimeout
 	if err := base.Validate(); err != nil {
 		t.Errorf("valid: %v", err)
+	}
+}
+
+// PLANS_FILE is read with the rest of the configuration: unset gives the
+// built-in plans, a file its plans, and a bad one is reported together with
+// the other bad settings.
+func TestPlansFile(t *testing.T) {
+	c, err := FromEnv()
+	if err != nil || c.Plans.Currency != "USD" || !c.Plans.Tiers["premium"].PerGB.Equal(billing.DefaultPlans().Tiers["premium"].PerGB) {
+		t.Fatalf("unset: %+v %v", c.Plans, err)
+	}
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	t.Setenv("PLANS_FILE", write("eur.json", `{"currency":"EUR","plans":{"free":{"baseMonthly":"0","perGB":"0"},
+		"premium":{"baseMonthly":"12","perGB":"0.02"},"enterprise":{"custom":true}}}`))
+	if c, err = FromEnv(); err != nil || c.Plans.Currency != "EUR" || c.Plans.Tiers["premium"].PerGB.String() != "0.02" {
+		t.Fatalf("file: %+v %v", c.Plans, err)
+	}
+	for name, body := range map[string]string{
+		"negative.json": `{"currency":"EUR","plans":{"free":{"baseMonthly":"-1","perGB":"0"},"premium":{},"enterprise":{"custom":true}}}`,
+		"unknown.json":  `{"currency":"EUR","plans":{},"extra":1}`,
+	} {
+		t.Setenv("PLANS_FILE", write(name, body))
+		t.Setenv("DEDUP_WINDOW", "soon")
+		_, err := FromEnv()
+		if err == nil || !strings.Contains(err.Error(), "PLANS_FILE") || !strings.Contains(err.Error(), "DEDUP_WINDOW") {
+			t.Errorf("%s: want both PLANS_FILE and DEDUP_WINDOW reported, got %v", name, err)
+		}
+	}
+	t.Setenv("DEDUP_WINDOW", "")
+	t.Setenv("PLANS_FILE", filepath.Join(dir, "missing.json"))
+	if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "PLANS_FILE") {
+		t.Errorf("missing file: %v", err)
+	}
+	// Set in code: Validate checks them too.
+	bad := Config{JWTSecret: strings.Repeat("x", 32), HTTPAddr: ":0", DataDir: "d", Plans: billing.Plans{Currency: "usd", Tiers: map[string]billing.Plan{}}}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "PLANS_FILE") {
+		t.Errorf("Validate: %v", err)
 	}
 }

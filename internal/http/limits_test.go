@@ -12,6 +12,7 @@ import (
 
 	"proxyusage/internal/app"
 	"proxyusage/internal/apptest"
+	"proxyusage/internal/billing"
 	"proxyusage/internal/database"
 )
 
@@ -230,7 +231,11 @@ func TestPlanLimit(t *testing.T) {
 		"enterprise":{"custom":true}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := apptest.Start(t, database.Postgres, apptest.NoAlertEvaluator, func(m *app.Main) { m.Config.PlansFile = plans })
+	p, err := billing.LoadPlans(plans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := apptest.Start(t, database.Postgres, apptest.NoAlertEvaluator, func(m *app.Main) { m.Config.Plans = p })
 	admin := apptest.Token(t, "root", "admin")
 	alice := apptest.Token(t, "alice")
 	env.MustRegister(alice, "a1")
