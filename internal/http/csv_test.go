@@ -139,14 +139,16 @@ func TestCSVExport(t *testing.T) {
 		env.MustRegister(alice, "a:2") // ':' is valid in ids, not in file names
 		env.MustRegister(carol, "c1")
 
-		today := time.Now().UTC().Truncate(24 * time.Hour)
+		now := time.Now().UTC()
+		today := now.Truncate(24 * time.Hour)
 		day := func(d int) string { return today.AddDate(0, 0, d).Format("2006-01-02") }
 		// Days with connections, latencies (odd fractions), errors and
-		// plain transfers; other days stay empty (zeros and nulls).
+		// plain transfers; other days stay empty (zeros and nulls). Every
+		// event lies in the past, whatever the time of day.
 		var events []map[string]any
 		for i := range 60 {
 			p := []string{"a1", "a:2"}[i%2]
-			ts := today.AddDate(0, 0, -(i % 5)).Add(time.Duration(i) * 7 * time.Minute)
+			ts := now.AddDate(0, 0, -(i % 5)).Add(-time.Duration(i) * 7 * time.Minute)
 			conn := fmt.Sprintf("c%d", i)
 			events = append(events,
 				map[string]any{"proxyId": p, "eventType": "connection_start", "timestamp": ts.Format(time.RFC3339Nano),
