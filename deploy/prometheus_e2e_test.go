@@ -19,6 +19,7 @@ import (
 
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 )
 
 // lockedBuffer collects a child's output safely.
@@ -55,7 +56,7 @@ func startPrometheus(t *testing.T, bin, config string) *promServer {
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port, err := database.FreePort()
+	port, err := localdb.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
