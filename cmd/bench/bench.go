@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 )
 
 type machine struct {
@@ -35,7 +36,7 @@ type bench struct {
 
 	dir      string
 	ownDir   bool
-	cluster  *database.LocalCluster
+	cluster  *localdb.Cluster
 	backend  database.Backend
 	bin      string
 	svc      *service
@@ -218,7 +219,7 @@ func (b *bench) report() {
 	}
 	var doc strings.Builder
 	doc.WriteString(table)
-	doc.WriteString("\nPostgreSQL settings of the benchmark cluster (read back from `pg_settings`; the cluster is created by `internal/database.LocalCluster`, then `cmd/bench` applies `ALTER SYSTEM` and restarts it):\n\n")
+	doc.WriteString("\nPostgreSQL settings of the benchmark cluster (read back from `pg_settings`; the cluster is created by `internal/localdb.Cluster`, then `cmd/bench` applies `ALTER SYSTEM` and restarts it):\n\n")
 	doc.WriteString("| setting | value |\n|---|---|\n")
 	for _, s := range m.settings {
 		fmt.Fprintf(&doc, "| `%s` | `%s` |\n", s[0], s[1])

@@ -22,12 +22,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"proxyusage/internal/app"
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 )
 
 // pgSettings are applied to the throwaway cluster (ALTER SYSTEM, then a
-// restart) on top of internal/database.LocalCluster's own. Durability is
+// restart) on top of internal/localdb.Cluster's own. Durability is
 // left on: fsync, synchronous_commit and full_page_writes keep their
 // defaults, so an acknowledged event is on disk.
 var pgSettings = [][2]string{
@@ -65,11 +65,11 @@ func (b *bench) startCluster(ctx context.Context) error {
 	if err := os.Chmod(b.dir, 0o755); err != nil {
 		return err
 	}
-	port, err := database.FreePort()
+	port, err := localdb.FreePort()
 	if err != nil {
 		return err
 	}
-	b.cluster = &database.LocalCluster{Dir: filepath.Join(b.dir, "pg"), Port: port, Timescale: b.opt.backend != "postgres"}
+	b.cluster = &localdb.Cluster{Dir: filepath.Join(b.dir, "pg"), Port: port, Timescale: b.opt.backend != "postgres"}
 	step("starting PostgreSQL in %s (port %d, fsync on)", b.cluster.Dir, port)
 	if err := b.cluster.Start(ctx); err != nil {
 		return err
@@ -124,7 +124,7 @@ func (b *bench) newDatabase(ctx context.Context, name string) (*pgxpool.Pool, st
 // (auto, postgres or timescaledb), returning a pool on it and the backend
 // chosen.
 func (b *bench) newDatabaseOn(ctx context.Context, name, want string) (*pgxpool.Pool, string, database.Backend, error) {
-	if err := app.CreateDatabase(ctx, b.adminURL, name); err != nil {
+	if err := localdb.CreateDatabase(ctx, b.adminURL, name); err != nil {
 		return nil, "", "", err
 	}
 	url := b.cluster.URL(name)
@@ -244,11 +244,11 @@ func (b *bench) buildService(ctx context.Context) error {
 // startService starts the service on dbURL; env adds settings (KEY=value)
 // of a phase.
 func (b *bench) startService(ctx context.Context, dbURL, name string, env ...string) (*service, error) {
-	port, err := database.FreePort()
+	port, err := localdb.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	pport, err := database.FreePort()
+	pport, err := localdb.FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 	"proxyusage/internal/workload"
 )
 
@@ -97,7 +98,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 	}
 
 	step("(14) making a streaming standby (pg_basebackup -R)")
-	port, err := database.FreePort()
+	port, err := localdb.FreePort()
 	if err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func (b *bench) replicaPhase(ctx context.Context) error {
 }
 
 // replicaRun runs the read clients and the ingest against b.svc for runFor.
-func (b *bench) replicaRun(ctx context.Context, gen *workload.Generator, runFor time.Duration, standby *database.LocalCluster) (*readRun, error) {
+func (b *bench) replicaRun(ctx context.Context, gen *workload.Generator, runFor time.Duration, standby *localdb.Cluster) (*readRun, error) {
 	edge, err := auth.Mint([]byte(secret), "bench-edge", []string{auth.RoleService}, 24*time.Hour, "", "")
 	if err != nil {
 		return nil, err

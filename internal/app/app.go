@@ -24,7 +24,6 @@ import (
 	httpx "proxyusage/internal/http"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/limit"
-	"proxyusage/internal/localdb"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
@@ -65,10 +64,6 @@ type Manual struct {
 	AlertEvaluator bool // the caller runs Alerts.RunOnce
 	AlertDelivery  bool // this replica delivers no webhooks
 }
-
-// CreateDatabase moved to internal/localdb; this name stays only until
-// cmd/bench, reworked elsewhere, imports localdb.
-var CreateDatabase = localdb.CreateDatabase
 
 // Migrate applies the migrations to the configured database.
 func (m *Main) Migrate(ctx context.Context) error {

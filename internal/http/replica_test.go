@@ -11,6 +11,7 @@ import (
 
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 	"proxyusage/internal/pgtest"
 )
 
@@ -183,7 +184,7 @@ func TestReadsFromStandby(t *testing.T) {
 }
 
 // waitPaused waits until the standby's replay has actually stopped.
-func waitPaused(t *testing.T, standby *database.LocalCluster) {
+func waitPaused(t *testing.T, standby *localdb.Cluster) {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, standby.URL("postgres"))

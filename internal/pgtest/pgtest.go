@@ -20,12 +20,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/database"
+	"proxyusage/internal/localdb"
 )
 
 var (
 	once     sync.Once
 	setupErr error
-	cluster  *database.LocalCluster
+	cluster  *localdb.Cluster
 	adminURL string
 	backends []database.Backend
 	tplMu    sync.Mutex
@@ -35,7 +36,7 @@ var (
 
 	standbyOnce sync.Once
 	standbyErr  error
-	standby     *database.LocalCluster
+	standby     *localdb.Cluster
 )
 
 // StandbyApplyDelay is how far the test standby's replay trails the
@@ -71,11 +72,11 @@ func setup() error {
 			return err
 		}
 		tempDir = dir
-		port, err := database.FreePort()
+		port, err := localdb.FreePort()
 		if err != nil {
 			return err
 		}
-		cluster = &database.LocalCluster{Dir: dir + "/pg", Port: port, Ephemeral: true, Timescale: true}
+		cluster = &localdb.Cluster{Dir: dir + "/pg", Port: port, Ephemeral: true, Timescale: true}
 		if err := cluster.Start(ctx); err != nil {
 			return err
 		}
@@ -222,7 +223,7 @@ func NewPool(t testing.TB, b database.Backend) *pgxpool.Pool {
 // (Kill, Restart) or pause its replay, and must leave it running and
 // replaying. It needs the local cluster: with TEST_DATABASE_URL the test
 // is skipped.
-func Standby(t testing.TB) *database.LocalCluster {
+func Standby(t testing.TB) *localdb.Cluster {
 	t.Helper()
 	Backends(t)
 	if cluster == nil {
@@ -231,7 +232,7 @@ func Standby(t testing.TB) *database.LocalCluster {
 	standbyOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		port, err := database.FreePort()
+		port, err := localdb.FreePort()
 		if err != nil {
 			standbyErr = err
 			return
