@@ -156,9 +156,6 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Rollup, err = rollup.NewWorker(rollup.WorkerConfig{
 		Pool: m.Pool, Backend: m.Detected, Metrics: m.Metrics, Logger: m.Logger,
 		MaxConnectionAge: m.Config.MaxConnectionAge, RawRetention: m.Config.RawRetention,
-		IngestActive: func() bool {
-			return m.Writer.Active(cmp.Or(m.Config.IngestBusyWindow, config.DefaultIngestBusyWindow))
-		},
 	})
 	if err != nil {
 		return err

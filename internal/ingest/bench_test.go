@@ -31,7 +31,7 @@ func benchEvents(n int) []Event {
 
 // BenchmarkFlushPrepare is the in-memory work of a large flush of 1,000
 // events: authorisation against the looked-up proxies, the distinct keys
-// in claim order, and the invalidation log entries.
+// in claim order, the rollup deltas and the touched connections.
 func BenchmarkFlushPrepare(b *testing.B) {
 	events := benchEvents(1000)
 	batch := []*pending{{events: events}}
@@ -39,7 +39,8 @@ func BenchmarkFlushPrepare(b *testing.B) {
 		st := &flushState{outs: make([]outcome, 1), live: make([]bool, 1)}
 		st.authorize(batch, nil)
 		st.candidates(batch)
-		invalidations(st.ev)
+		Deltas(st.ev).Args()
+		touchedConnections(st.ev)
 	}
 }
 

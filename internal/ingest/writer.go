@@ -61,11 +61,11 @@ func (c *WriterConfig) validate() error {
 // which events are candidates (keyless ones and the first occurrence of
 // each idempotency key), then either, for a small flush, runs one
 // statement that claims the keys, stores the events with a fresh key and
-// logs the invalidations, pipelined with COMMIT; or, for a large one,
+// logs the rollup deltas, pipelined with COMMIT; or, for a large one,
 // claims the keys with a plain INSERT (falling back to ON CONFLICT DO
 // NOTHING ... RETURNING after a rollback to savepoint when one is a
 // repeat), COPYs the events straight into usage_events and logs the
-// invalidations with COMMIT. The database, not process memory, decides
+// rollup deltas with COMMIT. The database, not process memory, decides
 // duplicates across flushes and replicas: concurrent flushes claiming one
 // key serialise on its primary key, and keys are claimed in sorted order
 // so they cannot deadlock.
@@ -212,8 +212,7 @@ func (w *Writer) loop() {
 	}
 }
 
-// Active reports whether the writer flushed within the last window: the
-// rollup worker yields the database to ingest while it is.
+// Active reports whether the writer flushed within the last window.
 func (w *Writer) Active(window time.Duration) bool {
 	return time.Since(time.Unix(0, w.lastFlush.Load())) < window
 }
@@ -280,19 +279,19 @@ SELECT key, now() FROM unnest($1::uuid[]) AS k(key)`
 ON CONFLICT DO NOTHING
 RETURNING key`
 
-	// logInvalidations appends one row per log holding the flush's
-	// distinct entries as parallel arrays: one row with two GIN-indexed
-	// arrays costs a third of a row per entry (BENCHMARKS.md).
+	// logInvalidations appends the flush's rollup deltas (InsertDeltas,
+	// $1..$18) and its touched connections ($19/$20), one row per log with
+	// the entries as parallel arrays: one row with GIN-indexed arrays costs
+	// a third of a row per entry (BENCHMARKS.md).
 	logInvalidations = `
-WITH days AS (
-  INSERT INTO usage_invalidations (proxy_ids, days) SELECT $1::text[], $2::date[]
+WITH deltas AS (` + InsertDeltas + `
 )
 INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
-SELECT $3::text[], $4::text[] WHERE cardinality($3::text[]) > 0`
+SELECT $19::text[], $20::text[] WHERE cardinality($19::text[]) > 0`
 )
 
 // flushStatement writes a small flush at once: it claims the keys, stores
-// the events without a key or with a fresh one, logs the invalidations and
+// the events without a key or with a fresh one, logs the rollup deltas and
 // returns the stored count per request. $1 holds the distinct keys
 // (sorted), $2 each candidate's key (NULL when keyless), $3 the
 // candidates' requests and $4.. the candidates (keyed ones once: the first
@@ -308,12 +307,7 @@ WITH fresh AS (` + claimKeysReturning + `
 ), stored AS (
   INSERT INTO usage_events (` + strings.Join(EventColumns, ", ") + `)
   SELECT ` + strings.Join(EventColumns, ", ") + ` FROM chosen
-), days AS (
-  INSERT INTO usage_invalidations (proxy_ids, days)
-  SELECT array_agg(proxy_id), array_agg(day)
-    FROM (SELECT DISTINCT proxy_id, (time AT TIME ZONE 'UTC')::date AS day FROM chosen) d
-  HAVING count(*) > 0
-), conns AS (
+), ` + deltaCTEs + `, conns AS (
   INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
   SELECT array_agg(proxy_id), array_agg(connection_id)
     FROM (SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')) c
@@ -490,8 +484,8 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 	}
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
-		dp, dd, cp, cc := invalidations(chosen)
-		b.Queue(logInvalidations, dp, dd, cp, cc)
+		cp, cc := touchedConnections(chosen)
+		b.Queue(logInvalidations, append(Deltas(chosen).Args(), cp, cc)...)
 	}
 	b.Queue("COMMIT")
 	br := c.SendBatch(ctx, b)
@@ -607,27 +601,12 @@ func EventKey(proxyID, eventID string) [16]byte {
 	return k
 }
 
-// invalidations lists the distinct (proxy, UTC day) of events and the
-// distinct (proxy, connection) of their starts and ends.
-func invalidations(events []*Event) (dayProxies []string, days []time.Time, connProxies, conns []string) {
-	type day struct {
-		p string
-		d int64
-	}
+// touchedConnections lists the distinct (proxy, connection) of the starts
+// and ends among events.
+func touchedConnections(events []*Event) (connProxies, conns []string) {
 	type conn struct{ p, c string }
-	seenDays := map[day]struct{}{}
 	seenConns := map[conn]struct{}{}
 	for _, e := range events {
-		sec := e.Time.Unix()
-		d := day{e.ProxyID, sec / 86400}
-		if sec < 0 && sec%86400 != 0 {
-			d.d-- // floor division for instants before 1970
-		}
-		if _, ok := seenDays[d]; !ok {
-			seenDays[d] = struct{}{}
-			dayProxies = append(dayProxies, e.ProxyID)
-			days = append(days, time.Unix(d.d*86400, 0).UTC())
-		}
 		if e.Type == ConnectionStart || e.Type == ConnectionEnd {
 			k := conn{e.ProxyID, e.ConnectionID}
 			if _, ok := seenConns[k]; !ok {
@@ -637,7 +616,7 @@ func invalidations(events []*Event) (dayProxies []string, days []time.Time, conn
 			}
 		}
 	}
-	return dayProxies, days, connProxies, conns
+	return connProxies, conns
 }
 
 // unavailable reports whether err means the database cannot be reached,

@@ -110,25 +110,25 @@ func TestWriterDeduplicates(t *testing.T) {
 					if got := count(t, pool, `SELECT count(*) FROM usage_event_keys`); got != n+n/2 {
 						t.Fatalf("%d keys claimed, want %d", got, n+n/2)
 					}
-					if got := count(t, pool, `SELECT count(*) FROM usage_invalidations`); got < 1 {
-						t.Fatal("no day invalidations logged")
+					if got := count(t, pool, `SELECT coalesce(sum(n), 0) FROM usage_rollup_deltas, unnest(event_counts) AS n`); got != n+n/2+1 {
+						t.Fatalf("rollup deltas count %d events, want %d", got, n+n/2+1)
 					}
 					starts := count(t, pool, `SELECT count(DISTINCT connection_id) FROM usage_events WHERE event_type = 'connection_start'`)
 					if got := count(t, pool, `SELECT count(DISTINCT c) FROM usage_connection_invalidations, unnest(connection_ids) AS c`); got != starts {
 						t.Fatalf("%d connections logged, want %d", got, starts)
 					}
 					// Each log row holds one flush's distinct entries.
-					if got := count(t, pool, `SELECT count(*) FROM usage_invalidations
+					if got := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas
 						WHERE cardinality(proxy_ids) <> (SELECT count(DISTINCT (p, d)) FROM unnest(proxy_ids, days) AS u(p, d))`); got != 0 {
-						t.Fatalf("%d day log rows repeat an entry", got)
+						t.Fatalf("%d delta rows repeat a proxy-day", got)
 					}
-					logRows := count(t, pool, `SELECT count(*) FROM usage_invalidations`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`)
+					logRows := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`)
 					// Only duplicates: nothing stored, nothing logged, nothing fails.
 					acc, _, err = w.WriteAs(ctx, alice, first[:3], false)
 					if err != nil || acc != 0 {
 						t.Fatalf("duplicates: %d %v", acc, err)
 					}
-					if got := count(t, pool, `SELECT count(*) FROM usage_invalidations`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); got != logRows {
+					if got := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); got != logRows {
 						t.Fatalf("a flush storing nothing logged %d rows", got-logRows)
 					}
 				})

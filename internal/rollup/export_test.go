@@ -16,8 +16,6 @@ func (r *Reader) SlowTotals(ctx context.Context, proxies []string, from, to time
 	return r.slowTotals(ctx, proxies, Day(from), Day(to), by)
 }
 
-func (w *Worker) Pause(next, took time.Duration) time.Duration { return w.pause(next, took) }
-
 // AggregateColumns and RollupColumns expose the daily aggregate's Go-side
 // definition to tests.
 const (

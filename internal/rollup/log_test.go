@@ -44,8 +44,8 @@ func TestWorkerReadsLogRowsInBatches(t *testing.T) {
 			ev("p2", "connection_end", today.AddDate(0, 0, -11).Add(time.Minute), map[string]any{"connectionId": "c1", "durationSeconds": 60}),
 			ev("p1", "connection_start", today.AddDate(0, 0, -12), map[string]any{"connectionId": "c2"}))
 		send(t, env, tok, batch...)
-		if rows := env.Count(`SELECT count(*) FROM usage_invalidations`); rows != 11 {
-			t.Fatalf("%d day log rows, want 11 (one per flush)", rows)
+		if rows := env.Count(`SELECT count(*) FROM usage_rollup_deltas`); rows != 11 {
+			t.Fatalf("%d delta rows, want 11 (one per flush)", rows)
 		}
 
 		w, err := rollup.NewWorker(rollup.WorkerConfig{
@@ -76,7 +76,7 @@ func TestWorkerReadsLogRowsInBatches(t *testing.T) {
 		if got := len(keys(days)); got != 15 {
 			t.Fatalf("%d distinct proxy-days rolled up, want 15", got)
 		}
-		if n := env.Count(`SELECT count(*) FROM usage_invalidations`) + env.Count(`SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
+		if n := env.Count(`SELECT count(*) FROM usage_rollup_deltas`) + env.Count(`SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
 			t.Fatalf("%d log rows left", n)
 		}
 		if n := env.Count(`SELECT count(*) FROM usage_connections`); n != 2 {

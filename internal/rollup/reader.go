@@ -30,29 +30,18 @@ type Key struct {
 	Day     time.Time
 }
 
-// Reader answers aggregate queries exactly: rolled-up days come from the
-// rollups, days still in the invalidation log are computed from their raw
-// events, all in one snapshot. Clean days never touch raw events.
+// Reader answers aggregate queries exactly: the daily rollups plus the
+// deltas ingest logged that the worker has not folded yet, all in one
+// snapshot, so every acknowledged event is in the very next read and no
+// read scans raw events for sums or histograms. Peaks of proxies with
+// connections waiting to be re-paired are recomputed from their intervals.
 type Reader struct {
 	pool   *pgxpool.Pool
 	maxAge time.Duration
-	rel    rollupRelations
-}
-
-// rollupRelations name where rolled-up rows are read from: the rollup
-// tables on plain PostgreSQL; on TimescaleDB the continuous aggregates'
-// materialization hypertables. Reading those directly skips the
-// aggregates' real-time union with raw events (and its planning over every
-// raw chunk): the read path already computes every day that is not rolled
-// up from raw events, because each stored event logs its day until the
-// worker has refreshed it.
-type rollupRelations struct {
-	daily, latency string
 }
 
 // NewReader returns a Reader for a migrated database on backend; maxAge is
-// MAX_CONNECTION_AGE. On TimescaleDB it looks up the materialization
-// hypertables once, here.
+// MAX_CONNECTION_AGE. Both backends read the same tables.
 func NewReader(ctx context.Context, pool *pgxpool.Pool, backend database.Backend, maxAge time.Duration) (*Reader, error) {
 	var errs []error
 	if pool == nil {
@@ -67,43 +56,7 @@ func NewReader(ctx context.Context, pool *pgxpool.Pool, backend database.Backend
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	rel, err := resolveRelations(ctx, pool, backend)
-	if err != nil {
-		return nil, err
-	}
-	return &Reader{pool: pool, maxAge: maxAge, rel: rel}, nil
-}
-
-// resolveRelations names the relations reads use on backend.
-func resolveRelations(ctx context.Context, pool *pgxpool.Pool, backend database.Backend) (rollupRelations, error) {
-	rel := rollupRelations{daily: "usage_daily", latency: "usage_latency_daily_packed"}
-	if backend != database.TimescaleDB {
-		return rel, nil
-	}
-	rows, err := pool.Query(ctx, `
-		SELECT view_name, format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
-		  FROM timescaledb_information.continuous_aggregates
-		 WHERE view_schema = current_schema() AND view_name IN ('usage_daily', 'usage_latency_daily_packed')`)
-	if err != nil {
-		return rel, fmt.Errorf("rollup: continuous aggregates: %w", err)
-	}
-	found := 0
-	var view, table string
-	if _, err := pgx.ForEachRow(rows, []any{&view, &table}, func() error {
-		found++
-		if view == "usage_daily" {
-			rel.daily = table
-		} else {
-			rel.latency = table
-		}
-		return nil
-	}); err != nil {
-		return rel, fmt.Errorf("rollup: continuous aggregates: %w", err)
-	}
-	if found != 2 {
-		return rel, fmt.Errorf("rollup: %d of the 2 continuous aggregates found: is the database migrated?", found)
-	}
-	return rel, nil
+	return &Reader{pool: pool, maxAge: maxAge}, nil
 }
 
 // Totals aggregates the events of proxies on the UTC days from..to
@@ -114,7 +67,8 @@ func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Tim
 		return out, nil
 	}
 	from, to = Day(from), Day(to)
-	// Most reads cover only rolled-up days: one round trip.
+	// Unless a connection of the proxies waits to be re-paired: one round
+	// trip.
 	ok, err := r.fastTotals(ctx, proxies, from, to, by, out)
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read totals: %w", err)
@@ -127,22 +81,15 @@ func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Tim
 
 // DailyBytes returns the bytes sent plus received of proxies per UTC day
 // from..to (inclusive), for days with events: what a bill is priced from.
-// When none of those proxy-days waits in the invalidation log it reads the
-// daily sums alone, in one round trip; pairing of connections cannot change
-// bytes, so it does not wait for that. Otherwise it takes Totals' full path.
+// One statement: the daily rollups plus the pending deltas.
 func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time.Time) (map[time.Time]exact.Sum, error) {
 	out := map[time.Time]exact.Sum{}
 	if len(proxies) == 0 {
 		return out, nil
 	}
 	from, to = Day(from), Day(to)
-	rel := r.rel
-	clean, err := r.snapshot(ctx, `SELECT NOT `+dirtyDayExists, []any{proxies, from, to}, func(b *pgx.Batch) {
-		b.Queue(fmt.Sprintf(`
-SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
-  FROM %s
- WHERE proxy_id = ANY($1) AND bucket >= $2 AND bucket < $3
- GROUP BY bucket`, rel.daily), proxies, from, to.AddDate(0, 0, 1))
+	err := database.ReadSnapshot(ctx, r.pool, func(b *pgx.Batch) {
+		b.Queue(dailyBytes, proxies, from, to, from, to.AddDate(0, 0, 1))
 	}, func(br pgx.BatchResults) error {
 		clear(out) // a run on a standby may have failed part way (database.ReadSnapshot)
 		rows, err := br.Query()
@@ -160,38 +107,35 @@ SELECT bucket, sum(coalesce(bytes_sent, 0) + coalesce(bytes_received, 0))::text
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read bytes: %w", err)
 	}
-	if clean {
-		return out, nil
-	}
-	totals, err := r.slowTotals(ctx, proxies, from, to, ByDay)
-	if err != nil {
-		return nil, err
-	}
-	clear(out)
-	for k, t := range totals {
-		out[k.Day] = t.BytesSent.Add(t.BytesReceived)
-	}
 	return out, nil
 }
 
-// slowTotals answers any request: rolled-up days from the rollups, days
-// still in the invalidation log from raw events, peaks of days whose
-// connections are being re-paired recomputed, in one snapshot.
+// slowTotals answers any request in one snapshot: the sums and histograms
+// as fastTotals reads them, and the peaks of days whose connections are
+// being re-paired recomputed.
 func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
 	out := map[Key]*Totals{}
+	args := []any{proxies, from, to, from, to.AddDate(0, 0, 1)}
 	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		clear(out) // a run on a standby may have failed part way (database.ReadOnly)
-		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
-		if err != nil {
-			return err
+		for _, q := range []struct {
+			sql  string
+			scan func(pgx.Rows, Group, map[Key]*Totals) error
+		}{
+			{rollupSums, scanDailyRows},
+			{pendingSums, scanDailyRows},
+			{fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), scanFastHistograms},
+			{pendingHistograms, scanPendingHistograms},
+		} {
+			rows, err := tx.Query(ctx, q.sql, args...)
+			if err != nil {
+				return err
+			}
+			if err := q.scan(rows, by, out); err != nil {
+				return err
+			}
 		}
-		if err := r.sums(ctx, tx, proxies, from, to, by, dirty, out); err != nil {
-			return err
-		}
-		if err := r.histograms(ctx, tx, proxies, from, to, by, dirty, out); err != nil {
-			return err
-		}
-		return r.peaks(ctx, tx, proxies, from, to, by, dirty, out)
+		return r.peaks(ctx, tx, proxies, from, to, by, out)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read totals: %w", err)
@@ -220,148 +164,23 @@ func (k Key) totals(out map[Key]*Totals) *Totals {
 	return t
 }
 
-// dirtyDays lists the proxy-days in range still in the invalidation log.
-func dirtyDays(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time) ([]DayKey, error) {
-	rows, err := tx.Query(ctx, `
-		SELECT DISTINCT u.proxy_id, u.day
-		  FROM usage_invalidations l, unnest(l.proxy_ids, l.days) AS u(proxy_id, day)
-		 WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3`, proxies, from, to)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (DayKey, error) {
-		var k DayKey
-		err := row.Scan(&k.ProxyID, &k.Day)
-		k.Day = k.Day.UTC()
-		return k, err
-	})
-}
-
-// groupColumns selects the group key columns of the final GROUP BY.
-func groupColumns(by Group) string {
-	switch by {
-	case ByDay:
-		return "NULL::text, day"
-	case ByProxy:
-		return "proxy_id, NULL::date"
-	case ByProxyDay:
-		return "proxy_id, day"
-	}
-	return "NULL::text, NULL::date"
-}
-
-// sumsQuery combines clean rolled-up rows with dirty days recomputed from
-// raw events: %[1]s the group columns, %[2]s the daily rollup relation.
-// $1 proxies, $2/$3 bucket range, $4/$5 dirty proxy-days.
-// Sums of event values travel as the numeric's decimal text, here and in
-// every read: exact at any size (a bigint cast fails past 2^63), and
-// exact.Sum reads it without allocating.
-const sumsQuery = `
-WITH dirty AS (
-  SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
-), parts AS (
-  SELECT d.proxy_id, (d.bucket AT TIME ZONE 'UTC')::date AS day, ` + rollupColumns + `
-    FROM %[2]s d
-   WHERE d.proxy_id = ANY($1) AND d.bucket >= $2 AND d.bucket < $3
-     AND NOT EXISTS (SELECT 1 FROM dirty x WHERE x.proxy_id = d.proxy_id AND x.day = (d.bucket AT TIME ZONE 'UTC')::date)
-  UNION ALL
-  SELECT x.proxy_id, x.day, ` + aggregateColumns + `
-    FROM dirty x
-    JOIN usage_events e ON e.proxy_id = x.proxy_id
-     AND e.time >= x.day::timestamp AT TIME ZONE 'UTC' AND e.time < (x.day + 1)::timestamp AT TIME ZONE 'UTC'
-   GROUP BY x.proxy_id, x.day
-)
-SELECT %[1]s,
-       sum(event_count)::bigint, sum(connection_count)::bigint, sum(success_count)::bigint, sum(error_count)::bigint,
-       coalesce(sum(bytes_sent), 0)::text, coalesce(sum(bytes_received), 0)::text,
-       coalesce(sum(duration_sum_us), 0)::text, sum(duration_count)::bigint,
-       coalesce(sum(latency_sum_us), 0)::text, sum(latency_count)::bigint, max(latency_max_us),
-       min(first_event_at), max(last_event_at)
-  FROM parts GROUP BY 1, 2`
-
-func (r *Reader) sums(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
-	dp, dd := splitDayKeys(dirty)
-	rows, err := tx.Query(ctx, fmt.Sprintf(sumsQuery, groupColumns(by), r.rel.daily), proxies, from, to.AddDate(0, 0, 1), dp, dd)
-	if err != nil {
-		return err
-	}
-	return scanSums(rows, out)
-}
-
-// scanSums merges rows of (group proxy, group day, sums...) into out.
-func scanSums(rows pgx.Rows, out map[Key]*Totals) error {
+// scanDailyRows merges rows of (proxy, day, the daily columns) — rolled-up
+// rows or pending delta entries — into their groups.
+func scanDailyRows(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 	var (
-		proxyID *string
-		day     *time.Time
+		proxyID string
+		bucket  time.Time
 		t       Totals
 		maxLat  *int64
 	)
-	_, err := pgx.ForEachRow(rows, []any{&proxyID, &day, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
 		&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
 		&t.FirstEventAt, &t.LastEventAt}, func() error {
-		k := Key{}
-		if proxyID != nil {
-			k.ProxyID = *proxyID
-		}
-		if day != nil {
-			k.Day = day.UTC()
-		}
 		row := t
 		if maxLat != nil {
 			row.LatencyMaxUS = *maxLat
 		}
-		k.totals(out).Merge(&row)
-		return nil
-	})
-	return err
-}
-
-// histogramQuery: %[1]s the group columns, %[2]s the packed histograms.
-const histogramQuery = `
-WITH dirty AS (
-  SELECT * FROM unnest($4::text[], $5::date[]) AS d(proxy_id, day)
-), parts AS (
-  SELECT l.proxy_id, (l.bucket AT TIME ZONE 'UTC')::date AS day, u.latency_bucket, u.samples
-    FROM %[2]s l, unnest(l.latency_buckets, l.samples) AS u(latency_bucket, samples)
-   WHERE l.proxy_id = ANY($1) AND l.bucket >= $2 AND l.bucket < $3
-     AND NOT EXISTS (SELECT 1 FROM dirty x WHERE x.proxy_id = l.proxy_id AND x.day = (l.bucket AT TIME ZONE 'UTC')::date)
-  UNION ALL
-  SELECT x.proxy_id, x.day, e.latency_bucket, count(*)
-    FROM dirty x
-    JOIN usage_events e ON e.proxy_id = x.proxy_id
-     AND e.time >= x.day::timestamp AT TIME ZONE 'UTC' AND e.time < (x.day + 1)::timestamp AT TIME ZONE 'UTC'
-   WHERE e.latency_bucket IS NOT NULL
-   GROUP BY x.proxy_id, x.day, e.latency_bucket
-)
-SELECT %[1]s, latency_bucket, sum(samples)::bigint FROM parts GROUP BY 1, 2, 3`
-
-func (r *Reader) histograms(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
-	dp, dd := splitDayKeys(dirty)
-	rows, err := tx.Query(ctx, fmt.Sprintf(histogramQuery, groupColumns(by), r.rel.latency), proxies, from, to.AddDate(0, 0, 1), dp, dd)
-	if err != nil {
-		return err
-	}
-	return scanHistograms(rows, out)
-}
-
-// scanHistograms merges rows of (group proxy, group day, latency bucket,
-// samples) into out.
-func scanHistograms(rows pgx.Rows, out map[Key]*Totals) error {
-	var (
-		proxyID *string
-		day     *time.Time
-		bucket  int16
-		n       int64
-	)
-	_, err := pgx.ForEachRow(rows, []any{&proxyID, &day, &bucket, &n}, func() error {
-		k := Key{}
-		if proxyID != nil {
-			k.ProxyID = *proxyID
-		}
-		if day != nil {
-			k.Day = day.UTC()
-		}
-		k.totals(out).Latency.Inc(bucket, n)
+		groupKey(by, proxyID, Day(bucket)).totals(out).Merge(&row)
 		return nil
 	})
 	return err
@@ -389,6 +208,22 @@ func scanFastHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 	return err
 }
 
+// scanPendingHistograms merges (proxy, day, latency bucket, samples) rows
+// of pending deltas into their groups' histograms.
+func scanPendingHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
+	var (
+		proxyID string
+		day     time.Time
+		lb      int16
+		n       int64
+	)
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &day, &lb, &n}, func() error {
+		groupKey(by, proxyID, Day(day)).totals(out).Latency.Inc(lb, n)
+		return nil
+	})
+	return err
+}
+
 // histogramKeyColumns selects the proxy and bucket of histogram rows, or
 // constants for what the grouping ignores.
 func histogramKeyColumns(by Group) string {
@@ -403,81 +238,83 @@ func histogramKeyColumns(by Group) string {
 	return "''::text, '2000-01-01'::timestamptz"
 }
 
-// Queries of the fast path. They share one repeatable-read snapshot and
-// return nothing unless it is clean: no proxy-day of the request waiting
-// in the invalidation log and no connection of its proxies waiting to be
-// re-paired. $1 proxies, $2/$3 first and last day, $4/$5 bucket range.
+// Queries of a read. $1 proxies, $2/$3 first and last day, $4/$5 bucket
+// range. The rows are merged into groups in Go: cheaper here than the
+// database's hash aggregation, which was the slow part of these reads.
+// Sums of event values travel as the numeric's decimal text: exact at any
+// size (a bigint cast fails past 2^63), and exact.Sum reads it without
+// allocating.
 const (
-	// The logs hold a row per flush with its entries as arrays: the GIN
-	// index on proxy_ids finds the rows naming a requested proxy, then
-	// their entries are checked.
-	dirtyDayExists = `EXISTS (SELECT 1 FROM usage_invalidations l, unnest(l.proxy_ids, l.days) AS u(proxy_id, day)
-	 WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3)`
-	cleanCondition = `NOT ` + dirtyDayExists + `
-	AND NOT EXISTS (SELECT 1 FROM usage_connection_invalidations WHERE proxy_ids && $1)`
-	fastClean = `SELECT ` + cleanCondition
-	// The rows are merged into groups in Go: cheaper here than the
-	// database's hash aggregation, which is the slow part of these reads.
-	fastSums = `
+	rollupSums = `
 SELECT proxy_id, bucket, event_count, connection_count, success_count, error_count,
        coalesce(bytes_sent, 0)::text, coalesce(bytes_received, 0)::text,
        coalesce(duration_sum_us, 0)::text, duration_count,
        coalesce(latency_sum_us, 0)::text, latency_count, latency_max_us, first_event_at, last_event_at
-  FROM %s
- WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
+  FROM usage_daily
+ WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND $2::date <= $3::date`
+	// The delta log holds a row per flush with its proxy-days as arrays:
+	// the GIN index on proxy_ids finds the rows naming a requested proxy,
+	// then their entries are checked.
+	pendingSums = `
+SELECT u.proxy_id, u.day, u.event_count, u.connection_count, u.success_count, u.error_count,
+       u.bytes_sent::text, u.bytes_received::text,
+       coalesce(u.duration_sum_us, 0)::text, u.duration_count,
+       coalesce(u.latency_sum_us, 0)::text, u.latency_count, u.latency_max_us, u.first_event_at, u.last_event_at
+  FROM usage_rollup_deltas l, ` + deltaEntries + `
+ WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
 	// Columns a grouping does not use are sent as constants: these are the
 	// bulk of a read's rows.
-	fastHistograms = `
+	rollupHistograms = `
 SELECT %s, latency_buckets, samples
-  FROM %s
- WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND ` + cleanCondition
-	fastPeaks = `
+  FROM usage_latency_daily_packed
+ WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND $2::date <= $3::date`
+	pendingHistograms = `
+SELECT l.proxy_ids[h.pos], l.days[h.pos], h.latency_bucket, h.samples
+  FROM usage_rollup_deltas l, ` + deltaHistogramEntries + `
+ WHERE l.proxy_ids && $1 AND l.proxy_ids[h.pos] = ANY($1) AND l.days[h.pos] BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
+	// Stored peaks are final unless a connection of the proxies waits to
+	// be re-paired: then the first query says so and the read takes the
+	// path that recomputes them.
+	connectionsClean = `SELECT NOT EXISTS (SELECT 1 FROM usage_connection_invalidations WHERE proxy_ids && $1)`
+	storedPeaks      = `
 SELECT proxy_id, day, peak FROM usage_daily_peak
- WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0 AND ` + cleanCondition
+ WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0`
+	// dailyBytes is DailyBytes' statement.
+	dailyBytes = `
+SELECT day, sum(b)::text FROM (
+  SELECT bucket AS day, coalesce(bytes_sent, 0) + coalesce(bytes_received, 0) AS b
+    FROM usage_daily WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5
+  UNION ALL
+  SELECT u.day::timestamp AT TIME ZONE 'UTC', u.bytes_sent + u.bytes_received
+    FROM usage_rollup_deltas l, unnest(l.proxy_ids, l.days, l.bytes_sent, l.bytes_received) AS u(proxy_id, day, bytes_sent, bytes_received)
+   WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3
+) parts GROUP BY day`
 )
 
-// fastTotals answers from the rollups alone, in one round trip (BEGIN,
-// the queries and COMMIT pipelined), when every requested day is rolled
-// up. ok is false when some are not: the caller takes the full path.
+// fastTotals answers in one round trip (BEGIN, the queries and COMMIT
+// pipelined) when no connection of the proxies waits to be re-paired. ok
+// is false otherwise: the caller takes the full path.
 func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time.Time, by Group, out map[Key]*Totals) (ok bool, err error) {
-	rel := r.rel
-	end := to.AddDate(0, 0, 1)
-	args := []any{proxies, from, to, from, end}
-	return r.snapshot(ctx, fastClean, args[:3], func(b *pgx.Batch) {
-		b.Queue(fmt.Sprintf(fastSums, rel.daily), args...)
-		b.Queue(fmt.Sprintf(fastHistograms, histogramKeyColumns(by), rel.latency), args...)
-		b.Queue(fastPeaks, args[:3]...)
+	args := []any{proxies, from, to, from, to.AddDate(0, 0, 1)}
+	return r.snapshot(ctx, connectionsClean, args[:1], func(b *pgx.Batch) {
+		b.Queue(rollupSums, args...)
+		b.Queue(pendingSums, args...)
+		b.Queue(fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), args...)
+		b.Queue(pendingHistograms, args...)
+		b.Queue(storedPeaks, args[:3]...)
 	}, func(br pgx.BatchResults) error {
 		clear(out) // a run on a standby may have failed part way (database.ReadSnapshot)
-		var (
-			proxyID string
-			bucket  time.Time
-			t       Totals
-			maxLat  *int64
-		)
+		for _, scan := range []func(pgx.Rows, Group, map[Key]*Totals) error{scanDailyRows, scanDailyRows, scanFastHistograms, scanPendingHistograms} {
+			rows, err := br.Query()
+			if err != nil {
+				return err
+			}
+			if err := scan(rows, by, out); err != nil {
+				return err
+			}
+		}
 		rows, err := br.Query()
 		if err != nil {
-			return err
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &t.EventCount, &t.ConnectionCount, &t.SuccessCount, &t.ErrorCount,
-			&t.BytesSent, &t.BytesReceived, &t.DurationSumUS, &t.DurationCount, &t.LatencySumUS, &t.LatencyCount, &maxLat,
-			&t.FirstEventAt, &t.LastEventAt}, func() error {
-			row := t
-			if maxLat != nil {
-				row.LatencyMaxUS = *maxLat
-			}
-			groupKey(by, proxyID, Day(bucket)).totals(out).Merge(&row)
-			return nil
-		}); err != nil {
-			return err
-		}
-		if rows, err = br.Query(); err != nil {
-			return err
-		}
-		if err := scanFastHistograms(rows, by, out); err != nil {
-			return err
-		}
-		if rows, err = br.Query(); err != nil {
 			return err
 		}
 		var dk DayKey
@@ -494,8 +331,7 @@ func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time
 // snapshot runs, in one round trip, a read-only repeatable-read
 // transaction (database.ReadSnapshot): the clean check (a query returning
 // one boolean) and the reads queue adds. read consumes the reads' results
-// in order; clean says whether they can be trusted (nothing they cover
-// waits for the worker).
+// in order; clean says whether they can be trusted.
 func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, queue func(*pgx.Batch), read func(pgx.BatchResults) error) (clean bool, err error) {
 	err = database.ReadSnapshot(ctx, r.pool, func(b *pgx.Batch) {
 		b.Queue(check, checkArgs...)
@@ -509,10 +345,10 @@ func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, qu
 	return clean, err
 }
 
-// peaks reads stored daily peaks and recomputes those of dirty days —
-// including days whose connections changed pairing since the last rollup —
-// from stored intervals with pending connections re-paired.
-func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, dirty []DayKey, out map[Key]*Totals) error {
+// peaks reads stored daily peaks and recomputes those of the days whose
+// connections wait to be re-paired, from the stored intervals with the
+// pending connections re-paired.
+func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, out map[Key]*Totals) error {
 	perDay := map[DayKey]int{}
 	rows, err := tx.Query(ctx, `
 		SELECT proxy_id, day, peak FROM usage_daily_peak
@@ -535,9 +371,6 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 		return err
 	}
 	recompute := map[DayKey]bool{}
-	for _, d := range dirty {
-		recompute[d] = true
-	}
 	// Fresh intervals of pending connections, filed under each requested
 	// day they cover: the work is the intervals' days within the range,
 	// never pending connections × days.
@@ -676,12 +509,31 @@ func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.T
 }
 
 // ExplainHistograms returns the EXPLAIN (ANALYZE, BUFFERS) plan of the
-// one-round-trip path's latency histogram query — the bulk of a clean
-// read's rows — for the given request.
+// rolled-up latency histogram query — the bulk of a read's rows — for the
+// given request.
 func (r *Reader) ExplainHistograms(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
 	from, to = Day(from), Day(to)
-	rows, err := r.pool.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(fastHistograms, histogramKeyColumns(by), r.rel.latency),
-		proxies, from, to, from, to.AddDate(0, 0, 1))
+	return r.explain(ctx, fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), proxies, from, to)
+}
+
+// ExplainSums returns the EXPLAIN (ANALYZE, BUFFERS) plans of the sums
+// queries (rolled-up rows, then pending deltas) for the given request. They
+// show what a read touches (tests, operators).
+func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
+	from, to = Day(from), Day(to)
+	var plans []string
+	for _, q := range []string{rollupSums, pendingSums} {
+		plan, err := r.explain(ctx, q, proxies, from, to)
+		if err != nil {
+			return "", err
+		}
+		plans = append(plans, plan)
+	}
+	return strings.Join(plans, "\n"), nil
+}
+
+func (r *Reader) explain(ctx context.Context, query string, proxies []string, from, to time.Time) (string, error) {
+	rows, err := r.pool.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+query, proxies, from, to, from, to.AddDate(0, 0, 1))
 	if err != nil {
 		return "", err
 	}
@@ -692,73 +544,25 @@ func (r *Reader) ExplainHistograms(ctx context.Context, proxies []string, from, 
 	return strings.Join(plan, "\n"), nil
 }
 
-// ExplainSums returns the EXPLAIN (ANALYZE, BUFFERS) plan of the sums query
-// for the given request, with the dirty days as they are now. It shows
-// which raw events a read touches (tests, operators).
-func (r *Reader) ExplainSums(ctx context.Context, proxies []string, from, to time.Time, by Group) (string, error) {
-	from, to = Day(from), Day(to)
-	var plan []string
-	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
-		dirty, err := dirtyDays(ctx, tx, proxies, from, to)
-		if err != nil {
-			return err
-		}
-		dp, dd := splitDayKeys(dirty)
-		rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+fmt.Sprintf(sumsQuery, groupColumns(by), r.rel.daily),
-			proxies, from, to.AddDate(0, 0, 1), dp, dd)
-		if err != nil {
-			return err
-		}
-		plan, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	return strings.Join(plan, "\n"), nil
-}
-
 // BytesCTEs returns common table expressions that compute, within the
 // statement's one snapshot, the exact bytes sent plus received of the
 // proxies on the days that a preceding CTE
 // bytes_scope(proxy_ids text[], first_day date, last_day date) names; the
-// last CTE is exact_bytes(bytes numeric). It is DailyBytes summed, in a
-// statement a caller extends with what else it reads (one round trip).
-//
-// Days that a pending invalidation-log row of any of the proxies names are
-// read from raw events for all of the proxies, the others from the
-// rollups. That reads raw events for a few proxy-days that are already
-// rolled up (the same bytes: a rollup is its day's events, and a logged
-// day is inside the late-data window, so its raw events are kept), and
-// spares unnesting every pending log row entry by entry, which under
-// steady ingest costs more than the rest of the statement.
-func (r *Reader) BytesCTEs() string { return fmt.Sprintf(bytesCTEs, r.rel.daily) }
+// last CTE is exact_bytes(bytes numeric). It is DailyBytes summed (the
+// rollups plus the pending deltas), in a statement a caller extends with
+// what else it reads (one round trip).
+func (r *Reader) BytesCTEs() string { return bytesCTEs }
 
-// bytesCTEs: a log row usually names one day (days <@ ARRAY[days[1]] is
-// checked without unnesting); only rows naming several are unnested. Raw
-// events are bounded by the first and last logged day as scalar subqueries
-// (index conditions, and chunks excluded at run time on TimescaleDB), then
-// kept to the logged days.
 const bytesCTEs = `
-bytes_logged AS (
-  SELECT l.days FROM bytes_scope s JOIN usage_invalidations l ON l.proxy_ids && s.proxy_ids
-), bytes_days AS (
-  SELECT logged.day FROM (
-    SELECT days[1] AS day FROM bytes_logged WHERE days <@ ARRAY[days[1]]
-    UNION
-    SELECT d FROM bytes_logged, unnest(days) AS d WHERE NOT days <@ ARRAY[days[1]]
-  ) logged, bytes_scope s WHERE logged.day BETWEEN s.first_day AND s.last_day
-), exact_bytes AS (
+exact_bytes AS (
   SELECT coalesce(sum(b), 0) AS bytes FROM (
     SELECT coalesce(r.bytes_sent, 0) + coalesce(r.bytes_received, 0) AS b
-      FROM bytes_scope s JOIN %s r ON r.proxy_id = ANY(s.proxy_ids)
+      FROM bytes_scope s JOIN usage_daily r ON r.proxy_id = ANY(s.proxy_ids)
        AND r.bucket >= s.first_day::timestamp AT TIME ZONE 'UTC' AND r.bucket < (s.last_day + 1)::timestamp AT TIME ZONE 'UTC'
-     WHERE (r.bucket AT TIME ZONE 'UTC')::date NOT IN (SELECT day FROM bytes_days)
     UNION ALL
-    SELECT coalesce(e.bytes_sent, 0) + coalesce(e.bytes_received, 0)
-      FROM bytes_scope s JOIN usage_events e ON e.proxy_id = ANY(s.proxy_ids)
-       AND e.time >= (SELECT min(day) FROM bytes_days)::timestamp AT TIME ZONE 'UTC'
-       AND e.time < (SELECT max(day) + 1 FROM bytes_days)::timestamp AT TIME ZONE 'UTC'
-     WHERE (e.time AT TIME ZONE 'UTC')::date IN (SELECT day FROM bytes_days)
+    SELECT u.bytes_sent + u.bytes_received
+      FROM bytes_scope s JOIN usage_rollup_deltas l ON l.proxy_ids && s.proxy_ids
+     CROSS JOIN LATERAL unnest(l.proxy_ids, l.days, l.bytes_sent, l.bytes_received) AS u(proxy_id, day, bytes_sent, bytes_received)
+     WHERE u.proxy_id = ANY(s.proxy_ids) AND u.day BETWEEN s.first_day AND s.last_day
   ) parts
 )`

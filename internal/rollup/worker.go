@@ -30,21 +30,13 @@ type WorkerConfig struct {
 	MaxConnectionAge time.Duration
 	RawRetention     time.Duration // TimescaleDB retention policy; 0 leaves it
 
-	// IngestActive, when set, reports whether this process is ingesting.
-	// While it is, the worker pauses BusyPause times its last run's length
-	// between runs, so ingest keeps most of the database. Fewer, larger
-	// runs also cost less in total: refreshing today costs the same
-	// whether it absorbs one second of events or ten. Reads stay exact
-	// meanwhile (they recompute what the worker has not absorbed yet).
-	IngestActive func() bool
-	BusyPause    float64 // default 3: the worker takes at most a quarter of the time
-
 	Interval time.Duration // between runs when idle (default 1s)
 	// BatchSize bounds a run: it stops reading a log once the rows read
 	// name this many distinct proxy-days (or connections). The background
 	// loop doubles it, up to MaxBatchSize, while runs keep finding more:
-	// a run's fixed costs (refreshing a day, recomputing its peaks) then
-	// serve more entries, and a backlog shrinks instead of growing.
+	// a run's fixed costs (a round trip per statement, recomputing a
+	// touched day's peak) then serve more entries, and a backlog shrinks
+	// instead of growing.
 	BatchSize    int           // default 5000
 	MaxBatchSize int           // default 20 × BatchSize
 	RunTimeout   time.Duration // per run (default 60s)
@@ -70,11 +62,12 @@ func (c *WorkerConfig) validate() error {
 	return errors.Join(errs...)
 }
 
-// Worker consumes the invalidation logs: it re-pairs touched connections,
-// recomputes the touched proxy-days (refreshing the continuous aggregates on
-// TimescaleDB, rewriting the rollup tables on plain PostgreSQL), recomputes
-// their peaks and deletes the consumed entries. Only affected buckets are
-// recomputed; history is never rescanned.
+// Worker consumes the rollup logs: it folds the deltas ingest logged into
+// the daily rollups (sums add, maxima and first/last combine, histograms
+// merge), re-pairs touched connections, recomputes the peaks of the days
+// their old or new intervals cover, and deletes the consumed entries, all
+// in one transaction. Its work is proportional to what was logged, never
+// to the size of the days it touches; it does not pause for ingest.
 type Worker struct {
 	cfg  WorkerConfig
 	log  *slog.Logger
@@ -92,7 +85,6 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		return nil, err
 	}
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
-	cfg.BusyPause = cmp.Or(cfg.BusyPause, 3)
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, 5000)
 	cfg.MaxBatchSize = max(cmp.Or(cfg.MaxBatchSize, 20*cfg.BatchSize), cfg.BatchSize)
 	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
@@ -143,7 +135,6 @@ func (w *Worker) loop(ctx context.Context) {
 			if w.cfg.RawRetention > 0 && w.cfg.Backend == database.TimescaleDB {
 				w.applyRetention(ctx)
 			}
-			start := time.Now()
 			stats, err := w.run(ctx, batch)
 			batch = w.cfg.BatchSize
 			switch {
@@ -153,19 +144,9 @@ func (w *Worker) loop(ctx context.Context) {
 				next = 0 // more waiting: go again at once, with a larger batch
 				batch = min(2*batch, w.cfg.MaxBatchSize)
 			}
-			next = w.pause(next, time.Since(start))
 		}
 		timer.Reset(next)
 	}
-}
-
-// pause stretches the wait after a run that took took while ingest is
-// active, to BusyPause times the run.
-func (w *Worker) pause(next, took time.Duration) time.Duration {
-	if w.cfg.IngestActive == nil || !w.cfg.IngestActive() {
-		return next
-	}
-	return max(next, time.Duration(float64(took)*w.cfg.BusyPause))
 }
 
 // applyRetention sets the raw-event retention policy to RAW_RETENTION,
@@ -196,7 +177,7 @@ func intervalText(d time.Duration) string {
 
 // RunStats says what one run did (tests assert on it).
 type RunStats struct {
-	Days        []DayKey  // proxy-days whose sums were recomputed
+	Days        []DayKey  // proxy-days whose deltas were folded
 	PeakDays    []DayKey  // proxy-days whose peaks were recomputed
 	Connections []ConnKey // connections re-paired
 	Full        bool      // a log held a full batch: more may wait
@@ -225,7 +206,7 @@ func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error)
 		w.observeLag(ctx)
 	}()
 
-	dayIDs, days, dayFull, err := w.readDayLog(ctx, batch)
+	deltaIDs, days, deltaFull, err := w.readDeltaLog(ctx, batch)
 	if err != nil {
 		return stats, err
 	}
@@ -233,35 +214,20 @@ func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error)
 	if err != nil {
 		return stats, err
 	}
-	stats.Full = dayFull || connFull
-	if len(dayIDs) == 0 && len(connIDs) == 0 {
+	stats.Full = deltaFull || connFull
+	if len(deltaIDs) == 0 && len(connIDs) == 0 {
 		return stats, nil
 	}
-	if w.cfg.Backend == database.TimescaleDB {
-		// Outside any transaction, as TimescaleDB requires. Events committed
-		// after the log was read keep their own log entries.
-		if err := w.refreshAggregates(ctx, days); err != nil {
-			return stats, err
-		}
-	}
 	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
-		peakDays := map[DayKey]bool{}
-		for _, d := range days {
-			peakDays[d] = true
+		if err := foldDeltas(ctx, tx, deltaIDs); err != nil {
+			return err
 		}
+		peakDays := map[DayKey]bool{}
 		if err := w.repair(ctx, tx, conns, peakDays); err != nil {
 			return err
 		}
-		if w.cfg.Backend == database.Postgres {
-			if err := rewriteDays(ctx, tx, days); err != nil {
-				return err
-			}
-		}
 		stats.PeakDays = sortedDays(peakDays)
 		if err := w.writePeaks(ctx, tx, stats.PeakDays); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM usage_invalidations WHERE id = ANY($1)`, dayIDs); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, connIDs)
@@ -275,16 +241,16 @@ func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error)
 	return stats, nil
 }
 
-// readDayLog reads the oldest rows of the day log until they name batch
-// distinct proxy-days (at least one row), and returns those.
-func (w *Worker) readDayLog(ctx context.Context, batch int) ([]int64, []DayKey, bool, error) {
+// readDeltaLog reads the oldest rows of the delta log until they name
+// batch distinct proxy-days (at least one row), and returns those.
+func (w *Worker) readDeltaLog(ctx context.Context, batch int) ([]int64, []DayKey, bool, error) {
 	set := map[DayKey]bool{}
 	var proxies []string
 	var days []time.Time
-	ids, full, err := w.readLog(ctx, batch, `SELECT id, proxy_ids, days FROM usage_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
+	ids, full, err := w.readLog(ctx, batch, `SELECT id, proxy_ids, days FROM usage_rollup_deltas WHERE id > $2 ORDER BY id LIMIT $1`,
 		[]any{&proxies, &days}, func() (int, error) {
 			if len(proxies) != len(days) {
-				return 0, errors.New("malformed invalidation row")
+				return 0, errors.New("malformed rollup delta row")
 			}
 			for i, p := range proxies {
 				set[DayKey{ProxyID: p, Day: days[i].UTC()}] = true
@@ -292,12 +258,12 @@ func (w *Worker) readDayLog(ctx context.Context, batch int) ([]int64, []DayKey, 
 			return len(set), nil
 		})
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("rollup: read invalidations: %w", err)
+		return nil, nil, false, fmt.Errorf("rollup: read deltas: %w", err)
 	}
 	return ids, sortedDays(set), full, nil
 }
 
-// readConnLog is readDayLog for the connection log.
+// readConnLog is readDeltaLog for the connection log.
 func (w *Worker) readConnLog(ctx context.Context, batch int) ([]int64, []ConnKey, bool, error) {
 	set := map[ConnKey]bool{}
 	var proxies, conns []string
@@ -363,67 +329,6 @@ func (w *Worker) readLog(ctx context.Context, batch int, query string, dest []an
 	return ids, true, nil
 }
 
-// refreshAggregates refreshes the continuous aggregates over each run of
-// consecutive invalidated days. TimescaleDB only re-materialises the
-// regions its own invalidation log marks within the window.
-func (w *Worker) refreshAggregates(ctx context.Context, days []DayKey) error {
-	distinct := map[time.Time]bool{}
-	for _, d := range days {
-		distinct[d.Day] = true
-	}
-	var list []time.Time
-	for d := range distinct {
-		list = append(list, d)
-	}
-	sortTimes(list)
-	for i := 0; i < len(list); {
-		j := i
-		for j+1 < len(list) && list[j+1].Equal(list[j].AddDate(0, 0, 1)) {
-			j++
-		}
-		start, end := list[i], list[j].AddDate(0, 0, 1)
-		// In dependency order: the packed histograms aggregate
-		// usage_latency_daily. They are refreshed with force: TimescaleDB's
-		// invalidations of the level below left today's bucket behind when
-		// a window was refreshed a second time (the level below correct,
-		// the packed row stale until the day changed again; regression
-		// test TestTodayLatencyAfterLateBacklog). A forced refresh
-		// re-materialises the window from the level below, which these
-		// windows of changed days cost anyway.
-		for _, agg := range []struct {
-			view  string
-			force bool
-		}{{"usage_daily", false}, {"usage_latency_daily", false}, {"usage_latency_daily_packed", true}} {
-			// Simple protocol: CALL must not run inside an (implicit
-			// extended-protocol) transaction block.
-			view := agg.view
-			sql := fmt.Sprintf(`CALL refresh_continuous_aggregate('%s', '%s'::timestamptz, '%s'::timestamptz, force => %t)`,
-				view, start.Format(time.RFC3339), end.Format(time.RFC3339), agg.force)
-			if err := w.refresh(ctx, sql); err != nil {
-				return fmt.Errorf("rollup: refresh %s: %w", view, err)
-			}
-		}
-		i = j + 1
-	}
-	return nil
-}
-
-// refresh runs one refresh, waiting out a concurrent one (the policy's
-// backstop job) for a few seconds.
-func (w *Worker) refresh(ctx context.Context, sql string) error {
-	for attempt := 0; ; attempt++ {
-		_, err := w.cfg.Pool.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
-		if err == nil || !database.HasCode(err, database.LockNotAvailable) || attempt == 50 {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // repair re-pairs the connections, replaces their stored intervals and adds
 // every day their old or new intervals cover to peakDays.
 func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey, peakDays map[DayKey]bool) error {
@@ -466,39 +371,6 @@ func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey, peakDay
 	return nil
 }
 
-// rewriteDays recomputes the plain-PostgreSQL rollup rows of days.
-func rewriteDays(ctx context.Context, tx pgx.Tx, days []DayKey) error {
-	if len(days) == 0 {
-		return nil
-	}
-	proxies, dates := splitDayKeys(days)
-	const keys = `unnest($1::text[], $2::date[]) AS k(proxy_id, day)`
-	const match = `e.proxy_id = k.proxy_id
-	   AND e.time >= k.day::timestamp AT TIME ZONE 'UTC' AND e.time < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`
-	for _, stmt := range []string{
-		`DELETE FROM usage_daily d USING ` + keys + `
-		  WHERE d.proxy_id = k.proxy_id AND d.bucket = k.day::timestamp AT TIME ZONE 'UTC'`,
-		`DELETE FROM usage_latency_daily_packed d USING ` + keys + `
-		  WHERE d.proxy_id = k.proxy_id AND d.bucket = k.day::timestamp AT TIME ZONE 'UTC'`,
-		`INSERT INTO usage_daily (proxy_id, bucket, ` + rollupColumns + `)
-		 SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC', ` + aggregateColumns + `
-		   FROM ` + keys + ` JOIN usage_events e ON ` + match + `
-		  GROUP BY k.proxy_id, k.day`,
-		`INSERT INTO usage_latency_daily_packed (proxy_id, bucket, latency_buckets, samples)
-		 SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
-		   FROM (SELECT k.proxy_id, k.day::timestamp AT TIME ZONE 'UTC' AS bucket, e.latency_bucket, count(*) AS samples
-		           FROM ` + keys + ` JOIN usage_events e ON ` + match + `
-		          WHERE e.latency_bucket IS NOT NULL
-		          GROUP BY k.proxy_id, k.day, e.latency_bucket) h
-		  GROUP BY proxy_id, bucket`,
-	} {
-		if _, err := tx.Exec(ctx, stmt, proxies, dates); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // writePeaks recomputes and stores the peaks of days from the (already
 // re-paired) stored intervals.
 func (w *Worker) writePeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
@@ -535,9 +407,9 @@ func (w *Worker) observeLag(ctx context.Context) {
 	var pending int64
 	err := w.cfg.Pool.QueryRow(ctx, `
 		SELECT coalesce(extract(epoch FROM now() - least(
-		         (SELECT logged_at FROM usage_invalidations ORDER BY id LIMIT 1),
+		         (SELECT logged_at FROM usage_rollup_deltas ORDER BY id LIMIT 1),
 		         (SELECT logged_at FROM usage_connection_invalidations ORDER BY id LIMIT 1))), 0)::float8,
-		       coalesce((SELECT max(id) - min(id) + 1 FROM usage_invalidations), 0) +
+		       coalesce((SELECT max(id) - min(id) + 1 FROM usage_rollup_deltas), 0) +
 		       coalesce((SELECT max(id) - min(id) + 1 FROM usage_connection_invalidations), 0)`).Scan(&lag, &pending)
 	if err == nil {
 		w.cfg.Metrics.RollupLag.Set(max(lag, 0))

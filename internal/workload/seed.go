@@ -40,34 +40,32 @@ func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event,
 	return n, nil
 }
 
-// LogInvalidations appends what events touch to the invalidation logs, as
-// the ingest writer does: the distinct (proxy, UTC day) to
-// usage_invalidations and the (proxy, connection) of starts and ends to
+// LogInvalidations logs what events add to the rollups, as the ingest
+// writer does: their rollup deltas (ingest.Deltas) to usage_rollup_deltas
+// and the (proxy, connection) of starts and ends to
 // usage_connection_invalidations, so the rollup worker rolls them up.
 func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
-	days := map[rollup.DayKey]struct{}{}
+	deltas := &ingest.DeltaRow{}
 	conns := map[rollup.ConnKey]struct{}{}
 	for i := range events {
 		e := &events[i]
-		days[rollup.DayKey{ProxyID: e.ProxyID, Day: rollup.Day(e.Time)}] = struct{}{}
+		deltas.Add(e)
 		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
 			conns[rollup.ConnKey{ProxyID: e.ProxyID, ConnectionID: e.ConnectionID}] = struct{}{}
 		}
 	}
-	dp, dd := make([]string, 0, len(days)), make([]time.Time, 0, len(days))
-	for k := range days {
-		dp, dd = append(dp, k.ProxyID), append(dd, k.Day)
+	for _, row := range deltas.Split(logRowEntries) {
+		if _, err := db.Exec(ctx, ingest.InsertDeltas, row.Args()...); err != nil {
+			return fmt.Errorf("workload: log rollup deltas: %w", err)
+		}
 	}
 	cp, cc := make([]string, 0, len(conns)), make([]string, 0, len(conns))
 	for k := range conns {
 		cp, cc = append(cp, k.ProxyID), append(cc, k.ConnectionID)
 	}
-	if _, err := db.Exec(ctx, logDays, dp, dd); err != nil {
-		return fmt.Errorf("workload: log invalidations: %w", err)
-	}
 	if _, err := db.Exec(ctx, `INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
 		SELECT array_agg(p), array_agg(c) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, c, n)
-		 GROUP BY (n - 1) / `+logRowEntries, cp, cc); err != nil {
+		 GROUP BY (n - 1) / $3`, cp, cc, logRowEntries); err != nil {
 		return fmt.Errorf("workload: log connection invalidations: %w", err)
 	}
 	return nil
@@ -75,12 +73,7 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 
 // The logs hold one row per ingest flush; bulk set-up writes rows of at
 // most logRowEntries entries, so each worker run stays bounded.
-const (
-	logRowEntries = "5000"
-	logDays       = `INSERT INTO usage_invalidations (proxy_ids, days)
-		SELECT array_agg(p), array_agg(d) FROM unnest($1::text[], $2::date[]) WITH ORDINALITY AS u(p, d, n)
-		 GROUP BY (n - 1) / ` + logRowEntries
-)
+const logRowEntries = 5000
 
 // Seed copies the generator's remaining events into usage_events in
 // transactions of chunk events, each with its invalidation log entries,
@@ -154,9 +147,9 @@ func SeedAccounts(ctx context.Context, db DB, g *Generator, today time.Time) err
 
 // PairAll is the worker's connection re-pairing for a whole bulk-seeded
 // database at once: it streams every start and end event in one pass,
-// pairs each connection with rollup.Pair, replaces usage_connections, logs
-// every (proxy, day) an interval covers (so the worker recomputes those
-// days' peaks) and empties usage_connection_invalidations. The worker
+// pairs each connection with rollup.Pair, replaces usage_connections,
+// stores the peak (rollup.Peak) of every (proxy, day) an interval covers
+// and empties usage_connection_invalidations. The worker
 // would do the same connection by connection; on TimescaleDB it looks each
 // one up in every chunk, which for millions of seeded connections takes
 // far longer than seeding. For bulk set-up only: nothing may ingest
@@ -172,7 +165,21 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 		iv  rollup.Interval
 	}
 	ch := make(chan interval, 4096)
-	days := map[rollup.DayKey]struct{}{}
+	// Rows come ordered by proxy: each proxy's intervals are complete when
+	// the next proxy starts, and its peaks are computed then.
+	var (
+		peakProxy   string
+		proxyByDay  = map[time.Time][]rollup.Interval{}
+		peakProxies []string
+		peakDays    []time.Time
+		peaks       []int32
+	)
+	finishProxy := func() {
+		for d, ivs := range proxyByDay {
+			peakProxies, peakDays, peaks = append(peakProxies, peakProxy), append(peakDays, d), append(peaks, int32(rollup.Peak(ivs, d)))
+		}
+		clear(proxyByDay)
+	}
 	readErr := make(chan error, 1)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -193,9 +200,13 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 			ev     rollup.ConnEvent
 		)
 		flush := func() bool {
+			if cur.ProxyID != peakProxy {
+				finishProxy()
+				peakProxy = cur.ProxyID
+			}
 			for _, iv := range rollup.Pair(events, maxAge) {
 				for _, d := range iv.Days() {
-					days[rollup.DayKey{ProxyID: cur.ProxyID, Day: d}] = struct{}{}
+					proxyByDay[d] = append(proxyByDay[d], iv)
 				}
 				select {
 				case ch <- interval{cur, iv}:
@@ -220,6 +231,7 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 		if err == nil && len(events) > 0 && !flush() {
 			err = rctx.Err()
 		}
+		finishProxy()
 		readErr <- err
 	}()
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -244,11 +256,10 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 		if err := <-readErr; err != nil {
 			return fmt.Errorf("workload: read connections: %w", err)
 		}
-		dp, dd := make([]string, 0, len(days)), make([]time.Time, 0, len(days))
-		for d := range days {
-			dp, dd = append(dp, d.ProxyID), append(dd, d.Day)
-		}
-		_, err := tx.Exec(ctx, logDays, dp, dd)
+		_, err := tx.Exec(ctx, `
+			INSERT INTO usage_daily_peak (proxy_id, day, peak)
+			SELECT * FROM unnest($1::text[], $2::date[], $3::int[])
+			ON CONFLICT (proxy_id, day) DO UPDATE SET peak = excluded.peak`, peakProxies, peakDays, peaks)
 		return err
 	})
 }

@@ -1,0 +1,207 @@
+package ingest
+
+import (
+	"slices"
+	"strconv"
+	"time"
+
+	"proxyusage/internal/exact"
+	"proxyusage/internal/rollup"
+)
+
+// Rollup deltas: what a flush's stored events add to each (proxy, UTC day)
+// of the daily rollups, logged in the flush's transaction as one row of
+// usage_rollup_deltas (sql/0010_rollup_deltas.sql). The rollup worker folds
+// them into the rollups and reads add the pending ones, so neither reads
+// the raw events again. The same aggregates as internal/rollup's
+// (count, FILTERed counts and sums, max, min/max time, histogram); the
+// single-statement flush computes them in SQL (deltaCTEs) and the others
+// here, and TestDeltasAgree holds the two to each other.
+
+// deltaColumns are usage_rollup_deltas' columns in the order both ways of
+// writing it fill them.
+const deltaColumns = `proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
+  bytes_sent, bytes_received, duration_sums_us, duration_counts, latency_sums_us, latency_counts, latency_max_us,
+  first_event_at, last_event_at, latency_entries, latency_buckets, latency_samples`
+
+// deltaCTEs log the deltas of the events of a preceding CTE chosen,
+// numbering its proxy-days by position.
+const deltaCTEs = `per_day AS (
+  SELECT proxy_id, (time AT TIME ZONE 'UTC')::date AS day,
+         count(*) AS event_count,
+         count(*) FILTER (WHERE event_type = 'connection_start') AS connection_count,
+         count(*) FILTER (WHERE event_type = 'connection_end') AS success_count,
+         count(*) FILTER (WHERE event_type = 'error') AS error_count,
+         sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received,
+         sum(duration_us) FILTER (WHERE event_type = 'connection_end') AS duration_sum_us,
+         count(duration_us) FILTER (WHERE event_type = 'connection_end') AS duration_count,
+         sum(latency_us) AS latency_sum_us, count(latency_us) AS latency_count, max(latency_us) AS latency_max_us,
+         min(time) AS first_event_at, max(time) AS last_event_at,
+         row_number() OVER (ORDER BY proxy_id, (time AT TIME ZONE 'UTC')::date)::int AS pos
+    FROM chosen GROUP BY 1, 2
+), per_bucket AS (
+  SELECT d.pos, c.latency_bucket, count(*) AS samples
+    FROM chosen c JOIN per_day d ON d.proxy_id = c.proxy_id AND d.day = (c.time AT TIME ZONE 'UTC')::date
+   WHERE c.latency_bucket IS NOT NULL
+   GROUP BY 1, 2
+), deltas AS (
+  INSERT INTO usage_rollup_deltas (` + deltaColumns + `)
+  SELECT array_agg(proxy_id ORDER BY pos), array_agg(day ORDER BY pos), array_agg(event_count ORDER BY pos),
+         array_agg(connection_count ORDER BY pos), array_agg(success_count ORDER BY pos), array_agg(error_count ORDER BY pos),
+         array_agg(bytes_sent ORDER BY pos), array_agg(bytes_received ORDER BY pos),
+         array_agg(duration_sum_us ORDER BY pos), array_agg(duration_count ORDER BY pos),
+         array_agg(latency_sum_us ORDER BY pos), array_agg(latency_count ORDER BY pos), array_agg(latency_max_us ORDER BY pos),
+         array_agg(first_event_at ORDER BY pos), array_agg(last_event_at ORDER BY pos),
+         (SELECT coalesce(array_agg(pos ORDER BY pos, latency_bucket), '{}') FROM per_bucket),
+         (SELECT coalesce(array_agg(latency_bucket ORDER BY pos, latency_bucket), '{}') FROM per_bucket),
+         (SELECT coalesce(array_agg(samples ORDER BY pos, latency_bucket), '{}') FROM per_bucket)
+    FROM per_day
+  HAVING count(*) > 0
+)`
+
+// InsertDeltas logs one row of deltas: DeltaRow.Args in order.
+const InsertDeltas = `INSERT INTO usage_rollup_deltas (` + deltaColumns + `)
+SELECT $1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::text[]::numeric[], $8::text[]::numeric[],
+       $9::text[]::numeric[], $10::int8[], $11::text[]::numeric[], $12::int8[], $13::int8[], $14::timestamptz[], $15::timestamptz[],
+       $16::int4[], $17::int2[], $18::int8[]`
+
+// dayDelta is what some events add to one proxy-day.
+type dayDelta struct {
+	proxyID                   string
+	day                       time.Time
+	events, conns, succ, errs int64
+	sent, received            exact.Sum
+	durSum, durCount          int64
+	latSum, latCount, latMax  int64
+	first, last               time.Time
+	hist                      map[int16]int64
+}
+
+// DeltaRow is one usage_rollup_deltas row being built.
+type DeltaRow struct {
+	days  []*dayDelta
+	index map[dayKey]int
+}
+
+type dayKey struct {
+	proxyID string
+	day     int64 // days since 1970-01-01
+}
+
+// Deltas adds up events per proxy and UTC day.
+func Deltas(events []*Event) *DeltaRow {
+	d := &DeltaRow{}
+	for _, e := range events {
+		d.Add(e)
+	}
+	return d
+}
+
+// Add adds one event.
+func (d *DeltaRow) Add(e *Event) {
+	sec := e.Time.Unix()
+	if d.index == nil {
+		d.index = map[dayKey]int{}
+	}
+	k := dayKey{e.ProxyID, sec / 86400}
+	if sec < 0 && sec%86400 != 0 {
+		k.day-- // floor division for instants before 1970
+	}
+	i, ok := d.index[k]
+	if !ok {
+		i = len(d.days)
+		d.index[k] = i
+		d.days = append(d.days, &dayDelta{proxyID: e.ProxyID, day: time.Unix(k.day*86400, 0).UTC(), first: e.Time, last: e.Time})
+	}
+	x := d.days[i]
+	x.events++
+	switch e.Type {
+	case ConnectionStart:
+		x.conns++
+	case ConnectionEnd:
+		x.succ++
+		if e.HasDuration {
+			x.durSum += e.DurationUS
+			x.durCount++
+		}
+	case ErrorEvent:
+		x.errs++
+	}
+	x.sent = x.sent.Add(exact.Of(uint64(e.BytesSent)))
+	x.received = x.received.Add(exact.Of(uint64(e.BytesReceived)))
+	if e.HasLatency {
+		if x.latCount == 0 || e.LatencyUS > x.latMax {
+			x.latMax = e.LatencyUS
+		}
+		x.latSum += e.LatencyUS
+		x.latCount++
+		if x.hist == nil {
+			x.hist = map[int16]int64{}
+		}
+		x.hist[rollup.LatencyBucket(e.LatencyUS)]++
+	}
+	if e.Time.Before(x.first) {
+		x.first = e.Time
+	}
+	if e.Time.After(x.last) {
+		x.last = e.Time
+	}
+}
+
+// Len is the number of proxy-days.
+func (d *DeltaRow) Len() int { return len(d.days) }
+
+// Split returns d as rows of at most n proxy-days each.
+func (d *DeltaRow) Split(n int) []*DeltaRow {
+	var out []*DeltaRow
+	for part := range slices.Chunk(d.days, max(n, 1)) {
+		out = append(out, &DeltaRow{days: part})
+	}
+	return out
+}
+
+// Args are InsertDeltas' parameters.
+func (d *DeltaRow) Args() []any {
+	n := len(d.days)
+	var (
+		proxies                   = make([]string, n)
+		days, first, last         = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		events, conns, succ, errs = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		durCount, latCount        = make([]int64, n), make([]int64, n)
+		sent, received            = make([]string, n), make([]string, n)
+		durSum, latSum            = make([]*string, n), make([]*string, n)
+		latMax                    = make([]*int64, n)
+		entries                   []int32
+		buckets                   []int16
+		samples                   []int64
+	)
+	for i, x := range d.days {
+		proxies[i], days[i], first[i], last[i] = x.proxyID, x.day, x.first, x.last
+		events[i], conns[i], succ[i], errs[i] = x.events, x.conns, x.succ, x.errs
+		durCount[i], latCount[i] = x.durCount, x.latCount
+		sent[i], received[i] = x.sent.String(), x.received.String()
+		if x.durCount > 0 {
+			s := strconv.FormatInt(x.durSum, 10)
+			durSum[i] = &s
+		}
+		if x.latCount > 0 {
+			s, m := strconv.FormatInt(x.latSum, 10), x.latMax
+			latSum[i], latMax[i] = &s, &m
+		}
+		keys := make([]int16, 0, len(x.hist))
+		for k := range x.hist {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			entries = append(entries, int32(i+1))
+			buckets = append(buckets, k)
+			samples = append(samples, x.hist[k])
+		}
+	}
+	if entries == nil {
+		entries, buckets, samples = []int32{}, []int16{}, []int64{}
+	}
+	return []any{proxies, days, events, conns, succ, errs, sent, received, durSum, durCount, latSum, latCount, latMax,
+		first, last, entries, buckets, samples}
+}

@@ -1,0 +1,94 @@
+package rollup
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Deltas are what ingest logs per flush in usage_rollup_deltas: for each
+// (proxy, UTC day) of the events it stored, the aggregates of
+// aggregateColumns over them and their latency histogram. Aggregates of a
+// union are aggregates of aggregates: counts and sums add, the maximum
+// latency and last event time take the maximum, the first event time the
+// minimum, histograms add bucket by bucket. So folding deltas into a daily
+// row gives exactly the row recomputed from all its events, in any order
+// and any grouping (TestFoldEqualsRecompute).
+
+// deltaEntries unnests the proxy-day entries of the delta rows a query
+// selects as l.
+const deltaEntries = `unnest(l.proxy_ids, l.days, l.event_counts, l.connection_counts, l.success_counts, l.error_counts,
+  l.bytes_sent, l.bytes_received, l.duration_sums_us, l.duration_counts, l.latency_sums_us, l.latency_counts, l.latency_max_us,
+  l.first_event_at, l.last_event_at)
+  AS u(proxy_id, day, event_count, connection_count, success_count, error_count, bytes_sent, bytes_received,
+       duration_sum_us, duration_count, latency_sum_us, latency_count, latency_max_us, first_event_at, last_event_at)`
+
+// foldDaily adds the entries of delta rows $1 into usage_daily. Nullable
+// sums stay NULL while nothing contributed (as sum() over no values), so a
+// folded row equals the recomputed one column for column.
+const foldDaily = `
+INSERT INTO usage_daily AS r (proxy_id, bucket, ` + rollupColumns + `)
+SELECT u.proxy_id, u.day::timestamp AT TIME ZONE 'UTC',
+       sum(u.event_count)::bigint, sum(u.connection_count)::bigint, sum(u.success_count)::bigint, sum(u.error_count)::bigint,
+       sum(u.bytes_sent), sum(u.bytes_received), sum(u.duration_sum_us), sum(u.duration_count)::bigint,
+       sum(u.latency_sum_us), sum(u.latency_count)::bigint, max(u.latency_max_us), min(u.first_event_at), max(u.last_event_at)
+  FROM usage_rollup_deltas l, ` + deltaEntries + `
+ WHERE l.id = ANY($1)
+ GROUP BY u.proxy_id, u.day
+ ORDER BY 1, 2
+ON CONFLICT (proxy_id, bucket) DO UPDATE SET
+  event_count      = r.event_count + excluded.event_count,
+  connection_count = r.connection_count + excluded.connection_count,
+  success_count    = r.success_count + excluded.success_count,
+  error_count      = r.error_count + excluded.error_count,
+  bytes_sent       = coalesce(r.bytes_sent + excluded.bytes_sent, r.bytes_sent, excluded.bytes_sent),
+  bytes_received   = coalesce(r.bytes_received + excluded.bytes_received, r.bytes_received, excluded.bytes_received),
+  duration_sum_us  = coalesce(r.duration_sum_us + excluded.duration_sum_us, r.duration_sum_us, excluded.duration_sum_us),
+  duration_count   = r.duration_count + excluded.duration_count,
+  latency_sum_us   = coalesce(r.latency_sum_us + excluded.latency_sum_us, r.latency_sum_us, excluded.latency_sum_us),
+  latency_count    = r.latency_count + excluded.latency_count,
+  latency_max_us   = greatest(r.latency_max_us, excluded.latency_max_us),
+  first_event_at   = least(r.first_event_at, excluded.first_event_at),
+  last_event_at    = greatest(r.last_event_at, excluded.last_event_at)`
+
+// deltaHistogramEntries unnests the histogram entries of delta rows l,
+// each with the proxy-day it names by position.
+const deltaHistogramEntries = `unnest(l.latency_entries, l.latency_buckets, l.latency_samples) AS h(pos, latency_bucket, samples)`
+
+// foldHistograms merges the histograms of delta rows $1 into
+// usage_latency_daily_packed: the touched rows' buckets and the deltas'
+// are summed per bucket and the row rewritten, sorted by bucket.
+const foldHistograms = `
+WITH added AS (
+  SELECT l.proxy_ids[h.pos] AS proxy_id, l.days[h.pos]::timestamp AT TIME ZONE 'UTC' AS bucket, h.latency_bucket, h.samples
+    FROM usage_rollup_deltas l, ` + deltaHistogramEntries + `
+   WHERE l.id = ANY($1)
+), touched AS (
+  SELECT DISTINCT proxy_id, bucket FROM added
+), merged AS (
+  SELECT proxy_id, bucket, latency_bucket, sum(samples)::bigint AS samples FROM (
+    SELECT * FROM added
+    UNION ALL
+    SELECT p.proxy_id, p.bucket, u.latency_bucket, u.samples
+      FROM touched t JOIN usage_latency_daily_packed p ON p.proxy_id = t.proxy_id AND p.bucket = t.bucket,
+           unnest(p.latency_buckets, p.samples) AS u(latency_bucket, samples)
+  ) x GROUP BY 1, 2, 3
+)
+INSERT INTO usage_latency_daily_packed (proxy_id, bucket, latency_buckets, samples)
+SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
+  FROM merged GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (proxy_id, bucket) DO UPDATE SET latency_buckets = excluded.latency_buckets, samples = excluded.samples`
+
+// foldDeltas folds the delta rows ids into the rollups and deletes them,
+// in tx: a read's snapshot sees each delta either pending or folded.
+func foldDeltas(ctx context.Context, tx pgx.Tx, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	for _, stmt := range []string{foldDaily, foldHistograms, `DELETE FROM usage_rollup_deltas WHERE id = ANY($1)`} {
+		if _, err := tx.Exec(ctx, stmt, ids); err != nil {
+			return err
+		}
+	}
+	return nil
+}
