@@ -16,7 +16,7 @@ import (
 // the raw events again. The same aggregates as internal/rollup's
 // (count, FILTERed counts and sums, max, min/max time, histogram); the
 // single-statement flush computes them in SQL (deltaCTEs) and the others
-// here, and TestDeltasAgree holds the two to each other.
+// here; TestFoldEqualsRecompute (internal/rollup) writes through both.
 
 // deltaColumns are usage_rollup_deltas' columns in the order both ways of
 // writing it fill them.

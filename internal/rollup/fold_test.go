@@ -1,0 +1,316 @@
+package rollup_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/auth"
+	"proxyusage/internal/database"
+	"proxyusage/internal/ingest"
+	"proxyusage/internal/pgtest"
+	"proxyusage/internal/rollup"
+	"proxyusage/internal/telemetry"
+)
+
+// Folding deltas gives exactly what recomputing from raw events gives, at
+// every step: random events (late ones over several days, repeated
+// idempotency keys, equal timestamps, connections across midnight,
+// unpaired starts and ends) written by the ingest writer in small
+// single-statement flushes and large COPY flushes, rolled up by worker
+// runs of a few entries in between. After each step every read (rollups
+// plus pending deltas, peaks recomputed for pending connections) equals
+// the recompute from raw events; at the end the rollup tables equal it row
+// for row. A real database, no service.
+func TestFoldEqualsRecompute(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool, err := database.Connect(ctx, pgtest.NewDB(t, b), 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			proxies := []string{"p1", "p2", "p3"}
+			if _, err := pool.Exec(ctx, `INSERT INTO users (id) VALUES ('u')`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pool.Exec(ctx, `INSERT INTO proxies (id, user_id) SELECT unnest($1::text[]), 'u'`, proxies); err != nil {
+				t.Fatal(err)
+			}
+			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+			w, err := ingest.NewWriter(ctx, ingest.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Start()
+			t.Cleanup(w.Stop)
+			const maxAge = 6 * time.Hour
+			worker, err := rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(), Logger: logger,
+				MaxConnectionAge: maxAge, BatchSize: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			reader, err := rollup.NewReader(ctx, pool, b, maxAge)
+			if err != nil {
+				t.Fatal(err)
+			}
+			service := auth.Principal{UserID: "svc", Roles: []string{auth.RoleService}}
+			rng := rand.New(rand.NewPCG(17, uint64(len(b))))
+			// Four days ending today; times on a 10-minute grid around the
+			// midnights so that equal timestamps and midnight crossings are
+			// common.
+			first := rollup.Day(time.Now()).AddDate(0, 0, -3)
+			from, to := first.AddDate(0, 0, -1), first.AddDate(0, 0, 4)
+			at := func() time.Time {
+				d := first.AddDate(0, 0, rng.IntN(4))
+				return d.Add(time.Duration(rng.IntN(37)-18) * 10 * time.Minute)
+			}
+			event := func() ingest.Event {
+				e := ingest.Event{ProxyID: proxies[rng.IntN(len(proxies))], Time: at()}
+				if rng.IntN(3) == 0 {
+					e.EventID = fmt.Sprintf("k%d", rng.IntN(400)) // repeats across requests
+				}
+				switch rng.IntN(5) {
+				case 0, 1:
+					e.Type, e.ConnectionID = ingest.ConnectionStart, fmt.Sprintf("c%d", rng.IntN(60))
+				case 2:
+					e.Type, e.ConnectionID = ingest.ConnectionEnd, fmt.Sprintf("c%d", rng.IntN(60))
+					if rng.IntN(2) == 0 {
+						e.DurationUS, e.HasDuration = rng.Int64N(1e9), true
+					}
+				case 3:
+					e.Type = ingest.DataTransfer
+				default:
+					e.Type = ingest.ErrorEvent
+				}
+				e.BytesSent, e.BytesReceived = rng.Int64N(1<<40), rng.Int64N(1000)
+				if rng.IntN(2) == 0 {
+					e.LatencyUS, e.HasLatency = rng.Int64N(5e6), true
+				}
+				return e
+			}
+			for step := range 12 {
+				// Small requests go through the single-statement flush, a
+				// large one through COPY.
+				size := 1 + rng.IntN(40)
+				if step%3 == 2 {
+					size = 300 + rng.IntN(300)
+				}
+				events := make([]ingest.Event, size)
+				for i := range events {
+					events[i] = event()
+				}
+				if _, _, err := w.WriteAs(ctx, service, events, true); err != nil {
+					t.Fatal(err)
+				}
+				if step%2 == 1 {
+					if _, err := worker.RunOnce(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				want := recompute(t, pool, proxies, from, to, maxAge)
+				for _, by := range []rollup.Group{rollup.ByProxyDay, rollup.ByDay, rollup.ByProxy, rollup.ByNone} {
+					got, err := reader.Totals(ctx, proxies, from, to, by)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := equalTotals(got, regroup(want, by)); err != nil {
+						t.Fatalf("step %d, grouping %d: %v", step, by, err)
+					}
+				}
+			}
+			for {
+				s, err := worker.RunOnce(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !s.Full {
+					break
+				}
+			}
+			if n := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
+				t.Fatalf("%d log rows left", n)
+			}
+			// The rollup tables equal the recompute row for row.
+			recomputed := map[string]string{
+				"usage_daily": `SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, ` + rollup.AggregateColumns + ` FROM usage_events GROUP BY 1, 2`,
+				"usage_latency_daily_packed": `SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
+					FROM (SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, latency_bucket, count(*) AS samples
+					        FROM usage_events WHERE latency_bucket IS NOT NULL GROUP BY 1, 2, 3) h GROUP BY 1, 2`,
+			}
+			stored := map[string]string{
+				"usage_daily":                `SELECT proxy_id, bucket, ` + rollup.RollupColumns + ` FROM usage_daily`,
+				"usage_latency_daily_packed": `SELECT proxy_id, bucket, latency_buckets, samples FROM usage_latency_daily_packed`,
+			}
+			for table, q := range recomputed {
+				if b == database.Postgres {
+					q = strings.ReplaceAll(q, "time_bucket(interval '1 day', time)", "date_bin(interval '1 day', time, timestamptz '2000-01-01')")
+				}
+				if n := count(t, pool, `SELECT count(*) FROM (`+stored[table]+`) s`); n < 10 {
+					t.Fatalf("only %d rows in %s", n, table)
+				}
+				if n := count(t, pool, fmt.Sprintf(`SELECT count(*) FROM ((%[1]s EXCEPT ALL %[2]s) UNION ALL (%[2]s EXCEPT ALL %[1]s)) d`, stored[table], q)); n != 0 {
+					t.Errorf("%d rows of %s differ from the recompute", n, table)
+				}
+			}
+		})
+	}
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, q string) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), q).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// recompute computes the per proxy-day totals of proxies from their raw
+// events: sums and histograms in SQL, peaks by pairing every connection.
+func recompute(t *testing.T, pool *pgxpool.Pool, proxies []string, from, to time.Time, maxAge time.Duration) map[rollup.Key]*rollup.Totals {
+	t.Helper()
+	ctx := context.Background()
+	out := map[rollup.Key]*rollup.Totals{}
+	get := func(p string, d time.Time) *rollup.Totals {
+		k := rollup.Key{ProxyID: p, Day: rollup.Day(d)}
+		if out[k] == nil {
+			out[k] = &rollup.Totals{}
+		}
+		return out[k]
+	}
+	rows, err := pool.Query(ctx, `
+		SELECT proxy_id, (time AT TIME ZONE 'UTC')::date,
+		       count(*), count(*) FILTER (WHERE event_type = 'connection_start'),
+		       count(*) FILTER (WHERE event_type = 'connection_end'), count(*) FILTER (WHERE event_type = 'error'),
+		       sum(bytes_sent)::text, sum(bytes_received)::text,
+		       coalesce(sum(duration_us) FILTER (WHERE event_type = 'connection_end'), 0)::text,
+		       count(duration_us) FILTER (WHERE event_type = 'connection_end'),
+		       coalesce(sum(latency_us), 0)::text, count(latency_us), coalesce(max(latency_us), 0), min(time), max(time)
+		  FROM usage_events WHERE proxy_id = ANY($1) AND time >= $2 AND time < $3 GROUP BY 1, 2`, proxies, from, to.AddDate(0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p string
+	var d time.Time
+	var x rollup.Totals
+	if _, err := pgx.ForEachRow(rows, []any{&p, &d, &x.EventCount, &x.ConnectionCount, &x.SuccessCount, &x.ErrorCount,
+		&x.BytesSent, &x.BytesReceived, &x.DurationSumUS, &x.DurationCount, &x.LatencySumUS, &x.LatencyCount, &x.LatencyMaxUS,
+		&x.FirstEventAt, &x.LastEventAt}, func() error {
+		row := x
+		get(p, d).Merge(&row)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err = pool.Query(ctx, `
+		SELECT proxy_id, (time AT TIME ZONE 'UTC')::date, latency_bucket, count(*)
+		  FROM usage_events WHERE proxy_id = ANY($1) AND time >= $2 AND time < $3 AND latency_bucket IS NOT NULL GROUP BY 1, 2, 3`,
+		proxies, from, to.AddDate(0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lb int16
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&p, &d, &lb, &n}, func() error {
+		get(p, d).Latency.Inc(lb, n)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err = pool.Query(ctx, `
+		SELECT proxy_id, connection_id, time, event_type = 'connection_start' FROM usage_events
+		 WHERE proxy_id = ANY($1) AND event_type IN ('connection_start', 'connection_end')`, proxies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := map[rollup.ConnKey][]rollup.ConnEvent{}
+	var k rollup.ConnKey
+	var ce rollup.ConnEvent
+	if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &ce.Time, &ce.Start}, func() error {
+		events[k] = append(events[k], ce)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	byDay := map[rollup.DayKey][]rollup.Interval{}
+	for k, evs := range events {
+		for _, iv := range rollup.Pair(evs, maxAge) {
+			for _, d := range iv.Days() {
+				dk := rollup.DayKey{ProxyID: k.ProxyID, Day: d}
+				byDay[dk] = append(byDay[dk], iv)
+			}
+		}
+	}
+	for dk, ivs := range byDay {
+		if dk.Day.Before(from) || dk.Day.After(to) {
+			continue
+		}
+		if peak := rollup.Peak(ivs, dk.Day); peak > 0 {
+			get(dk.ProxyID, dk.Day).Peak = peak
+		}
+	}
+	return out
+}
+
+// regroup merges per proxy-day totals into the groups of by.
+func regroup(perDay map[rollup.Key]*rollup.Totals, by rollup.Group) map[rollup.Key]*rollup.Totals {
+	out := map[rollup.Key]*rollup.Totals{}
+	for k, x := range perDay {
+		g := rollup.Key{}
+		switch by {
+		case rollup.ByDay:
+			g.Day = k.Day
+		case rollup.ByProxy:
+			g.ProxyID = k.ProxyID
+		case rollup.ByProxyDay:
+			g = k
+		}
+		if out[g] == nil {
+			out[g] = &rollup.Totals{}
+		}
+		out[g].Merge(x)
+	}
+	return out
+}
+
+// equalTotals compares every field of every group.
+func equalTotals(got, want map[rollup.Key]*rollup.Totals) error {
+	render := func(m map[rollup.Key]*rollup.Totals) []string {
+		var out []string
+		for k, x := range m {
+			ts := func(p *time.Time) string {
+				if p == nil {
+					return "-"
+				}
+				return p.UTC().Format(time.RFC3339Nano)
+			}
+			maxLat := int64(0)
+			if x.LatencyCount > 0 {
+				maxLat = x.LatencyMaxUS
+			}
+			out = append(out, fmt.Sprintf("%s@%s: events %d conns %d succ %d errs %d sent %s recv %s dur %s/%d lat %s/%d max %d first %s last %s peak %d hist %v",
+				k.ProxyID, k.Day.Format(time.DateOnly), x.EventCount, x.ConnectionCount, x.SuccessCount, x.ErrorCount,
+				x.BytesSent, x.BytesReceived, x.DurationSumUS, x.DurationCount, x.LatencySumUS, x.LatencyCount, maxLat,
+				ts(x.FirstEventAt), ts(x.LastEventAt), x.Peak, x.Latency))
+		}
+		sort.Strings(out)
+		return out
+	}
+	g, w := render(got), render(want)
+	if strings.Join(g, "\n") != strings.Join(w, "\n") {
+		return fmt.Errorf("read:\n%s\nrecomputed:\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
+	}
+	return nil
+}
