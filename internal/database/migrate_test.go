@@ -225,3 +225,91 @@ func TestCompactKeysMigrationKeepsDedup(t *testing.T) {
 		})
 	}
 }
+
+// Migration 10 replaces the day-invalidation log by rollup deltas and, on
+// TimescaleDB, the continuous aggregates by tables: the rollups it leaves
+// equal the recompute from raw events, including days that were still
+// logged (stale or missing rows), and the peaks of logged days are
+// recomputed from the stored intervals.
+func TestRollupDeltaMigrationRecomputesLoggedDays(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			url, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 9); err != nil {
+				t.Fatal(err)
+			}
+			exec := func(q string) {
+				t.Helper()
+				if _, err := db.ExecContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			exec(`INSERT INTO usage_events (time, proxy_id, event_type, bytes_sent, duration_us, latency_us, latency_bucket) VALUES
+				('2026-03-01 10:00Z', 'a', 'data_transfer', 5, NULL, 1000, 350), ('2026-03-01 11:00Z', 'a', 'connection_end', 0, 7, NULL, NULL),
+				('2026-03-02 12:00Z', 'b', 'error', 1, NULL, 10, 118)`)
+			// Rolled up as the previous version's worker left them.
+			if b == database.TimescaleDB {
+				conn, err := pgx.Connect(ctx, url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, v := range []string{"usage_daily", "usage_latency_daily", "usage_latency_daily_packed"} {
+					if _, err := conn.Exec(ctx, `CALL refresh_continuous_aggregate('`+v+`', NULL, NULL)`, pgx.QueryExecModeSimpleProtocol); err != nil {
+						t.Fatal(err)
+					}
+				}
+				conn.Close(ctx)
+			} else {
+				exec(`INSERT INTO usage_daily VALUES
+					('a', '2026-03-01', 2, 0, 1, 0, 5, 0, 7, 1, 1000, 1, 1000, '2026-03-01 10:00Z', '2026-03-01 11:00Z'),
+					('b', '2026-03-02', 1, 0, 0, 1, 1, 0, NULL, 0, 10, 1, 10, '2026-03-02 12:00Z', '2026-03-02 12:00Z');
+					INSERT INTO usage_latency_daily_packed VALUES ('a', '2026-03-01', '{350}', '{1}'), ('b', '2026-03-02', '{118}', '{1}')`)
+			}
+			// Then events the worker has not absorbed: a late one for a
+			// rolled-up day, one for a new day, and two connections whose
+			// intervals are stored but whose days' peaks are not.
+			exec(`INSERT INTO usage_events (time, proxy_id, event_type, bytes_sent, latency_us, latency_bucket) VALUES
+				('2026-03-01 09:00Z', 'a', 'data_transfer', 3, 10, 118), ('2026-03-03 09:00Z', 'b', 'data_transfer', 4, NULL, NULL);
+				INSERT INTO usage_connections VALUES ('a', 'c1', '2026-03-01 22:00Z', '2026-03-02 02:00Z', true),
+				  ('a', 'c2', '2026-03-01 23:00Z', '2026-03-02 01:00Z', true);
+				INSERT INTO usage_invalidations (proxy_ids, days) VALUES ('{a,b}', '{2026-03-01,2026-03-03}'), ('{a}', '{2026-03-02}')`)
+			if _, err := p.UpByOne(ctx); err != nil {
+				t.Fatal(err)
+			}
+			bucket := "time_bucket(interval '1 day', time)"
+			if b == database.Postgres {
+				bucket = "date_bin(interval '1 day', time, timestamptz '2000-01-01')"
+			}
+			for _, pair := range [][2]string{
+				{`SELECT * FROM usage_daily`, `SELECT proxy_id, ` + bucket + `, count(*),
+					count(*) FILTER (WHERE event_type = 'connection_start'), count(*) FILTER (WHERE event_type = 'connection_end'),
+					count(*) FILTER (WHERE event_type = 'error'), sum(bytes_sent), sum(bytes_received),
+					sum(duration_us) FILTER (WHERE event_type = 'connection_end'), count(duration_us) FILTER (WHERE event_type = 'connection_end'),
+					sum(latency_us), count(latency_us), max(latency_us), min(time), max(time) FROM usage_events GROUP BY 1, 2`},
+				{`SELECT * FROM usage_latency_daily_packed`, `SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
+					FROM (SELECT proxy_id, ` + bucket + ` AS bucket, latency_bucket, count(*) AS samples FROM usage_events
+					       WHERE latency_bucket IS NOT NULL GROUP BY 1, 2, 3) h GROUP BY 1, 2`},
+			} {
+				var differ int
+				if err := db.QueryRowContext(ctx, `SELECT count(*) FROM ((`+pair[0]+` EXCEPT ALL `+pair[1]+`) UNION ALL (`+pair[1]+` EXCEPT ALL `+pair[0]+`)) d`).Scan(&differ); err != nil {
+					t.Fatal(err)
+				}
+				if differ != 0 {
+					t.Errorf("%d rows of %q differ from the recompute", differ, pair[0])
+				}
+			}
+			var peaks string
+			if err := db.QueryRowContext(ctx, `SELECT string_agg(format('%s %s %s', proxy_id, day, peak), ', ' ORDER BY proxy_id, day) FROM usage_daily_peak`).Scan(&peaks); err != nil {
+				t.Fatal(err)
+			}
+			if peaks != "a 2026-03-01 2, a 2026-03-02 2, b 2026-03-03 0" {
+				t.Fatalf("peaks after the migration: %q", peaks)
+			}
+			var logs int
+			if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_class WHERE relname = 'usage_invalidations'`).Scan(&logs); err != nil || logs != 0 {
+				t.Fatalf("usage_invalidations still there (%v)", err)
+			}
+		})
+	}
+}
