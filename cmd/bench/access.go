@@ -742,10 +742,10 @@ func (a *access) explainUsed(ctx context.Context) string {
 		}
 	}
 	var pending int
-	_ = a.pool.QueryRow(ctx, `SELECT count(*) FROM usage_invalidations`).Scan(&pending)
+	_ = a.pool.QueryRow(ctx, `SELECT count(*) FROM usage_rollup_deltas`).Scan(&pending)
 	plan, err := explain(ctx, a.pool, limit.UsedSQL(ctes), proxies, a.month, limit.MonthEnd(a.month))
 	if err != nil {
 		return err.Error()
 	}
-	return fmt.Sprintf("(%d rows in usage_invalidations)\n%s", pending, plan)
+	return fmt.Sprintf("(%d rows in usage_rollup_deltas)\n%s", pending, plan)
 }

@@ -586,17 +586,17 @@ func partOf(q string) string {
 	case strings.Contains(l, "refresh_continuous_aggregate"), strings.Contains(l, "usage_connections"),
 		strings.Contains(l, "usage_daily_peak (proxy_id, day, peak)"), strings.Contains(l, "delete from usage_"),
 		strings.Contains(l, "insert into usage_daily"), strings.Contains(l, "insert into usage_latency_daily"),
-		strings.Contains(l, "from usage_invalidations order by id"), strings.Contains(l, "from usage_connection_invalidations order by id"),
+		strings.Contains(l, "from usage_rollup_deltas order by id"), strings.Contains(l, "insert into usage_daily as r"), strings.Contains(l, "from usage_connection_invalidations order by id"),
 		strings.Contains(l, "min(logged_at)"), strings.Contains(l, "advisory_lock"), strings.Contains(l, "event_type = 'connection_start' from unnest"),
 		strings.Contains(l, "e.event_type = $3 from unnest"), strings.Contains(l, "retention_policy"):
 		return "rollup worker"
 	case strings.Contains(l, "usage_event_keys"), strings.Contains(l, "copy \"usage_events\""),
-		strings.Contains(l, "insert into usage_invalidations"), strings.Contains(l, "from proxies where id = any"),
+		strings.Contains(l, "insert into usage_rollup_deltas"), strings.Contains(l, "from proxies where id = any"),
 		l == "begin", l == "commit", l == "savepoint claim", strings.Contains(l, "rollback"):
 		return "ingest"
 	case strings.Contains(l, "_materialized_hypertable"), strings.Contains(l, "from usage_daily"), strings.Contains(l, "usage_latency_daily"),
 		strings.Contains(l, "usage_daily_peak where"), strings.Contains(l, "from proxies where user_id"), strings.Contains(l, "user_tiers"),
-		strings.Contains(l, "user_contracts"), strings.Contains(l, "begin isolation level repeatable read"), strings.Contains(l, "not exists (select 1 from usage_invalidations"):
+		strings.Contains(l, "user_contracts"), strings.Contains(l, "begin isolation level repeatable read"), strings.Contains(l, "from usage_rollup_deltas l,"), strings.Contains(l, "not exists (select 1 from usage_connection_invalidations"):
 		return "reads"
 	}
 	return "other"

@@ -141,15 +141,15 @@ func (b *bench) rollUp(ctx context.Context, pool *pgxpool.Pool) (time.Duration, 
 }
 
 func pending(ctx context.Context, pool *pgxpool.Pool) (days, conns int, err error) {
-	err = pool.QueryRow(ctx, `SELECT (SELECT coalesce(sum(cardinality(proxy_ids)), 0) FROM usage_invalidations), (SELECT coalesce(sum(cardinality(proxy_ids)), 0) FROM usage_connection_invalidations)`).Scan(&days, &conns)
+	err = pool.QueryRow(ctx, `SELECT (SELECT coalesce(sum(cardinality(proxy_ids)), 0) FROM usage_rollup_deltas), (SELECT coalesce(sum(cardinality(proxy_ids)), 0) FROM usage_connection_invalidations)`).Scan(&days, &conns)
 	return days, conns, err
 }
 
-// drained says whether both invalidation logs are empty: a cheap check
+// drained says whether the delta and connection logs are empty: a cheap check
 // to poll while the worker runs (counting the logs is not).
 func drained(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
 	var empty bool
-	err := pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM usage_invalidations) AND NOT EXISTS (SELECT 1 FROM usage_connection_invalidations)`).Scan(&empty)
+	err := pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM usage_rollup_deltas) AND NOT EXISTS (SELECT 1 FROM usage_connection_invalidations)`).Scan(&empty)
 	return empty, err
 }
 

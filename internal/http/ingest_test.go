@@ -128,8 +128,8 @@ func TestRecordStoresEveryField(t *testing.T) {
 		if ts.Before(before.Add(-time.Second)) || ts.After(time.Now().Add(time.Second)) {
 			t.Fatalf("default timestamp %v not near now %v", ts, before)
 		}
-		if n := env.Count(`SELECT count(*) FROM usage_invalidations`); n < 1 {
-			t.Fatal("no invalidation logged")
+		if n := env.Count(`SELECT count(*) FROM usage_rollup_deltas`); n < 1 {
+			t.Fatal("no rollup delta logged")
 		}
 	})
 }

@@ -316,7 +316,7 @@ func TestByteTotalsPast2To63(t *testing.T) {
 			}
 		}
 
-		check("raw events, before the rollup")
+		check("pending delta, before the rollup")
 		for i := 0; ; i++ {
 			st, err := env.Main.Rollup.RunOnce(t.Context())
 			if err != nil {
@@ -329,8 +329,8 @@ func TestByteTotalsPast2To63(t *testing.T) {
 				t.Fatal("the rollup worker never drains")
 			}
 		}
-		if n := env.Count(`SELECT count(*) FROM usage_invalidations`); n != 0 {
-			t.Fatalf("%d invalidation entries left after the rollup", n)
+		if n := env.Count(`SELECT count(*) FROM usage_rollup_deltas`); n != 0 {
+			t.Fatalf("%d rollup deltas left after the rollup", n)
 		}
 		check("rolled up")
 	})
@@ -401,8 +401,8 @@ func TestEventNumberBounds(t *testing.T) {
 
 // Duration sums are exact past 2^63 µs too: 300,000 connections of the
 // longest accepted duration on one proxy-day. The events are written
-// straight into the database (as the writer stores them, with the day in
-// the invalidation log): 300,000 through the API would only slow the test.
+// straight into the database (as the writer stores them, with the day's
+// rollup delta): 300,000 through the API would only slow the test.
 func TestDurationSumsPast2To63(t *testing.T) {
 	apptest.ForEachBackend(t, func(t *testing.T, b database.Backend) {
 		t.Parallel()
@@ -418,7 +418,14 @@ func TestDurationSumsPast2To63(t *testing.T) {
 			  FROM generate_series(1, $2::int) i`, d.Add(time.Hour), n, rollup.LatencyBucket(3_600_000_000)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := env.DB.Exec(ctx, `INSERT INTO usage_invalidations (proxy_ids, days) VALUES ('{p1}', ARRAY[$1::date])`, d); err != nil {
+		if _, err := env.DB.Exec(ctx, `
+			INSERT INTO usage_rollup_deltas (proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
+			       bytes_sent, bytes_received, duration_sums_us, duration_counts, latency_sums_us, latency_counts, latency_max_us,
+			       first_event_at, last_event_at, latency_entries, latency_buckets, latency_samples)
+			SELECT '{p1}', ARRAY[$1::date], ARRAY[count(*)], '{0}', ARRAY[count(*)], '{0}', ARRAY[sum(bytes_sent)], ARRAY[sum(bytes_received)],
+			       ARRAY[sum(duration_us)], ARRAY[count(duration_us)], ARRAY[sum(latency_us)], ARRAY[count(latency_us)], ARRAY[max(latency_us)],
+			       ARRAY[min(time)], ARRAY[max(time)], '{1}', ARRAY[$2::int2], ARRAY[count(*)]
+			  FROM usage_events WHERE proxy_id = 'p1'`, d, rollup.LatencyBucket(3_600_000_000)); err != nil {
 			t.Fatal(err)
 		}
 		date := d.Format("2006-01-02")
@@ -436,7 +443,7 @@ func TestDurationSumsPast2To63(t *testing.T) {
 				}
 			}
 		}
-		check("raw events, before the rollup")
+		check("pending delta, before the rollup")
 		for i := 0; ; i++ {
 			st, err := env.Main.Rollup.RunOnce(t.Context())
 			if err != nil {
