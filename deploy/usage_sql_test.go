@@ -129,40 +129,13 @@ func TestUsagePanelQueries(t *testing.T) {
 						tier = "free"
 					}
 					bytesByTier[tier] += sent + recv
-					if b == database.TimescaleDB {
-						// usage_daily is a real-time continuous aggregate:
-						// it answers from raw events.
-						exec(`INSERT INTO usage_events (time, proxy_id, event_type, connection_id, bytes_sent, bytes_received, duration_us, latency_us) VALUES
-							($1::timestamptz, $2, 'data_transfer', NULL, $3, $4, NULL, 12000),
-							($1::timestamptz, $2, 'connection_start', 'c1', 0, 0, NULL, NULL),
-							($1::timestamptz + interval '1 minute', $2, 'connection_end', 'c1', 0, 0, 60000000, NULL),
-							($1::timestamptz + interval '2 minutes', $2, 'error', NULL, 0, 0, NULL, NULL)`, day, p.id, sent, recv)
-					} else {
-						exec(`INSERT INTO usage_daily (proxy_id, bucket, event_count, connection_count, success_count, error_count,
-							bytes_sent, bytes_received, duration_sum_us, duration_count, latency_sum_us, latency_count, latency_max_us,
-							first_event_at, last_event_at)
-							VALUES ($1, $2::timestamptz, 4, 1, 1, 1, $3, $4, 60000000, 1, 12000, 1, 12000, $2::timestamptz, $2::timestamptz + interval '2 minutes')`,
-							p.id, day, sent, recv)
-					}
+					exec(`INSERT INTO usage_daily (proxy_id, bucket, event_count, connection_count, success_count, error_count,
+						bytes_sent, bytes_received, duration_sum_us, duration_count, latency_sum_us, latency_count, latency_max_us,
+						first_event_at, last_event_at)
+						VALUES ($1, $2::timestamptz, 4, 1, 1, 1, $3, $4, 60000000, 1, 12000, 1, 12000, $2::timestamptz, $2::timestamptz + interval '2 minutes')`,
+						p.id, day, sent, recv)
 					totalEvents += 4
 					exec(`INSERT INTO usage_daily_peak (proxy_id, day, peak) VALUES ($1, $2, $3)`, p.id, day, p.scale)
-				}
-			}
-
-			if b == database.TimescaleDB {
-				// The policy job may have materialised part of the range
-				// while we inserted; what the service's rollup worker would
-				// do: refresh the invalidated buckets.
-				// A policy run in progress makes it fail with 55P03: retry.
-				for try := 0; ; try++ {
-					_, err := owner.Exec(ctx, `CALL refresh_continuous_aggregate('usage_daily', NULL, NULL)`)
-					if err == nil {
-						break
-					}
-					if try == 100 || !strings.Contains(err.Error(), "55P03") {
-						t.Fatalf("refresh usage_daily: %v", err)
-					}
-					time.Sleep(100 * time.Millisecond)
 				}
 			}
 
