@@ -197,11 +197,11 @@ func (c Config) Validate() error {
 	if c.DatabaseURL == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("DATABASE_URL or DATA_DIR must be set"))
 	}
-	// Reads and bills compute days still waiting for the rollup worker from
-	// raw events, and late events reopen days up to LATE_DATA_WINDOW old:
-	// retention must not drop raw events of a day that can still change.
+	// A late connection event is paired with the raw start and end events
+	// of its connection, up to LATE_DATA_WINDOW old: retention must not
+	// drop raw events that can still be paired.
 	if c.RawRetention > 0 && c.RawRetention < c.LateDataWindow {
-		errs = append(errs, fmt.Errorf("RAW_RETENTION (%s) must be at least LATE_DATA_WINDOW (%s): days that late events can still change are read from raw events", c.RawRetention, c.LateDataWindow))
+		errs = append(errs, fmt.Errorf("RAW_RETENTION (%s) must be at least LATE_DATA_WINDOW (%s): late connection events are paired with the raw events of their connection", c.RawRetention, c.LateDataWindow))
 	}
 	// A read waits this long before the primary answers it instead; longer
 	// waits would only hold requests that the primary can serve now.

@@ -123,7 +123,7 @@ func New() *Metrics {
 		}),
 		RollupPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "proxyusage_rollup_pending_invalidations",
-			Help: "Invalidation log rows waiting for the rollup worker (one per ingest flush, holding its proxy-days or connections).",
+			Help: "Rollup log rows waiting for the rollup worker (one per ingest flush and log, holding its proxy-day deltas or connections).",
 		}),
 		RollupLastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "proxyusage_rollup_last_success_timestamp_seconds",
@@ -131,7 +131,7 @@ func New() *Metrics {
 		}),
 		RollupDays: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "proxyusage_rollup_days_refreshed_total",
-			Help: "Proxy-days recomputed by the rollup worker.",
+			Help: "Proxy-days the rollup worker folded deltas into.",
 		}),
 		RollupLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "proxyusage_rollup_leader",
