@@ -46,6 +46,27 @@ CREATE TABLE usage_rollup_deltas (
 );
 CREATE INDEX usage_rollup_deltas_proxy_ids_idx ON usage_rollup_deltas USING gin (proxy_ids);
 
+-- The histogram entries of a delta row with the proxy-day each names by
+-- position. In PL/pgSQL the array arguments are expanded once, so each
+-- lookup is O(1); in SQL a subscript detoasts the whole array, and a join
+-- on the position is planned as a nested loop (unnest's row estimate):
+-- both quadratic in the row's size.
+-- +goose StatementBegin
+CREATE FUNCTION usage_rollup_delta_histograms(p_proxy_ids text[], p_days date[], p_entries int[], p_buckets smallint[], p_samples bigint[])
+RETURNS TABLE (proxy_id text, day date, latency_bucket smallint, samples bigint)
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE ROWS 1000 AS $$
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(p_entries, 1), 0) LOOP
+    proxy_id := p_proxy_ids[p_entries[i]];
+    day := p_days[p_entries[i]];
+    latency_bucket := p_buckets[i];
+    samples := p_samples[i];
+    RETURN NEXT;
+  END LOOP;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose StatementBegin
 DO $$
 DECLARE
@@ -182,6 +203,7 @@ SELECT array_agg(proxy_id), array_agg(day)
   FROM (SELECT DISTINCT u.proxy_id, u.day FROM usage_rollup_deltas l, unnest(l.proxy_ids, l.days) AS u(proxy_id, day)) d
 HAVING count(*) > 0;
 DROP TABLE usage_rollup_deltas;
+DROP FUNCTION usage_rollup_delta_histograms;
 -- +goose StatementBegin
 DO $$
 BEGIN

@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -51,18 +52,22 @@ ON CONFLICT (proxy_id, bucket) DO UPDATE SET
   first_event_at   = least(r.first_event_at, excluded.first_event_at),
   last_event_at    = greatest(r.last_event_at, excluded.last_event_at)`
 
-// deltaHistogramEntries unnests the histogram entries of delta rows l,
-// each with the proxy-day it names by position.
-const deltaHistogramEntries = `unnest(l.latency_entries, l.latency_buckets, l.latency_samples) AS h(pos, latency_bucket, samples)`
+// deltaHistograms selects, from the delta rows matching %s (over l), each
+// histogram entry with the proxy-day it names by position
+// (sql/0010_rollup_deltas.sql says why a function).
+const deltaHistograms = `
+  SELECT h.proxy_id, h.day, h.latency_bucket, h.samples
+    FROM usage_rollup_deltas l,
+         usage_rollup_delta_histograms(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples) h
+   WHERE %s`
 
 // foldHistograms merges the histograms of delta rows $1 into
 // usage_latency_daily_packed: the touched rows' buckets and the deltas'
 // are summed per bucket and the row rewritten, sorted by bucket.
-const foldHistograms = `
+var foldHistograms = `
 WITH added AS (
-  SELECT l.proxy_ids[h.pos] AS proxy_id, l.days[h.pos]::timestamp AT TIME ZONE 'UTC' AS bucket, h.latency_bucket, h.samples
-    FROM usage_rollup_deltas l, ` + deltaHistogramEntries + `
-   WHERE l.id = ANY($1)
+  SELECT proxy_id, day::timestamp AT TIME ZONE 'UTC' AS bucket, latency_bucket, samples FROM (` +
+	fmt.Sprintf(deltaHistograms, "l.id = ANY($1)") + `) x
 ), touched AS (
   SELECT DISTINCT proxy_id, bucket FROM added
 ), merged AS (

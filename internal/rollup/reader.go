@@ -268,10 +268,6 @@ SELECT u.proxy_id, u.day, u.event_count, u.connection_count, u.success_count, u.
 SELECT %s, latency_buckets, samples
   FROM usage_latency_daily_packed
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND $2::date <= $3::date`
-	pendingHistograms = `
-SELECT l.proxy_ids[h.pos], l.days[h.pos], h.latency_bucket, h.samples
-  FROM usage_rollup_deltas l, ` + deltaHistogramEntries + `
- WHERE l.proxy_ids && $1 AND l.proxy_ids[h.pos] = ANY($1) AND l.days[h.pos] BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
 	// Stored peaks are final unless a connection of the proxies waits to
 	// be re-paired: then the first query says so and the read takes the
 	// path that recomputes them.
@@ -290,6 +286,12 @@ SELECT day, sum(b)::text FROM (
    WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3
 ) parts GROUP BY day`
 )
+
+// pendingHistograms reads the histogram entries of the pending deltas of
+// the request.
+var pendingHistograms = `
+SELECT proxy_id, day, latency_bucket, samples FROM (` + fmt.Sprintf(deltaHistograms, "l.proxy_ids && $1") + `) x
+ WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
 
 // fastTotals answers in one round trip (BEGIN, the queries and COMMIT
 // pipelined) when no connection of the proxies waits to be re-paired. ok
