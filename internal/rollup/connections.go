@@ -74,30 +74,63 @@ func storedIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey) (map[ConnKe
 }
 
 // overlapping returns, for each proxy-day, the stored intervals open on it
-// with their connection ids.
+// with their connection ids. It reads each proxy's intervals once, over the
+// span from its first to its last requested day: a scan per day would read
+// every interval ending after that day, again for each later day.
 func overlapping(ctx context.Context, tx pgx.Tx, days []DayKey) (map[DayKey][]keyedInterval, error) {
 	out := make(map[DayKey][]keyedInterval, len(days))
 	if len(days) == 0 {
 		return out, nil
 	}
-	proxies, dates := splitDayKeys(days)
+	type span struct{ lo, hi time.Time } // first and last day
+	spans := map[string]*span{}
+	wanted := make(map[DayKey]bool, len(days))
+	for _, d := range days {
+		wanted[d] = true
+		if s, ok := spans[d.ProxyID]; !ok {
+			spans[d.ProxyID] = &span{d.Day, d.Day}
+		} else {
+			s.lo, s.hi = minTime(s.lo, d.Day), maxTime(s.hi, d.Day)
+		}
+	}
+	proxies := make([]string, 0, len(spans))
+	los, his := make([]time.Time, 0, len(spans)), make([]time.Time, 0, len(spans))
+	for p, s := range spans {
+		proxies, los, his = append(proxies, p), append(los, s.lo), append(his, s.hi.AddDate(0, 0, 1))
+	}
 	rows, err := tx.Query(ctx, `
-		SELECT k.proxy_id, k.day, c.connection_id, c.start_time, c.end_time
-		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
-		  JOIN usage_connections c ON c.proxy_id = k.proxy_id
-		   AND c.end_time > k.day::timestamp AT TIME ZONE 'UTC'
-		   AND c.start_time < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
+		SELECT c.proxy_id, c.connection_id, c.start_time, c.end_time
+		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time > k.lo AND c.start_time < k.hi`, proxies, los, his)
 	if err != nil {
 		return nil, err
 	}
-	var dk DayKey
+	var proxyID string
 	var ki keyedInterval
-	_, err = pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &ki.ConnectionID, &ki.Start, &ki.End}, func() error {
-		dk.Day = dk.Day.UTC()
-		out[dk] = append(out[dk], ki)
+	_, err = pgx.ForEachRow(rows, []any{&proxyID, &ki.ConnectionID, &ki.Start, &ki.End}, func() error {
+		s := spans[proxyID]
+		for d := range ki.daysWithin(s.lo, s.hi) {
+			if dk := (DayKey{proxyID, d}); wanted[dk] {
+				out[dk] = append(out[dk], ki)
+			}
+		}
 		return nil
 	})
 	return out, err
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 type keyedInterval struct {
