@@ -283,7 +283,7 @@ func TestServiceHealthCoverage(t *testing.T) {
 	}
 }
 
-var rawTableRE = regexp.MustCompile(`(?i)\b(usage_events|usage_event_keys|usage_invalidations|usage_connection_invalidations|usage_connections)\b`)
+var rawTableRE = regexp.MustCompile(`(?i)\b(usage_events|usage_event_keys|usage_rollup_deltas|usage_connection_invalidations|usage_connections)\b`)
 
 func TestUsagePanelsReadRollupsOnly(t *testing.T) {
 	qs := sqlQueries(t)

@@ -64,10 +64,6 @@ type Config struct {
 	// default, 2). Two let one flush's COPY overlap the next one's
 	// preparation.
 	IngestWriters int64
-	// IngestBusyWindow: ingest counts as active for this long after a
-	// group-commit flush, and while it is the rollup worker spaces its runs
-	// out so ingest keeps most of the database.
-	IngestBusyWindow time.Duration
 
 	// WebhookAllowPrivate lets webhooks point at private, loopback and
 	// link-local addresses. Off by default (SSRF); for tests and local
@@ -91,7 +87,6 @@ const (
 	DefaultDataDir          = ".data"
 	DefaultBackend          = "auto"
 	DefaultDatabasePoolSize = 20
-	DefaultIngestBusyWindow = 2 * time.Second
 	DefaultDedupWindow      = 35 * 24 * time.Hour
 	DefaultLateDataWindow   = 35 * 24 * time.Hour
 	DefaultMaxFutureSkew    = 5 * time.Minute
@@ -128,7 +123,6 @@ func FromEnv() (Config, error) {
 		Backend:          cmp.Or(os.Getenv("BACKEND"), DefaultBackend),
 		DatabasePoolSize: DefaultDatabasePoolSize,
 		PprofAddr:        os.Getenv("PPROF_ADDR"),
-		IngestBusyWindow: dur("INGEST_BUSY_WINDOW", DefaultIngestBusyWindow),
 		JWTSecret:        os.Getenv("JWT_SECRET"),
 		JWTJWKSURL:       os.Getenv("JWT_JWKS_URL"),
 		JWTIssuer:        os.Getenv("JWT_ISSUER"),
@@ -225,7 +219,7 @@ func (c Config) Validate() error {
 	}{
 		{"MAX_INFLIGHT", c.MaxInflight}, {"MAX_INFLIGHT_PER_USER", c.MaxInflightPerUser},
 		{"MAX_INFLIGHT_PER_SERVICE", c.MaxInflightPerService}, {"MAX_CONNS", c.MaxConns}, {"INGEST_WRITERS", c.IngestWriters},
-		{"DATABASE_POOL_SIZE", c.DatabasePoolSize}, {"INGEST_BUSY_WINDOW", int64(c.IngestBusyWindow)},
+		{"DATABASE_POOL_SIZE", c.DatabasePoolSize},
 		{"BODY_TIMEOUT", int64(c.BodyTimeout)}, {"READ_FENCE_TIMEOUT", int64(c.ReadFenceTimeout)}, {"READ_TIMEOUT", int64(c.ReadTimeout)}, {"IDLE_TIMEOUT", int64(c.IdleTimeout)},
 	} {
 		if v.value < 0 {

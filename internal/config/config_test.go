@@ -85,15 +85,14 @@ func TestRetentionCoversLateDataWindow(t *testing.T) {
 func TestProcessSettings(t *testing.T) {
 	c, err := FromEnv()
 	if err != nil || c.Backend != DefaultBackend || c.DatabasePoolSize != DefaultDatabasePoolSize ||
-		c.IngestBusyWindow != DefaultIngestBusyWindow || c.PprofAddr != "" {
+		c.PprofAddr != "" {
 		t.Fatalf("defaults: %+v %v", c, err)
 	}
 	t.Setenv("BACKEND", "postgres")
 	t.Setenv("DATABASE_POOL_SIZE", "8")
-	t.Setenv("INGEST_BUSY_WINDOW", "500ms")
 	t.Setenv("PPROF_ADDR", "127.0.0.1:6060")
 	c, err = FromEnv()
-	if err != nil || c.Backend != "postgres" || c.DatabasePoolSize != 8 || c.IngestBusyWindow != 500*time.Millisecond || c.PprofAddr != "127.0.0.1:6060" {
+	if err != nil || c.Backend != "postgres" || c.DatabasePoolSize != 8 || c.PprofAddr != "127.0.0.1:6060" {
 		t.Fatalf("got %+v %v", c, err)
 	}
 	t.Setenv("DATABASE_POOL_SIZE", "0")
