@@ -72,6 +72,7 @@ DO $$
 DECLARE
   daily_mat   text;
   latency_mat text;
+  attempt     int;
 BEGIN
   CREATE TEMP TABLE recompute (proxy_id text, day date, PRIMARY KEY (proxy_id, day)) ON COMMIT DROP;
   INSERT INTO recompute
@@ -121,9 +122,24 @@ BEGIN
              first_event_at, last_event_at FROM %s $q$, daily_mat);
     EXECUTE format($q$
       INSERT INTO usage_latency_daily_packed_t SELECT proxy_id, bucket, latency_buckets, samples FROM %s $q$, latency_mat);
-    DROP MATERIALIZED VIEW usage_latency_daily_packed;
-    DROP MATERIALIZED VIEW usage_latency_daily;
-    DROP MATERIALIZED VIEW usage_daily;
+    -- The aggregates' refresh jobs may be running (the scheduler starts
+    -- them soon after they are created): dropping a job then fails with
+    -- "tuple concurrently updated". Retry until they are out of the way.
+    FOR attempt IN 1 .. 100 LOOP
+      BEGIN
+        PERFORM remove_continuous_aggregate_policy(v::regclass, true)
+           FROM unnest(ARRAY['usage_latency_daily_packed', 'usage_latency_daily', 'usage_daily']) AS v;
+        DROP MATERIALIZED VIEW usage_latency_daily_packed;
+        DROP MATERIALIZED VIEW usage_latency_daily;
+        DROP MATERIALIZED VIEW usage_daily;
+        EXIT;
+      EXCEPTION WHEN OTHERS THEN
+        IF attempt = 100 THEN
+          RAISE;
+        END IF;
+        PERFORM pg_sleep(0.1);
+      END;
+    END LOOP;
     ALTER TABLE usage_daily_t RENAME TO usage_daily;
     ALTER INDEX usage_daily_t_pkey RENAME TO usage_daily_pkey;
     ALTER TABLE usage_latency_daily_packed_t RENAME TO usage_latency_daily_packed;
