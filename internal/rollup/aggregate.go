@@ -1,7 +1,7 @@
-// Package rollup owns aggregation: the daily rollups (continuous
-// aggregates on TimescaleDB, tables maintained here on plain PostgreSQL),
-// exact peak concurrency, the worker that consumes the invalidation log,
-// and the read path that stays exact for days not yet rolled up.
+// Package rollup owns aggregation: the daily rollup tables (the same on
+// both backends), folded from the deltas ingest logs; exact peak
+// concurrency; the worker that consumes the logs; and the read path that
+// adds the deltas not yet folded.
 package rollup
 
 import (
@@ -11,10 +11,10 @@ import (
 )
 
 // aggregateColumns are the per-(proxy, day) aggregates over usage_events,
-// the same as the continuous aggregate of sql/0002_rollups.sql (migrations
-// are immutable, so that copy stays): TestAggregateMatchesMigration
-// compares the two texts and TestAggregateRowsAgree their rows on both
-// backends.
+// the same as the continuous aggregate of sql/0002_rollups.sql and the
+// deltas of ingest (internal/ingest/delta.go): TestAggregateMatchesMigration
+// compares the texts, TestAggregateRowsAgree and TestFoldEqualsRecompute
+// the rolled-up rows with a recompute, on both backends.
 const aggregateColumns = `
   count(*) AS event_count,
   count(*) FILTER (WHERE event_type = 'connection_start') AS connection_count,
