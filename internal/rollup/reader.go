@@ -81,7 +81,7 @@ func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Tim
 
 // DailyBytes returns the bytes sent plus received of proxies per UTC day
 // from..to (inclusive), for days with events: what a bill is priced from.
-// One statement: the daily rollups plus the pending deltas.
+// One round trip: the daily rollups plus the pending deltas.
 func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time.Time) (map[time.Time]exact.Sum, error) {
 	out := map[time.Time]exact.Sum{}
 	if len(proxies) == 0 {
