@@ -226,7 +226,8 @@ BEGIN
   IF current_setting('proxyusage.backend', true) = 'timescaledb' THEN
     -- Back to the continuous aggregates of migrations 2 and 7, every
     -- proxy-day logged so reads recompute them until the worker has
-    -- refreshed them.
+    -- refreshed them. The policies' first runs wait an hour: a refresh
+    -- started now by the scheduler would make the worker's fail (55P03).
     INSERT INTO usage_invalidations (proxy_ids, days)
     SELECT array_agg(proxy_id), array_agg(day)
       FROM (SELECT proxy_id, (bucket AT TIME ZONE 'UTC')::date AS day, row_number() OVER () AS n FROM usage_daily) d
@@ -277,11 +278,11 @@ BEGIN
        GROUP BY proxy_id, time_bucket(interval '1 day', bucket)
       WITH NO DATA $q$;
     PERFORM add_continuous_aggregate_policy('usage_daily',
-      start_offset => interval '40 days', end_offset => interval '1 hour', schedule_interval => interval '1 hour');
+      start_offset => interval '40 days', end_offset => interval '1 hour', schedule_interval => interval '1 hour', initial_start => now() + interval '1 hour');
     PERFORM add_continuous_aggregate_policy('usage_latency_daily',
-      start_offset => interval '40 days', end_offset => interval '1 hour', schedule_interval => interval '1 hour');
+      start_offset => interval '40 days', end_offset => interval '1 hour', schedule_interval => interval '1 hour', initial_start => now() + interval '1 hour');
     PERFORM add_continuous_aggregate_policy('usage_latency_daily_packed',
-      start_offset => interval '40 days', end_offset => interval '1 hour', schedule_interval => interval '1 hour');
+      start_offset => interval '40 days', end_offset => interval '1 hour', schedule_interval => interval '1 hour', initial_start => now() + interval '1 hour');
   END IF;
 END
 $$;
