@@ -46,7 +46,9 @@ func TestCloudEventsIngest(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx := cloudevents.WithEncodingStructured(context.Background())
-		at := time.Now().UTC().Add(-time.Hour).Truncate(time.Microsecond)
+		// Yesterday noon: the batch's events fall on one UTC day whatever
+		// the time the test runs, and at+48h is in the future.
+		at := time.Now().UTC().Truncate(24 * time.Hour).Add(-12*time.Hour + 123*time.Microsecond)
 		send := func(e cloudevents.Event) int {
 			t.Helper()
 			res := client.Send(ctx, e)
