@@ -56,8 +56,8 @@ clean-data: ## Stop and delete the local cluster under .data/
 FUZZTIME ?= 60s
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (make test runs only their seed corpora)
-	$(GO) test ./internal/ingest -run '^$$' -fuzz '^FuzzDecodeOne$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/ingest -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/ingest/wire -run '^$$' -fuzz '^FuzzDecodeOne$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/ingest/wire -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/http -run '^$$' -fuzz '^FuzzParsePeriod$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/auth -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/auth -run '^$$' -fuzz '^FuzzVerifyClaims$$' -fuzztime $(FUZZTIME)

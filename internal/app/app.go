@@ -23,6 +23,8 @@ import (
 	"proxyusage/internal/database"
 	httpx "proxyusage/internal/http"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/ingest/store"
+	"proxyusage/internal/ingest/wire"
 	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
@@ -47,9 +49,9 @@ type Main struct {
 	ReadPool *pgxpool.Pool     // the standbys of READ_DATABASE_URL, nil without
 	Standby  *database.Standby // routes reads to ReadPool, nil without
 	Metrics  *telemetry.Metrics
-	Writer   *ingest.Writer
+	Writer   *store.Writer
 	Rollup   *rollup.Worker
-	Pruner   *ingest.KeyPruner
+	Pruner   *store.KeyPruner
 	Alerts   *alert.Evaluator
 	Webhooks *alert.Deliverer
 	Server   *httpx.Server
@@ -111,7 +113,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	proxies := proxy.NewStore(m.Pool)
-	m.Writer, err = ingest.NewWriter(ctx, ingest.WriterConfig{
+	m.Writer, err = store.NewWriter(ctx, store.WriterConfig{
 		PoolConfig: m.Pool.Config(), Metrics: m.Metrics, Logger: m.Logger,
 		Writers: int(m.Config.IngestWriters),
 	})
@@ -129,9 +131,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.Metrics.Registry.Register(telemetry.NewPoolCollector(pools)); err != nil {
 		return err
 	}
-	ingestSvc, err := ingest.NewService(ingest.Config{
-		Window:  ingest.Window{Late: m.Config.LateDataWindow, Future: m.Config.MaxFutureSkew},
-		Proxies: proxies, Writer: m.Writer, Metrics: m.Metrics,
+	decoder, err := wire.NewDecoder(ingest.Window{Late: m.Config.LateDataWindow, Future: m.Config.MaxFutureSkew})
+	if err != nil {
+		return err
+	}
+	ingestSvc, err := ingest.NewRecorder(ingest.Config{
+		Decoder: decoder, Proxies: proxies, Writer: m.Writer, Metrics: m.Metrics,
 	})
 	if err != nil {
 		return err
@@ -163,7 +168,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if !m.Manual.Rollup {
 		m.Rollup.Start(context.WithoutCancel(ctx))
 	}
-	m.Pruner, err = ingest.NewKeyPruner(ingest.KeyPrunerConfig{Pool: m.Pool, Logger: m.Logger, Window: m.Config.DedupWindow})
+	m.Pruner, err = store.NewKeyPruner(store.KeyPrunerConfig{Pool: m.Pool, Logger: m.Logger, Window: m.Config.DedupWindow})
 	if err != nil {
 		return err
 	}

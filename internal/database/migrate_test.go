@@ -16,6 +16,7 @@ import (
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/ingest/store"
 	"proxyusage/internal/pgtest"
 	"proxyusage/internal/telemetry"
 )
@@ -190,7 +191,7 @@ func TestCompactKeysMigrationKeepsDedup(t *testing.T) {
 			}
 			defer pool.Close()
 			log := slog.New(slog.NewTextHandler(io.Discard, nil))
-			w, err := ingest.NewWriter(ctx, ingest.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: log})
+			w, err := store.NewWriter(ctx, store.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: log})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -212,7 +213,7 @@ func TestCompactKeysMigrationKeepsDedup(t *testing.T) {
 			if acc, _, err := w.WriteAs(ctx, alice, fresh, true); err != nil || acc != 2 {
 				t.Fatalf("new keys: stored %d (%v), want 2", acc, err)
 			}
-			pruner, err := ingest.NewKeyPruner(ingest.KeyPrunerConfig{Pool: pool, Logger: log, Window: 35 * 24 * time.Hour})
+			pruner, err := store.NewKeyPruner(store.KeyPrunerConfig{Pool: pool, Logger: log, Window: 35 * 24 * time.Hour})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -10,6 +10,7 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/ingest/wire"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/strictjson"
 )
@@ -193,10 +194,10 @@ func (s *Server) handleRecordOne(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleRecordBatch(w http.ResponseWriter, r *http.Request) {
 	mt := mediaType(r)
 	switch mt {
-	case "", "application/json", ingest.CloudEventsType, ingest.CloudEventsBatchType:
+	case "", "application/json", wire.CloudEventsType, wire.CloudEventsBatchType:
 	default:
 		Error(w, r, apperr.Errorf(apperr.Invalid, "Content-Type must be application/json, %s or %s",
-			ingest.CloudEventsType, ingest.CloudEventsBatchType))
+			wire.CloudEventsType, wire.CloudEventsBatchType))
 		return
 	}
 	body, err := readRaw(r, ingest.MaxBatchBytes, false)
@@ -206,8 +207,8 @@ func (s *Server) handleRecordBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	var res ingest.Result
 	switch mt {
-	case ingest.CloudEventsType, ingest.CloudEventsBatchType:
-		res, err = s.ingest.RecordCloudEvents(r.Context(), caller(r), body, mt == ingest.CloudEventsBatchType)
+	case wire.CloudEventsType, wire.CloudEventsBatchType:
+		res, err = s.ingest.RecordCloudEvents(r.Context(), caller(r), body, mt == wire.CloudEventsBatchType)
 	default:
 		res, err = s.ingest.RecordBatch(r.Context(), caller(r), body)
 	}

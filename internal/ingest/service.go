@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
@@ -18,26 +17,55 @@ type Result struct {
 	Duplicates int // idempotent repeats, including repeats inside one batch
 }
 
-// Service validates and authorises events and hands them to the Writer.
-type Service struct {
+// Service records events for the API (implemented by Recorder).
+type Service interface {
+	RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (Result, error)
+	RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (Result, error)
+	RecordCloudEvents(ctx context.Context, caller auth.Principal, body []byte, batch bool) (Result, error)
+}
+
+// Decoder turns request bodies into validated events (wire.Decoder). A
+// batch that fails returns the events before the failing one, so that a
+// lower-index authorisation failure can win, and how many events the body
+// held (0: unreadable).
+type Decoder interface {
+	DecodeOne(body []byte, proxyID string) (Event, error)
+	DecodeBatch(body []byte) (events []Event, sent int, err error)
+	DecodeCloudEvents(body []byte, batch bool) (events []Event, sent int, err error)
+}
+
+// Store stores a request's events durably for a caller (store.Writer). It
+// runs Authorize itself, against the proxies as they are in its
+// transaction; denied reports that the request was refused by it and
+// nothing was stored.
+type Store interface {
+	WriteAs(ctx context.Context, caller auth.Principal, events []Event, batch bool) (accepted int, denied bool, err error)
+}
+
+// Recorder decodes, authorises and stores the events of a request.
+type Recorder struct {
 	decoder Decoder
 	proxies *proxy.Store
-	writer  *Writer
+	writer  Store
 	metrics *telemetry.Metrics
 }
 
-// Config configures a Service.
+var _ Service = (*Recorder)(nil)
+
+// Config configures a Recorder.
 type Config struct {
-	Window  Window
-	Now     func() time.Time // default time.Now
+	Decoder Decoder
 	Proxies *proxy.Store
-	Writer  *Writer
+	Writer  Store
 	Metrics *telemetry.Metrics
 }
 
-// NewService returns a Service for cfg.
-func NewService(cfg Config) (*Service, error) {
+// NewRecorder returns a Recorder for cfg.
+func NewRecorder(cfg Config) (*Recorder, error) {
 	var errs []error
+	if cfg.Decoder == nil {
+		errs = append(errs, errors.New("ingest: Decoder is required"))
+	}
 	if cfg.Proxies == nil {
 		errs = append(errs, errors.New("ingest: Proxies is required"))
 	}
@@ -47,17 +75,11 @@ func NewService(cfg Config) (*Service, error) {
 	if cfg.Metrics == nil {
 		errs = append(errs, errors.New("ingest: Metrics is required"))
 	}
-	if cfg.Window.Late <= 0 || cfg.Window.Future <= 0 {
-		errs = append(errs, errors.New("ingest: Window must be positive"))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	return &Service{
-		decoder: Decoder{Window: cfg.Window, Now: cfg.Now},
+	return &Recorder{
+		decoder: cfg.Decoder,
 		proxies: cfg.Proxies,
 		writer:  cfg.Writer,
 		metrics: cfg.Metrics,
@@ -65,14 +87,14 @@ func NewService(cfg Config) (*Service, error) {
 }
 
 // RecordOne records the body of the single-event endpoint.
-func (s *Service) RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (Result, error) {
+func (s *Recorder) RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (Result, error) {
 	e, err := s.decoder.DecodeOne(body, proxyID)
 	return s.record(ctx, caller, []Event{e}, 1, err, false)
 }
 
 // RecordBatch records a batch body atomically: any invalid or unwritable
 // event fails the whole batch, the lowest failing index deciding the error.
-func (s *Service) RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (Result, error) {
+func (s *Recorder) RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (Result, error) {
 	events, sent, err := s.decoder.DecodeBatch(body)
 	return s.record(ctx, caller, events, sent, err, true)
 }
@@ -83,7 +105,7 @@ func (s *Service) RecordBatch(ctx context.Context, caller auth.Principal, body [
 // atomic), at least one for a body that could not be read as events.
 // Failures that are not the client's (503, 500) are not rejections: the
 // client retries the same events.
-func (s *Service) record(ctx context.Context, caller auth.Principal, events []Event, sent int, decodeErr error, batch bool) (Result, error) {
+func (s *Recorder) record(ctx context.Context, caller auth.Principal, events []Event, sent int, decodeErr error, batch bool) (Result, error) {
 	res, err := s.store(ctx, caller, events, decodeErr, batch)
 	switch {
 	case err == nil:
@@ -104,7 +126,7 @@ func refused(err error) bool {
 	return true
 }
 
-func (s *Service) store(ctx context.Context, caller auth.Principal, events []Event, decodeErr error, batch bool) (Result, error) {
+func (s *Recorder) store(ctx context.Context, caller auth.Principal, events []Event, decodeErr error, batch bool) (Result, error) {
 	if decodeErr != nil {
 		if apperr.IndexOf(decodeErr) < 0 {
 			return Result{}, decodeErr
@@ -128,10 +150,21 @@ func (s *Service) store(ctx context.Context, caller auth.Principal, events []Eve
 	return Result{Accepted: accepted, Duplicates: len(events) - accepted}, nil
 }
 
-func (s *Service) authorize(ctx context.Context, caller auth.Principal, events []Event, batch bool) error {
+// authorize looks up the events' proxies and runs Authorize: the path of
+// a request refused before it reaches the Store.
+func (s *Recorder) authorize(ctx context.Context, caller auth.Principal, events []Event, batch bool) error {
 	if len(events) == 0 {
 		return nil
 	}
+	found, err := s.proxies.Lookup(ctx, proxyIDs(events))
+	if err != nil {
+		return fmt.Errorf("authorize events: %w", err)
+	}
+	return Authorize(caller, events, found, batch)
+}
+
+// proxyIDs lists the distinct proxy ids of events.
+func proxyIDs(events []Event) []string {
 	seen := make(map[string]struct{}, 4)
 	ids := make([]string, 0, 4)
 	for i := range events {
@@ -140,10 +173,16 @@ func (s *Service) authorize(ctx context.Context, caller auth.Principal, events [
 			ids = append(ids, events[i].ProxyID)
 		}
 	}
-	found, err := s.proxies.Lookup(ctx, ids)
-	if err != nil {
-		return fmt.Errorf("authorize events: %w", err)
-	}
+	return ids
+}
+
+// Authorize checks that caller may write into the proxy of every event
+// (proxy.CheckWritable), found holding those proxies as they are now (a
+// missing one does not exist). A request is all or nothing: the first
+// failing event decides, named by its index in a batch. It is the one
+// check of every path, run by the Store inside its transaction and by the
+// Recorder for events that precede a decoding error.
+func Authorize(caller auth.Principal, events []Event, found map[string]proxy.Proxy, batch bool) error {
 	for i := range events {
 		var p *proxy.Proxy
 		if f, ok := found[events[i].ProxyID]; ok {
@@ -157,4 +196,11 @@ func (s *Service) authorize(ctx context.Context, caller auth.Principal, events [
 		}
 	}
 	return nil
+}
+
+// RecordCloudEvents records a structured CloudEvent (batch false) or a
+// CloudEvents batch, atomically like the native batch.
+func (s *Recorder) RecordCloudEvents(ctx context.Context, caller auth.Principal, body []byte, batch bool) (Result, error) {
+	events, sent, err := s.decoder.DecodeCloudEvents(body, batch)
+	return s.record(ctx, caller, events, sent, err, batch)
 }

@@ -17,6 +17,7 @@ import (
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/ingest/store"
 	"proxyusage/internal/pgtest"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
@@ -49,7 +50,7 @@ func TestFoldEqualsRecompute(t *testing.T) {
 				t.Fatal(err)
 			}
 			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-			w, err := ingest.NewWriter(ctx, ingest.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
+			w, err := store.NewWriter(ctx, store.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/ingest/store"
 	"proxyusage/internal/rollup"
 )
 
@@ -21,19 +22,19 @@ type DB interface {
 }
 
 // EventColumns are the usage_events columns a direct COPY fills: the
-// ingest writer's (ingest.EventColumns), and received_at.
-var EventColumns = append(slices.Clip(ingest.EventColumns), "received_at")
+// ingest writer's (store.EventColumns), and received_at.
+var EventColumns = append(slices.Clip(store.EventColumns), "received_at")
 
 // CopyEvents copies events into table (usage_events, or a table with its
 // columns) with binary COPY, as rows mapped the way the ingest writer maps
-// them (ingest.CopySource), received at receivedAt, and returns the rows
+// them (store.CopySource), received at receivedAt, and returns the rows
 // copied.
 func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event, receivedAt time.Time) (int64, error) {
 	ptrs := make([]*ingest.Event, len(events))
 	for i := range events {
 		ptrs[i] = &events[i]
 	}
-	n, err := db.CopyFrom(ctx, pgx.Identifier{table}, EventColumns, ingest.CopySource(ptrs, receivedAt))
+	n, err := db.CopyFrom(ctx, pgx.Identifier{table}, EventColumns, store.CopySource(ptrs, receivedAt))
 	if err != nil {
 		return n, fmt.Errorf("workload: copy into %s: %w", table, err)
 	}
@@ -41,11 +42,11 @@ func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event,
 }
 
 // LogInvalidations logs what events add to the rollups, as the ingest
-// writer does: their rollup deltas (ingest.Deltas) to usage_rollup_deltas
+// writer does: their rollup deltas (store.Deltas) to usage_rollup_deltas
 // and the (proxy, connection) of starts and ends to
 // usage_connection_invalidations, so the rollup worker rolls them up.
 func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
-	deltas := &ingest.DeltaRow{}
+	deltas := &store.DeltaRow{}
 	conns := map[rollup.ConnKey]struct{}{}
 	for i := range events {
 		e := &events[i]
@@ -55,7 +56,7 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 		}
 	}
 	for _, row := range deltas.Split(logRowEntries) {
-		if _, err := db.Exec(ctx, ingest.InsertDeltas, row.Args()...); err != nil {
+		if _, err := db.Exec(ctx, store.InsertDeltas, row.Args()...); err != nil {
 			return fmt.Errorf("workload: log rollup deltas: %w", err)
 		}
 	}

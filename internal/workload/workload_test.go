@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"proxyusage/internal/ingest"
+	"proxyusage/internal/ingest/wire"
 )
 
 var now = time.Date(2026, 5, 20, 12, 0, 0, 0, time.UTC)
@@ -71,7 +72,7 @@ func TestGeneratorShape(t *testing.T) {
 // into exactly the events it describes.
 func TestJSONRoundTrip(t *testing.T) {
 	events := all(gen(3, 3000))
-	dec := ingest.Decoder{Window: ingest.Window{Late: 35 * 24 * time.Hour, Future: 5 * time.Minute}, Now: func() time.Time { return now }}
+	dec := wire.Decoder{Window: ingest.Window{Late: 35 * 24 * time.Hour, Future: 5 * time.Minute}, Now: func() time.Time { return now }}
 	got, _, err := dec.DecodeBatch(AppendBatch(nil, events))
 	if err != nil {
 		t.Fatal(err)

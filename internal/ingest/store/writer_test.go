@@ -1,4 +1,4 @@
-package ingest
+package store
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/pgtest"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
@@ -63,16 +64,16 @@ func count(t *testing.T, pool *pgxpool.Pool, q string, args ...any) int {
 	return n
 }
 
-func events(proxyID, prefix string, n int) []Event {
+func events(proxyID, prefix string, n int) []ingest.Event {
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	out := make([]Event, n)
+	out := make([]ingest.Event, n)
 	for i := range out {
-		out[i] = Event{ProxyID: proxyID, Type: DataTransfer, Time: now.Add(-time.Duration(i) * time.Second), BytesSent: 1}
+		out[i] = ingest.Event{ProxyID: proxyID, Type: ingest.DataTransfer, Time: now.Add(-time.Duration(i) * time.Second), BytesSent: 1}
 		if prefix != "" {
 			out[i].EventID = fmt.Sprintf("%s-%d", prefix, i)
 		}
 		if i%3 == 0 {
-			out[i].Type, out[i].ConnectionID = ConnectionStart, fmt.Sprintf("c-%s-%d", prefix, i)
+			out[i].Type, out[i].ConnectionID = ingest.ConnectionStart, fmt.Sprintf("c-%s-%d", prefix, i)
 		}
 	}
 	return out
@@ -185,7 +186,7 @@ func TestWriterAuthorizes(t *testing.T) {
 	mixed := append(events("a1", "m", 3), events("b1", "m", 2)...)
 	for _, c := range []struct {
 		name   string
-		events []Event
+		events []ingest.Event
 		batch  bool
 		status int
 		index  int
@@ -290,7 +291,7 @@ func TestLateEventsIntoCompressedChunks(t *testing.T) {
 	ctx := context.Background()
 	alice := auth.Principal{UserID: "alice"}
 	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -10)
-	at := func(evs []Event) []Event {
+	at := func(evs []ingest.Event) []ingest.Event {
 		for i := range evs {
 			evs[i].Time = day.Add(time.Hour + time.Duration(i)*time.Second)
 		}

@@ -1,8 +1,8 @@
-package ingest
+package wire
 
 // This file keeps a reflection-based decoder (internal/strictjson, which is
 // encoding/json behind a token walk that enforces the body rules and exact
-// member names) as the reference the fast decoder in event.go and json.go
+// member names) as the reference the fast decoder in decode.go and json.go
 // is tested against: same events, same errors, same indexes (see
 // decoder_test.go).
 
@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/strictjson"
 )
@@ -55,18 +56,18 @@ type refWireBatch struct {
 
 // refDecoder turns request bodies into validated events.
 type refDecoder struct {
-	Window Window
+	Window ingest.Window
 	Now    func() time.Time
 }
 
 // DecodeOne decodes the body of the single-event endpoint for proxyID.
-func (d refDecoder) DecodeOne(body []byte, proxyID string) (Event, error) {
+func (d refDecoder) DecodeOne(body []byte, proxyID string) (ingest.Event, error) {
 	if err := proxy.ValidateID(proxyID); err != nil {
-		return Event{}, apperr.Errorf(apperr.NotFound, "proxy not found")
+		return ingest.Event{}, apperr.Errorf(apperr.NotFound, "proxy not found")
 	}
 	var w refWireEvent
 	if err := strictjson.Decode(body, &w); err != nil {
-		return Event{}, err
+		return ingest.Event{}, err
 	}
 	return d.validate(&w, proxyID, d.Now().UTC())
 }
@@ -74,19 +75,19 @@ func (d refDecoder) DecodeOne(body []byte, proxyID string) (Event, error) {
 // DecodeBatch decodes a batch body. It returns the events that precede the
 // first refInvalid one and that failure (with its index), so the caller can
 // let a lower-index authorization failure win, and the number of events.
-func (d refDecoder) DecodeBatch(body []byte) ([]Event, int, error) {
+func (d refDecoder) DecodeBatch(body []byte) ([]ingest.Event, int, error) {
 	var b refWireBatch
 	if err := strictjson.Decode(body, &b); err != nil {
 		return nil, 0, err
 	}
 	if len(b.Events) == 0 {
-		return nil, 0, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", MaxBatchEvents)
+		return nil, 0, apperr.Errorf(apperr.Invalid, "events must hold 1 to %d events", ingest.MaxBatchEvents)
 	}
-	if len(b.Events) > MaxBatchEvents {
-		return nil, len(b.Events), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
+	if len(b.Events) > ingest.MaxBatchEvents {
+		return nil, len(b.Events), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", ingest.MaxBatchEvents)
 	}
 	now := d.Now().UTC()
-	events := make([]Event, 0, len(b.Events))
+	events := make([]ingest.Event, 0, len(b.Events))
 	for i, raw := range b.Events {
 		var w refWireBatchEvent
 		if err := strictjson.Decode(raw, &w); err != nil {
@@ -111,19 +112,19 @@ func refInvalid(format string, args ...any) error {
 	return apperr.Errorf(apperr.Invalid, format, args...)
 }
 
-func (d refDecoder) validate(w *refWireEvent, proxyID string, now time.Time) (Event, error) {
-	e := Event{ProxyID: proxyID}
+func (d refDecoder) validate(w *refWireEvent, proxyID string, now time.Time) (ingest.Event, error) {
+	e := ingest.Event{ProxyID: proxyID}
 	if w.EventType == nil {
 		return e, refInvalid("eventType is required")
 	}
 	switch *w.EventType {
-	case ConnectionStart, ConnectionEnd, DataTransfer, ErrorEvent:
+	case ingest.ConnectionStart, ingest.ConnectionEnd, ingest.DataTransfer, ingest.ErrorEvent:
 		e.Type = *w.EventType
 	default:
 		return e, refInvalid("eventType must be one of connection_start, connection_end, data_transfer, error")
 	}
 	if w.EventID != nil {
-		if err := refCheckText("eventId", *w.EventID, 1, MaxIDLength); err != nil {
+		if err := refCheckText("eventId", *w.EventID, 1, ingest.MaxIDLength); err != nil {
 			return e, err
 		}
 		e.EventID = *w.EventID
@@ -145,12 +146,12 @@ func (d refDecoder) validate(w *refWireEvent, proxyID string, now time.Time) (Ev
 		data = &refWireData{}
 	}
 	if data.ConnectionID != nil {
-		if err := refCheckText("eventData.connectionId", *data.ConnectionID, 1, MaxIDLength); err != nil {
+		if err := refCheckText("eventData.connectionId", *data.ConnectionID, 1, ingest.MaxIDLength); err != nil {
 			return e, err
 		}
 		e.ConnectionID = *data.ConnectionID
 	}
-	if (e.Type == ConnectionStart || e.Type == ConnectionEnd) && e.ConnectionID == "" {
+	if (e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd) && e.ConnectionID == "" {
 		return e, refInvalid("eventData.connectionId is required for %s", e.Type)
 	}
 	var err error
@@ -175,7 +176,7 @@ func (d refDecoder) validate(w *refWireEvent, proxyID string, now time.Time) (Ev
 		return e, err
 	}
 	if data.ErrorMessage != nil {
-		if err := refCheckText("eventData.errorMessage", *data.ErrorMessage, 0, MaxErrorMessageLength); err != nil {
+		if err := refCheckText("eventData.errorMessage", *data.ErrorMessage, 0, ingest.MaxErrorMessageLength); err != nil {
 			return e, err
 		}
 		e.ErrorMessage = *data.ErrorMessage

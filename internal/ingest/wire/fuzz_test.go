@@ -1,4 +1,4 @@
-package ingest
+package wire
 
 import (
 	"errors"
@@ -8,12 +8,13 @@ import (
 	"unicode/utf8"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/ingest"
 )
 
 var fuzzNow = time.Date(2026, 6, 15, 12, 0, 0, 0, time.UTC)
 
 func fuzzDecoder() Decoder {
-	return Decoder{Window: Window{Late: 35 * 24 * time.Hour, Future: 5 * time.Minute}, Now: func() time.Time { return fuzzNow }}
+	return Decoder{Window: ingest.Window{Late: 35 * 24 * time.Hour, Future: 5 * time.Minute}, Now: func() time.Time { return fuzzNow }}
 }
 
 var eventSeeds = []string{
@@ -30,9 +31,9 @@ var eventSeeds = []string{
 }
 
 // checkEvent asserts the invariants every accepted event must hold.
-func checkEvent(t *testing.T, e Event) {
+func checkEvent(t *testing.T, e ingest.Event) {
 	switch e.Type {
-	case ConnectionStart, ConnectionEnd, DataTransfer, ErrorEvent:
+	case ingest.ConnectionStart, ingest.ConnectionEnd, ingest.DataTransfer, ingest.ErrorEvent:
 	default:
 		t.Fatalf("accepted type %q", e.Type)
 	}
@@ -47,11 +48,11 @@ func checkEvent(t *testing.T, e Event) {
 			t.Fatalf("accepted text PostgreSQL cannot store: %q", s)
 		}
 	}
-	if utf8.RuneCountInString(e.EventID) > MaxIDLength || utf8.RuneCountInString(e.ConnectionID) > MaxIDLength ||
-		utf8.RuneCountInString(e.ErrorMessage) > MaxErrorMessageLength {
+	if utf8.RuneCountInString(e.EventID) > ingest.MaxIDLength || utf8.RuneCountInString(e.ConnectionID) > ingest.MaxIDLength ||
+		utf8.RuneCountInString(e.ErrorMessage) > ingest.MaxErrorMessageLength {
 		t.Fatalf("accepted over-long text %+v", e)
 	}
-	if (e.Type == ConnectionStart || e.Type == ConnectionEnd) && e.ConnectionID == "" {
+	if (e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd) && e.ConnectionID == "" {
 		t.Fatalf("accepted %s without connectionId", e.Type)
 	}
 	if e.Time.After(fuzzNow.Add(5*time.Minute)) || e.Time.Before(fuzzNow.Add(-35*24*time.Hour)) || e.Time.Location() != time.UTC {
@@ -110,7 +111,7 @@ func FuzzDecodeBatch(f *testing.F) {
 			}
 			return
 		}
-		if len(events) == 0 || len(events) > MaxBatchEvents {
+		if len(events) == 0 || len(events) > ingest.MaxBatchEvents {
 			t.Fatalf("accepted a batch of %d", len(events))
 		}
 		for _, e := range events {

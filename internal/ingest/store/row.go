@@ -1,14 +1,15 @@
-package ingest
+package store
 
 import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/rollup"
 )
 
-// The one mapping of an Event to a usage_events row. Every path that
+// The one mapping of an ingest.Event to a usage_events row. Every path that
 // stores events uses it: the writer's COPY and its single-statement
 // unnest, and bulk seeding (internal/workload).
 
@@ -47,11 +48,11 @@ var EventColumns = func() []string {
 	return names
 }()
 
-// row fills r with e's values: NULL (nil) for an empty key, connection id
+// toRow fills r with e's values: NULL (nil) for an empty key, connection id
 // or error message, a duration or latency the event does not have, and a
 // missing address. The latency bucket is derived here, at ingest, so
 // histograms are a plain GROUP BY on both backends.
-func (e *Event) row(r *eventRow) {
+func toRow(e *ingest.Event, r *eventRow) {
 	r[0], r[1], r[2], r[3], r[4] = e.Time, e.ProxyID, e.Type, nullText(e.EventID), nullText(e.ConnectionID)
 	r[12] = nil
 	if u, ok := canonicalUUID(e.EventID); ok {
@@ -112,12 +113,12 @@ func nullText(s string) any {
 // CopySource streams events into COPY as rows of EventColumns followed by
 // extra: the same value of each further column on every row (bulk
 // seeding sets received_at).
-func CopySource(events []*Event, extra ...any) pgx.CopyFromSource {
+func CopySource(events []*ingest.Event, extra ...any) pgx.CopyFromSource {
 	return &copySource{events: events, i: -1, row: make([]any, len(eventTable)+len(extra)), extra: extra}
 }
 
 type copySource struct {
-	events []*Event
+	events []*ingest.Event
 	i      int
 	r      eventRow
 	row    []any
@@ -130,7 +131,7 @@ func (s *copySource) Next() bool {
 }
 
 func (s *copySource) Values() ([]any, error) {
-	s.events[s.i].row(&s.r)
+	toRow(s.events[s.i], &s.r)
 	copy(s.row, s.r[:])
 	copy(s.row[len(s.r):], s.extra)
 	return s.row, nil
@@ -140,14 +141,14 @@ func (s *copySource) Err() error { return nil }
 
 // eventArrays returns the events column by column, one array a column of
 // EventColumns, for unnestEvents.
-func eventArrays(events []*Event) []any {
+func eventArrays(events []*ingest.Event) []any {
 	cols := make([][]any, len(eventTable))
 	for c := range cols {
 		cols[c] = make([]any, len(events))
 	}
 	var r eventRow
 	for i, e := range events {
-		e.row(&r)
+		toRow(e, &r)
 		for c := range cols {
 			cols[c][i] = r[c]
 		}

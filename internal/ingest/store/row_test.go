@@ -1,4 +1,4 @@
-package ingest
+package store
 
 import (
 	"context"
@@ -10,24 +10,25 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"proxyusage/internal/auth"
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/pgtest"
 )
 
 // varied returns n keyed events of proxyID from t0 on, covering every
 // optional field both set and unset.
-func varied(proxyID string, t0 time.Time, n int) []Event {
-	out := make([]Event, n)
+func varied(proxyID string, t0 time.Time, n int) []ingest.Event {
+	out := make([]ingest.Event, n)
 	for i := range out {
-		e := Event{ProxyID: proxyID, EventID: fmt.Sprintf("e-%d", i), Time: t0.Add(time.Duration(i) * time.Millisecond),
-			Type: DataTransfer, BytesSent: int64(i), BytesReceived: int64(2 * i)}
+		e := ingest.Event{ProxyID: proxyID, EventID: fmt.Sprintf("e-%d", i), Time: t0.Add(time.Duration(i) * time.Millisecond),
+			Type: ingest.DataTransfer, BytesSent: int64(i), BytesReceived: int64(2 * i)}
 		switch i % 4 {
 		case 0:
-			e.Type, e.ConnectionID, e.LatencyUS, e.HasLatency = ConnectionStart, fmt.Sprintf("c-%d", i), int64(1000*i), true
+			e.Type, e.ConnectionID, e.LatencyUS, e.HasLatency = ingest.ConnectionStart, fmt.Sprintf("c-%d", i), int64(1000*i), true
 			e.IP = netip.AddrFrom4([4]byte{10, 0, byte(i), 1})
 		case 1:
-			e.Type, e.ConnectionID, e.DurationUS, e.HasDuration = ConnectionEnd, fmt.Sprintf("c-%d", i-1), int64(i), true
+			e.Type, e.ConnectionID, e.DurationUS, e.HasDuration = ingest.ConnectionEnd, fmt.Sprintf("c-%d", i-1), int64(i), true
 		case 2:
-			e.Type, e.ErrorMessage = ErrorEvent, "refused"
+			e.Type, e.ErrorMessage = ingest.ErrorEvent, "refused"
 			e.IP = netip.MustParseAddr("2001:db8::1")
 		}
 		out[i] = e
@@ -53,7 +54,7 @@ func TestEveryPathStoresTheSameRow(t *testing.T) {
 				t.Fatalf("large flush: %d %v", acc, err)
 			}
 			seed := varied("b1", t0, n)
-			ptrs := make([]*Event, n)
+			ptrs := make([]*ingest.Event, n)
 			for i := range seed {
 				ptrs[i] = &seed[i]
 			}

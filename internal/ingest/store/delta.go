@@ -1,4 +1,4 @@
-package ingest
+package store
 
 import (
 	"slices"
@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"proxyusage/internal/exact"
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/rollup"
 )
 
@@ -89,7 +90,7 @@ type dayKey struct {
 }
 
 // Deltas adds up events per proxy and UTC day.
-func Deltas(events []*Event) *DeltaRow {
+func Deltas(events []*ingest.Event) *DeltaRow {
 	d := &DeltaRow{}
 	for _, e := range events {
 		d.Add(e)
@@ -98,7 +99,7 @@ func Deltas(events []*Event) *DeltaRow {
 }
 
 // Add adds one event.
-func (d *DeltaRow) Add(e *Event) {
+func (d *DeltaRow) Add(e *ingest.Event) {
 	sec := e.Time.Unix()
 	if d.index == nil {
 		d.index = map[dayKey]int{}
@@ -116,15 +117,15 @@ func (d *DeltaRow) Add(e *Event) {
 	x := d.days[i]
 	x.events++
 	switch e.Type {
-	case ConnectionStart:
+	case ingest.ConnectionStart:
 		x.conns++
-	case ConnectionEnd:
+	case ingest.ConnectionEnd:
 		x.succ++
 		if e.HasDuration {
 			x.durSum += e.DurationUS
 			x.durCount++
 		}
-	case ErrorEvent:
+	case ingest.ErrorEvent:
 		x.errs++
 	}
 	x.sent = x.sent.Add(exact.Of(uint64(e.BytesSent)))

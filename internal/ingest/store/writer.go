@@ -1,4 +1,10 @@
-package ingest
+// Package store is the storage of ingest: the group-commit Writer (the
+// flush statements, the idempotency-key claim, the rollup deltas appended
+// in the same commit), the one mapping of an ingest.Event to a
+// usage_events row, and the KeyPruner that forgets keys older than the
+// dedup window. It imports the domain (ingest.Event, ingest.Authorize)
+// and implements ingest.Store.
+package store
 
 import (
 	"bytes"
@@ -21,6 +27,7 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/ingest"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/telemetry"
 )
@@ -83,7 +90,7 @@ type Writer struct {
 }
 
 type pending struct {
-	events []Event
+	events []ingest.Event
 	// caller must be allowed to write every event's proxy; the
 	// check runs inside the flush, against the proxies as they are then.
 	caller auth.Principal
@@ -96,6 +103,8 @@ type outcome struct {
 	denied   bool // err is the authorisation failure; nothing was written
 	err      error
 }
+
+var _ ingest.Store = (*Writer)(nil)
 
 // NewWriter validates cfg and opens the writer's connection pool.
 func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
@@ -156,7 +165,7 @@ func (w *Writer) Stop() {
 // with eventIds. The check runs in the flush's
 // transaction; the first event that fails it fails the request (with its
 // index when batch), nothing of the request is stored, and denied is true.
-func (w *Writer) WriteAs(ctx context.Context, caller auth.Principal, events []Event, batch bool) (accepted int, denied bool, err error) {
+func (w *Writer) WriteAs(ctx context.Context, caller auth.Principal, events []ingest.Event, batch bool) (accepted int, denied bool, err error) {
 	o, err := w.submit(ctx, &pending{events: events, caller: caller, batch: batch})
 	return o.accepted, o.denied, err
 }
@@ -318,11 +327,11 @@ SELECT req, count(*)::int FROM chosen GROUP BY req`
 // flushState is what one flush works out in memory.
 type flushState struct {
 	outs  []outcome
-	live  []bool        // requests that passed authorisation
-	keys  []pgtype.UUID // distinct idempotency keys of the live requests, sorted
-	evKey []pgtype.UUID // key of each candidate; not Valid when keyless
-	ev    []*Event      // candidates: keyless events and first occurrences of keys
-	req   []int32       // request of each candidate
+	live  []bool          // requests that passed authorisation
+	keys  []pgtype.UUID   // distinct idempotency keys of the live requests, sorted
+	evKey []pgtype.UUID   // key of each candidate; not Valid when keyless
+	ev    []*ingest.Event // candidates: keyless events and first occurrences of keys
+	req   []int32         // request of each candidate
 
 	chosenReq []int32 // requests of the chosen events, when some were repeats
 }
@@ -520,8 +529,8 @@ func claimFresh(ctx context.Context, c *pgx.Conn, keys []pgtype.UUID) (map[[16]b
 // fresh returns the candidates to store once some keys turned out to be
 // repeats: keyless events and those whose key is in fresh. chosenReq
 // holds their requests.
-func (st *flushState) fresh(fresh map[[16]byte]bool) []*Event {
-	var out []*Event
+func (st *flushState) fresh(fresh map[[16]byte]bool) []*ingest.Event {
+	var out []*ingest.Event
 	st.chosenReq = st.chosenReq[:0]
 	for i, e := range st.ev {
 		if k := st.evKey[i]; k.Valid && !fresh[k.Bytes] {
@@ -533,24 +542,15 @@ func (st *flushState) fresh(fresh map[[16]byte]bool) []*Event {
 	return out
 }
 
-// authorize checks each request's caller against the proxies found; the first failing event decides, as a request is all or nothing.
+// authorize runs ingest.Authorize on each request against the proxies
+// found; a refused request is not live.
 func (st *flushState) authorize(batch []*pending, found map[string]proxy.Proxy) {
 	for r, p := range batch {
-		st.live[r] = true
-		for i := range p.events {
-			var px *proxy.Proxy
-			if f, ok := found[p.events[i].ProxyID]; ok {
-				px = &f
-			}
-			if err := proxy.CheckWritable(p.caller, px); err != nil {
-				if p.batch {
-					err = apperr.AtIndex(err, i)
-				}
-				st.live[r] = false
-				st.outs[r] = outcome{denied: true, err: err}
-				break
-			}
+		if err := ingest.Authorize(p.caller, p.events, found, p.batch); err != nil {
+			st.outs[r] = outcome{denied: true, err: err}
+			continue
 		}
+		st.live[r] = true
 	}
 }
 
@@ -603,11 +603,11 @@ func EventKey(proxyID, eventID string) [16]byte {
 
 // touchedConnections lists the distinct (proxy, connection) of the starts
 // and ends among events.
-func touchedConnections(events []*Event) (connProxies, conns []string) {
+func touchedConnections(events []*ingest.Event) (connProxies, conns []string) {
 	type conn struct{ p, c string }
 	seenConns := map[conn]struct{}{}
 	for _, e := range events {
-		if e.Type == ConnectionStart || e.Type == ConnectionEnd {
+		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
 			k := conn{e.ProxyID, e.ConnectionID}
 			if _, ok := seenConns[k]; !ok {
 				seenConns[k] = struct{}{}

@@ -1,4 +1,4 @@
-package ingest
+package wire
 
 // A small JSON reader for request bodies, without reflection. It follows
 // the strict rules every body of the service follows (internal/strictjson,

@@ -1,4 +1,4 @@
-package ingest
+package wire
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"proxyusage/internal/apperr"
+	"proxyusage/internal/ingest"
 )
 
 func TestDecodeBatchIndexAndAlias(t *testing.T) {
@@ -29,13 +30,13 @@ func TestDecodeBatchIndexAndAlias(t *testing.T) {
 // batch, whichever endpoint it came through.
 func TestNumberBounds(t *testing.T) {
 	d := fuzzDecoder()
-	ok := map[string]func(Event) bool{
-		`"bytesSent":1125899906842624`:     func(e Event) bool { return e.BytesSent == 1<<50 },
-		`"dataBytes":1125899906842624`:     func(e Event) bool { return e.BytesSent == 1<<50 },
-		`"bytesReceived":1125899906842624`: func(e Event) bool { return e.BytesReceived == 1<<50 },
-		`"bytesSent":0`:                    func(e Event) bool { return e.BytesSent == 0 },
-		`"durationSeconds":31536000`:       func(e Event) bool { return e.HasDuration && e.DurationUS == 31_536_000_000_000 },
-		`"latencyMs":3600000`:              func(e Event) bool { return e.HasLatency && e.LatencyUS == 3_600_000_000 },
+	ok := map[string]func(ingest.Event) bool{
+		`"bytesSent":1125899906842624`:     func(e ingest.Event) bool { return e.BytesSent == 1<<50 },
+		`"dataBytes":1125899906842624`:     func(e ingest.Event) bool { return e.BytesSent == 1<<50 },
+		`"bytesReceived":1125899906842624`: func(e ingest.Event) bool { return e.BytesReceived == 1<<50 },
+		`"bytesSent":0`:                    func(e ingest.Event) bool { return e.BytesSent == 0 },
+		`"durationSeconds":31536000`:       func(e ingest.Event) bool { return e.HasDuration && e.DurationUS == 31_536_000_000_000 },
+		`"latencyMs":3600000`:              func(e ingest.Event) bool { return e.HasLatency && e.LatencyUS == 3_600_000_000 },
 	}
 	for field, check := range ok {
 		body := `{"eventType":"data_transfer","eventData":{` + field + `}}`

@@ -1,28 +1,30 @@
-package ingest
+package store
 
 import (
 	"fmt"
 	"net/netip"
 	"testing"
 	"time"
+
+	"proxyusage/internal/ingest"
 )
 
 // benchEvents is a flush-sized set of realistic events: 1,000 events over
 // 50 proxies, connection lifecycles with keys, bytes and latencies.
-func benchEvents(n int) []Event {
+func benchEvents(n int) []ingest.Event {
 	t0 := time.Date(2026, 6, 15, 11, 0, 0, 0, time.UTC)
-	out := make([]Event, n)
+	out := make([]ingest.Event, n)
 	for i := range out {
-		e := Event{ProxyID: fmt.Sprintf("proxy-%d", i%50), EventID: fmt.Sprintf("evt-%d", i),
+		e := ingest.Event{ProxyID: fmt.Sprintf("proxy-%d", i%50), EventID: fmt.Sprintf("evt-%d", i),
 			Time: t0.Add(time.Duration(i) * time.Millisecond), ConnectionID: fmt.Sprintf("c-%d", i/3),
 			IP: netip.AddrFrom4([4]byte{10, 1, byte(i), 3})}
 		switch i % 3 {
 		case 0:
-			e.Type, e.LatencyUS, e.HasLatency = ConnectionStart, 35_000+int64(i), true
+			e.Type, e.LatencyUS, e.HasLatency = ingest.ConnectionStart, 35_000+int64(i), true
 		case 1:
-			e.Type, e.BytesSent, e.BytesReceived = DataTransfer, 200_000, 8_000
+			e.Type, e.BytesSent, e.BytesReceived = ingest.DataTransfer, 200_000, 8_000
 		default:
-			e.Type, e.DurationUS, e.HasDuration = ConnectionEnd, 20_000_000, true
+			e.Type, e.DurationUS, e.HasDuration = ingest.ConnectionEnd, 20_000_000, true
 		}
 		out[i] = e
 	}
@@ -49,7 +51,7 @@ func BenchmarkFlushPrepare(b *testing.B) {
 // have).
 func BenchmarkEventSource(b *testing.B) {
 	events := benchEvents(1000)
-	ptrs := make([]*Event, len(events))
+	ptrs := make([]*ingest.Event, len(events))
 	for i := range events {
 		ptrs[i] = &events[i]
 	}
@@ -59,17 +61,6 @@ func BenchmarkEventSource(b *testing.B) {
 			if _, err := src.Values(); err != nil {
 				b.Fatal(err)
 			}
-		}
-	}
-}
-
-func BenchmarkDecodeOne(b *testing.B) {
-	body := []byte(`{"eventType":"connection_end","eventId":"evt-42","timestamp":"2026-06-15T11:00:00.123456Z","eventData":{"connectionId":"c-42","durationSeconds":12.5,"bytesSent":12345,"bytesReceived":678,"ipAddress":"10.1.2.3"}}`)
-	d := fuzzDecoder()
-	b.SetBytes(int64(len(body)))
-	for b.Loop() {
-		if _, err := d.DecodeOne(body, "proxy-1"); err != nil {
-			b.Fatal(err)
 		}
 	}
 }

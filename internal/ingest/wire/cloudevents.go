@@ -1,7 +1,6 @@
-package ingest
+package wire
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -9,7 +8,7 @@ import (
 	"unicode/utf8"
 
 	"proxyusage/internal/apperr"
-	"proxyusage/internal/auth"
+	"proxyusage/internal/ingest"
 )
 
 // CloudEvents ingest (structured mode, JSON format, spec 1.0): an event's
@@ -88,7 +87,7 @@ func extensionName(name []byte) bool {
 // cloudEventKey derives the idempotency key from (source, id): readable
 // when it fits the eventId limit, a hash of both otherwise.
 func cloudEventKey(source, id string) string {
-	if k := source + "#" + id; utf8.RuneCountInString(k) <= MaxIDLength {
+	if k := source + "#" + id; utf8.RuneCountInString(k) <= ingest.MaxIDLength {
 		return k
 	}
 	sum := sha256.Sum256([]byte(source + "\x00" + id))
@@ -134,7 +133,7 @@ func (ce *cloudEvent) toNative() (map[string]any, error) {
 // validated events, with the same body rules and, through the native
 // decoder, the same event rules (and batch error indexes) as the native
 // batch. sent is how many events the body held (0: unreadable).
-func (d Decoder) DecodeCloudEvents(body []byte, batch bool) (events []Event, sent int, err error) {
+func (d Decoder) DecodeCloudEvents(body []byte, batch bool) (events []ingest.Event, sent int, err error) {
 	c, more, err := parseBody(body)
 	if err != nil {
 		return nil, 0, err
@@ -152,10 +151,10 @@ func (d Decoder) DecodeCloudEvents(body []byte, batch bool) (events []Event, sen
 		return nil, 0, invalid(msgSingle)
 	}
 	if len(raws) == 0 {
-		return nil, 0, apperr.Errorf(apperr.Invalid, "a batch holds 1 to %d events", MaxBatchEvents)
+		return nil, 0, apperr.Errorf(apperr.Invalid, "a batch holds 1 to %d events", ingest.MaxBatchEvents)
 	}
-	if len(raws) > MaxBatchEvents {
-		return nil, len(raws), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", MaxBatchEvents)
+	if len(raws) > ingest.MaxBatchEvents {
+		return nil, len(raws), apperr.Errorf(apperr.TooLarge, "a batch holds at most %d events", ingest.MaxBatchEvents)
 	}
 	native := make([]map[string]any, len(raws))
 	for i, raw := range raws {
@@ -181,11 +180,4 @@ func (d Decoder) DecodeCloudEvents(body []byte, batch bool) (events []Event, sen
 		return nil, 1, apperr.AtIndex(err, -1) // a single event has no index
 	}
 	return events, len(raws), err
-}
-
-// RecordCloudEvents records a structured CloudEvent (batch false) or a
-// CloudEvents batch, atomically like the native batch.
-func (s *Service) RecordCloudEvents(ctx context.Context, caller auth.Principal, body []byte, batch bool) (Result, error) {
-	events, sent, err := s.decoder.DecodeCloudEvents(body, batch)
-	return s.record(ctx, caller, events, sent, err, batch)
 }
