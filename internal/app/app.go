@@ -120,7 +120,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	m.Writer.Start()
+	m.Writer.Start(context.WithoutCancel(ctx))
 	pools := map[string]*pgxpool.Pool{"main": m.Pool, "ingest": m.Writer.Pool()}
 	if m.Config.ReadDatabaseURL != "" {
 		if err := m.openStandby(ctx); err != nil {

@@ -195,7 +195,7 @@ func TestCompactKeysMigrationKeepsDedup(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w.Start()
+			w.Start(ctx)
 			defer w.Stop()
 			now := time.Now().UTC()
 			var retry []ingest.Event

@@ -29,15 +29,6 @@ import (
 	"proxyusage/internal/user"
 )
 
-// IngestService records events for the API. It is declared here until
-// internal/ingest, being reworked, declares it next to ingest.Service
-// like the other domains do.
-type IngestService interface {
-	RecordOne(ctx context.Context, caller auth.Principal, proxyID string, body []byte) (ingest.Result, error)
-	RecordBatch(ctx context.Context, caller auth.Principal, body []byte) (ingest.Result, error)
-	RecordCloudEvents(ctx context.Context, caller auth.Principal, body []byte, batch bool) (ingest.Result, error)
-}
-
 // Config wires a Server to its services: the domains' Service interfaces,
 // so that the transport depends on what the domains promise, not on how
 // they store it.
@@ -46,7 +37,7 @@ type Config struct {
 	Verifier *auth.Verifier
 	Users    user.Service
 	Proxies  proxy.Service
-	Ingest   IngestService
+	Ingest   ingest.Service
 	Usage    usage.Service
 	Billing  billing.Service
 	Limits   limit.Service
@@ -99,7 +90,7 @@ type Server struct {
 	verifier *auth.Verifier
 	users    user.Service
 	proxies  proxy.Service
-	ingest   IngestService
+	ingest   ingest.Service
 	usage    usage.Service
 	billing  billing.Service
 	limits   limit.Service

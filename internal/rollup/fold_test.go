@@ -54,7 +54,7 @@ func TestFoldEqualsRecompute(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w.Start()
+			w.Start(ctx)
 			t.Cleanup(w.Stop)
 			const maxAge = 6 * time.Hour
 			worker, err := rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(), Logger: logger,

@@ -82,6 +82,9 @@ type Writer struct {
 	log   *slog.Logger
 	queue chan *pending
 
+	ctx        context.Context // Start's, without its cancellation: the flushes' parent
+	stopOnDone func() bool     // unregisters Start's close on ctx done
+
 	mu     sync.RWMutex
 	closed bool
 	wg     sync.WaitGroup
@@ -134,8 +137,13 @@ func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 // Pool is the writer's own connection pool (for metrics).
 func (w *Writer) Pool() *pgxpool.Pool { return w.pool }
 
-// Start launches the flushing loops. They run until Stop.
-func (w *Writer) Start() {
+// Start launches the flushing loops. They run until Stop, or until ctx is
+// done, and either way first flush everything already queued: a request
+// is answered only after its commit, so a flush is not cut short by ctx
+// (it has its own FlushTimeout) but sees ctx's values.
+func (w *Writer) Start(ctx context.Context) {
+	w.ctx = context.WithoutCancel(ctx)
+	w.stopOnDone = context.AfterFunc(ctx, w.close)
 	for range w.cfg.Writers {
 		w.wg.Add(1)
 		go func() {
@@ -147,14 +155,22 @@ func (w *Writer) Start() {
 
 // Stop refuses new writes, flushes everything queued and waits for it.
 func (w *Writer) Stop() {
+	if w.stopOnDone != nil {
+		w.stopOnDone()
+	}
+	w.close()
+	w.wg.Wait()
+	w.pool.Close()
+}
+
+// close refuses new writes and lets the loops end once the queue is empty.
+func (w *Writer) close() {
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
 		close(w.queue)
 	}
 	w.mu.Unlock()
-	w.wg.Wait()
-	w.pool.Close()
 }
 
 // WriteAs stores events durably for a caller who must be allowed to record
@@ -337,7 +353,7 @@ type flushState struct {
 }
 
 func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.FlushTimeout)
+	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.FlushTimeout)
 	defer cancel()
 	start := time.Now()
 

@@ -50,7 +50,7 @@ func startWriter(t *testing.T, b database.Backend) (*Writer, *pgxpool.Pool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Start()
+	w.Start(ctx)
 	t.Cleanup(w.Stop)
 	return w, pool
 }
@@ -249,6 +249,40 @@ func TestWriterActive(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if w.Active(10 * time.Millisecond) {
 		t.Fatal("still active after the window")
+	}
+}
+
+// A Writer stops when the context it was started with is done, like the
+// other background services: what it accepted is written, later writes
+// are refused as unavailable.
+func TestWriterStopsWhenContextDone(t *testing.T) {
+	_, pool := startWriter(t, database.Postgres)
+	w, err := NewWriter(context.Background(), WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.Start(ctx)
+	t.Cleanup(w.Stop)
+	alice := auth.Principal{UserID: "alice"}
+	if n, _, err := w.WriteAs(context.Background(), alice, events("a1", "before-", 2), true); err != nil || n != 2 {
+		t.Fatalf("write before cancel: %d, %v", n, err)
+	}
+	cancel()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, err := w.WriteAs(context.Background(), alice, events("a1", "", 1), true)
+		if apperr.CodeOf(err) == apperr.Unavailable {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer still accepts writes after its context is done")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
