@@ -532,7 +532,7 @@ func closeTo(a, b, rel float64) bool {
 	return math.Abs(a-b) <= rel*math.Max(math.Abs(a), math.Abs(b))+1e-9
 }
 
-func compare(m rollup.Metrics, x *rawRow) error {
+func compare(m usage.Metrics, x *rawRow) error {
 	var z rawRow
 	if x == nil {
 		x = &z

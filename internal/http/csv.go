@@ -10,7 +10,6 @@ import (
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/billing"
-	"proxyusage/internal/rollup"
 	"proxyusage/internal/usage"
 )
 
@@ -26,7 +25,7 @@ import (
 
 const csvContentType = "text/csv; charset=utf-8"
 
-// metricColumns are the daily metric fields (docs/metrics.md) in the order of rollup.Metrics.
+// metricColumns are the daily metric fields (docs/metrics.md) in the order of usage.Metrics.
 var metricColumns = []string{
 	"connectionCount", "bytesSent", "bytesReceived", "totalBytes", "peakConcurrentConnections",
 	"avgConnectionDurationSeconds", "errorCount", "successCount", "errorRate", "successRate",
@@ -159,13 +158,13 @@ func textCell(s string) string {
 
 // metricsRow writes first (a text cell: a date, proxyId or "total")
 // followed by the metric cells.
-func (c *csvOut) metricsRow(first string, m *rollup.Metrics) {
+func (c *csvOut) metricsRow(first string, m *usage.Metrics) {
 	c.row = append(c.row[:0], textCell(first))
 	c.row = appendMetricCells(c.row, m)
 	c.write(c.row)
 }
 
-func appendMetricCells(row []string, m *rollup.Metrics) []string {
+func appendMetricCells(row []string, m *usage.Metrics) []string {
 	return append(row,
 		strconv.FormatInt(m.ConnectionCount, 10),
 		m.BytesSent.String(),

@@ -14,14 +14,14 @@ import (
 
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
-	"proxyusage/internal/rollup"
+	"proxyusage/internal/usage"
 )
 
-// metricFields are the JSON names of rollup.Metrics in declaration order:
+// metricFields are the JSON names of usage.Metrics in declaration order:
 // the CSV columns after the first.
 func metricFields() []string {
 	var out []string
-	t := reflect.TypeFor[rollup.Metrics]()
+	t := reflect.TypeFor[usage.Metrics]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		out = append(out, name)

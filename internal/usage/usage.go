@@ -80,15 +80,15 @@ var _ Service = (*Store)(nil)
 
 // Daily is one proxy's metrics for one day.
 type Daily struct {
-	ProxyID string         `json:"proxyId"`
-	Date    string         `json:"date"`
-	Metrics rollup.Metrics `json:"metrics"`
+	ProxyID string  `json:"proxyId"`
+	Date    string  `json:"date"`
+	Metrics Metrics `json:"metrics"`
 }
 
 // DayMetrics is a day's entry in a range.
 type DayMetrics struct {
 	Date string `json:"date"`
-	rollup.Metrics
+	Metrics
 }
 
 // Range is one proxy's metrics per day over a period, zero-filled.
@@ -102,47 +102,47 @@ type Range struct {
 
 // Summary is one proxy's lifetime view.
 type Summary struct {
-	ProxyID         string         `json:"proxyId"`
-	Totals          rollup.Metrics `json:"totals"`
-	OpenConnections int            `json:"openConnections"`
-	FirstEventAt    *time.Time     `json:"firstEventAt"`
-	LastEventAt     *time.Time     `json:"lastEventAt"`
+	ProxyID         string     `json:"proxyId"`
+	Totals          Metrics    `json:"totals"`
+	OpenConnections int        `json:"openConnections"`
+	FirstEventAt    *time.Time `json:"firstEventAt"`
+	LastEventAt     *time.Time `json:"lastEventAt"`
 }
 
 // ReportRow is a row of a report: a day or a proxy.
 type ReportRow struct {
 	Date    string `json:"date,omitempty"`
 	ProxyID string `json:"proxyId,omitempty"`
-	rollup.Metrics
+	Metrics
 }
 
 // Report is a user's usage over a period.
 type Report struct {
-	UserID    string         `json:"userId"`
-	StartDate string         `json:"startDate"`
-	EndDate   string         `json:"endDate"`
-	GroupBy   string         `json:"groupBy"`
-	Rows      []ReportRow    `json:"rows"`
-	Totals    rollup.Metrics `json:"totals"`
+	UserID    string      `json:"userId"`
+	StartDate string      `json:"startDate"`
+	EndDate   string      `json:"endDate"`
+	GroupBy   string      `json:"groupBy"`
+	Rows      []ReportRow `json:"rows"`
+	Totals    Metrics     `json:"totals"`
 }
 
 // Aggregation is a user's period aggregation.
 type Aggregation struct {
-	UserID      string         `json:"userId"`
-	Tier        string         `json:"tier"`
-	PeriodStart string         `json:"periodStart"`
-	PeriodEnd   string         `json:"periodEnd"`
-	ProxyCount  int            `json:"proxyCount"`
-	ActiveDays  int            `json:"activeDays"`
-	Totals      rollup.Metrics `json:"totals"`
+	UserID      string  `json:"userId"`
+	Tier        string  `json:"tier"`
+	PeriodStart string  `json:"periodStart"`
+	PeriodEnd   string  `json:"periodEnd"`
+	ProxyCount  int     `json:"proxyCount"`
+	ActiveDays  int     `json:"activeDays"`
+	Totals      Metrics `json:"totals"`
 }
 
 // TierRow is one tier's share of a cross-user aggregation.
 type TierRow struct {
-	Tier       string         `json:"tier"`
-	UserCount  int            `json:"userCount"`
-	ProxyCount int            `json:"proxyCount"`
-	Totals     rollup.Metrics `json:"totals"`
+	Tier       string  `json:"tier"`
+	UserCount  int     `json:"userCount"`
+	ProxyCount int     `json:"proxyCount"`
+	Totals     Metrics `json:"totals"`
 }
 
 // TierAggregation is the admin's per-tier aggregation over all users.
@@ -198,14 +198,7 @@ func (s *Store) Daily(ctx context.Context, caller auth.Principal, req DailyReque
 	if err != nil {
 		return Daily{}, err
 	}
-	return Daily{ProxyID: p.ID, Date: date(d), Metrics: metricsOf(m[rollup.Key{}])}, nil
-}
-
-func metricsOf(t *rollup.Totals) rollup.Metrics {
-	if t == nil {
-		t = &rollup.Totals{}
-	}
-	return t.Metrics()
+	return Daily{ProxyID: p.ID, Date: date(d), Metrics: MetricsOf(m[rollup.Key{}])}, nil
 }
 
 // RangeRequest asks for one proxy's metrics per day over a period.
@@ -233,7 +226,7 @@ func (s *Store) Range(ctx context.Context, caller auth.Principal, req RangeReque
 	}
 	out := Range{ProxyID: p.ID, StartDate: date(period.Start), EndDate: date(period.End), Metrics: []DayMetrics{}}
 	for d := period.Start; !d.After(period.End); d = d.AddDate(0, 0, 1) {
-		out.Metrics = append(out.Metrics, DayMetrics{Date: date(d), Metrics: metricsOf(m[rollup.Key{Day: d}])})
+		out.Metrics = append(out.Metrics, DayMetrics{Date: date(d), Metrics: MetricsOf(m[rollup.Key{Day: d}])})
 	}
 	out.Count = len(out.Metrics)
 	return out, nil
@@ -260,7 +253,7 @@ func (s *Store) Summary(ctx context.Context, caller auth.Principal, proxyID stri
 		return Summary{}, err
 	}
 	t := m[rollup.Key{}]
-	out := Summary{ProxyID: p.ID, Totals: metricsOf(t), OpenConnections: open}
+	out := Summary{ProxyID: p.ID, Totals: MetricsOf(t), OpenConnections: open}
 	if t != nil {
 		out.FirstEventAt, out.LastEventAt = utc(t.FirstEventAt), utc(t.LastEventAt)
 	}
@@ -330,7 +323,7 @@ func (s *Store) Report(ctx context.Context, caller auth.Principal, req ReportReq
 	if by == rollup.ByDay {
 		for d := period.Start; !d.After(period.End); d = d.AddDate(0, 0, 1) {
 			t := m[rollup.Key{Day: d}]
-			out.Rows = append(out.Rows, ReportRow{Date: date(d), Metrics: metricsOf(t)})
+			out.Rows = append(out.Rows, ReportRow{Date: date(d), Metrics: MetricsOf(t)})
 			if t != nil {
 				total.Merge(t)
 			}
@@ -348,10 +341,10 @@ func (s *Store) Report(ctx context.Context, caller auth.Principal, req ReportReq
 		}
 		sort.Strings(keys)
 		for _, id := range keys {
-			out.Rows = append(out.Rows, ReportRow{ProxyID: id, Metrics: metricsOf(m[rollup.Key{ProxyID: id}])})
+			out.Rows = append(out.Rows, ReportRow{ProxyID: id, Metrics: MetricsOf(m[rollup.Key{ProxyID: id}])})
 		}
 	}
-	out.Totals = total.Metrics()
+	out.Totals = MetricsOf(&total)
 	return out, nil
 }
 
@@ -419,7 +412,7 @@ func (s *Store) aggregate(ctx context.Context, uid string, period Period) (Aggre
 	return Aggregation{
 		UserID: uid, Tier: history.On(period.End),
 		PeriodStart: date(period.Start), PeriodEnd: date(period.End),
-		ProxyCount: len(proxies), ActiveDays: len(days), Totals: total.Metrics(),
+		ProxyCount: len(proxies), ActiveDays: len(days), Totals: MetricsOf(&total),
 	}, nil
 }
 
@@ -480,7 +473,7 @@ func (s *Store) TierAggregation(ctx context.Context, caller auth.Principal, req 
 	out := TierAggregation{PeriodStart: date(period.Start), PeriodEnd: date(period.End), GroupBy: string(GroupByTier), Rows: []TierRow{}}
 	for _, tier := range []string{user.TierFree, user.TierPremium, user.TierEnterprise} {
 		if a, ok := tiers[tier]; ok {
-			out.Rows = append(out.Rows, TierRow{Tier: tier, UserCount: len(a.users), ProxyCount: len(a.proxies), Totals: a.totals.Metrics()})
+			out.Rows = append(out.Rows, TierRow{Tier: tier, UserCount: len(a.users), ProxyCount: len(a.proxies), Totals: MetricsOf(&a.totals)})
 		}
 	}
 	return out, nil

@@ -109,7 +109,7 @@ func (f *seeded) of(userID string, from, to time.Time) func(e *ingest.Event) boo
 	}
 }
 
-func checkMetrics(t *testing.T, what string, m rollup.Metrics, want sums) {
+func checkMetrics(t *testing.T, what string, m usage.Metrics, want sums) {
 	t.Helper()
 	got := sums{m.EventCount, 0, 0, m.ErrorCount, m.SuccessCount, m.ConnectionCount}
 	if m.BytesSent.Cmp(exact.Of(uint64(want.sent))) != 0 || m.BytesReceived.Cmp(exact.Of(uint64(want.received))) != 0 ||
