@@ -12,7 +12,7 @@ import (
 
 // aggregateColumns are the per-(proxy, day) aggregates over usage_events,
 // the same as the continuous aggregate of sql/0002_rollups.sql and the
-// deltas of ingest (internal/ingest/delta.go): TestAggregateMatchesMigration
+// deltas of ingest (internal/ingest/store/delta.go): TestAggregateMatchesMigration
 // compares the texts, TestAggregateRowsAgree and TestFoldEqualsRecompute
 // the rolled-up rows with a recompute, on both backends.
 const aggregateColumns = `
