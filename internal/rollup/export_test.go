@@ -22,3 +22,5 @@ const (
 	AggregateColumns = aggregateColumns
 	RollupColumns    = rollupColumns
 )
+
+const PendingHistograms = pendingHistograms

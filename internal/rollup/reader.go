@@ -289,9 +289,14 @@ SELECT day, sum(b)::text FROM (
 
 // pendingHistograms reads the histogram entries of the pending deltas of
 // the request.
-var pendingHistograms = `
-SELECT proxy_id, day, latency_bucket, samples FROM (` + fmt.Sprintf(deltaHistograms, "l.proxy_ids && $1") + `) x
- WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
+// The function picks the entries of the requested proxy-days inside each
+// row (sql/0012_delta_histogram_filter.sql): a read costs the entries it
+// wants, not every entry of every row naming a requested proxy.
+const pendingHistograms = `
+SELECT h.proxy_id, h.day, h.latency_bucket, h.samples
+  FROM usage_rollup_deltas l,
+       usage_rollup_delta_histograms_for(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples, $1, $2, $3) h
+ WHERE l.proxy_ids && $1 AND $4::timestamptz < $5::timestamptz`
 
 // fastTotals answers in one round trip (BEGIN, the queries and COMMIT
 // pipelined) when no connection of the proxies waits to be re-paired. ok
