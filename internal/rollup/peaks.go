@@ -196,21 +196,13 @@ func rewriteSlots(ctx context.Context, tx pgx.Tx, spans []span) error {
 	var nets, tops []int32
 	for k, es := range edges {
 		sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
-		// The open count is defined after all edges of an instant: the
-		// running sum between them is no instant's count.
-		var run, top int32
-		first := true
+		times, deltas := make([]time.Time, len(es)), make([]int32, len(es))
 		for i, x := range es {
-			run += x.delta
-			if i+1 < len(es) && es[i+1].at.Equal(x.at) {
-				continue
-			}
-			if first || run > top {
-				top, first = run, false
-			}
+			times[i], deltas[i] = x.at, x.delta
 		}
+		net, top := slotNetTop(times, deltas)
 		sProxies, sStarts = append(sProxies, k.ProxyID), append(sStarts, k.Start)
-		nets, tops = append(nets, run), append(tops, top)
+		nets, tops = append(nets, net), append(tops, top)
 	}
 	if _, err := tx.Exec(ctx, `
 		DELETE FROM usage_peak_slots s USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
@@ -267,4 +259,200 @@ func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 		SELECT * FROM unnest($1::text[], $2::date[], $3::int[])
 		ON CONFLICT (proxy_id, day) DO UPDATE SET peak = excluded.peak`, proxies, dates, values)
 	return err
+}
+
+// pendingDayPeaks computes, without writing, the peaks of days as they
+// will be once the pending connections are re-paired (their stored
+// intervals old replaced by fresh), from the stored peak state: only the
+// slots holding an old or new edge are re-read. Days without state yet are
+// returned in missing, for the caller to compute from their intervals.
+func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []ConnKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
+	peaks = make(map[DayKey]int, len(days))
+	if len(days) == 0 {
+		return peaks, nil, nil
+	}
+	wanted := make(map[DayKey]bool, len(days))
+	for _, d := range days {
+		wanted[d] = true
+	}
+	proxies, dates := splitDayKeys(days)
+	type state struct {
+		before, at int32
+		slots      map[time.Time][2]int32 // net, top
+	}
+	states := map[DayKey]*state{}
+	rows, err := tx.Query(ctx, `
+		SELECT d.proxy_id, d.day, d.open_before, d.open_at, s.slot_start, s.net, s.top
+		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
+		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
+		  LEFT JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+		   AND s.slot_start >= k.day::timestamp AT TIME ZONE 'UTC' AND s.slot_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
+	if err != nil {
+		return nil, nil, err
+	}
+	var dk DayKey
+	var before, at int32
+	var slot *time.Time
+	var net, top *int32
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &slot, &net, &top}, func() error {
+		dk.Day = dk.Day.UTC()
+		st := states[dk]
+		if st == nil {
+			st = &state{before: before, at: at, slots: map[time.Time][2]int32{}}
+			states[dk] = st
+		}
+		if slot != nil {
+			st.slots[slot.UTC()] = [2]int32{*net, *top}
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	for _, d := range days {
+		if states[d] == nil {
+			missing = append(missing, d)
+		}
+	}
+
+	// The changes: midnight counts and dirty slots, within stateful days.
+	type edge struct {
+		at    time.Time
+		delta int32
+	}
+	dirty := map[slotKey][]edge{}
+	inState := func(p string, t time.Time) bool { return states[DayKey{p, Day(t)}] != nil }
+	for _, change := range []struct {
+		sign int32
+		ivs  map[ConnKey][]Interval
+	}{{-1, old}, {+1, fresh}} {
+		for k, ivs := range change.ivs {
+			for _, iv := range ivs {
+				if !iv.Start.Before(iv.End) {
+					continue
+				}
+				s, e := iv.Start.UTC(), iv.End.UTC()
+				for _, t := range []time.Time{s, e} {
+					if inState(k.ProxyID, t) {
+						dirty[slotKey{k.ProxyID, slotOf(t)}] = nil
+					}
+				}
+				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
+					st := states[DayKey{k.ProxyID, m}]
+					if st == nil {
+						continue
+					}
+					if s.Before(m) {
+						st.before += change.sign
+					}
+					if !s.After(m) && m.Before(e) {
+						st.at += change.sign
+					}
+				}
+			}
+		}
+	}
+	if len(dirty) > 0 {
+		// Edges of the dirty slots: the stored intervals' but the pending
+		// connections', then the pending connections' fresh ones.
+		isPending := make(map[ConnKey]bool, len(pending))
+		for _, k := range pending {
+			isPending[k] = true
+		}
+		spans := make([]span, 0, len(dirty))
+		for k := range dirty {
+			spans = append(spans, span{k.ProxyID, k.Start, k.Start.Add(slotWidth)})
+		}
+		spans = mergeSpans(spans)
+		sp := make([]string, len(spans))
+		los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+		for i, s := range spans {
+			sp[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT k.proxy_id, c.connection_id, c.start_time, 1
+			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
+			 WHERE c.start_time < c.end_time
+			UNION ALL
+			SELECT k.proxy_id, c.connection_id, c.end_time, -1
+			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time >= k.lo AND c.end_time < k.hi
+			 WHERE c.start_time < c.end_time`, sp, los, his)
+		if err != nil {
+			return nil, nil, err
+		}
+		var ck ConnKey
+		var e edge
+		if _, err := pgx.ForEachRow(rows, []any{&ck.ProxyID, &ck.ConnectionID, &e.at, &e.delta}, func() error {
+			if !isPending[ck] {
+				k := slotKey{ck.ProxyID, slotOf(e.at)}
+				dirty[k] = append(dirty[k], e)
+			}
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
+		for k, ivs := range fresh {
+			for _, iv := range ivs {
+				if !iv.Start.Before(iv.End) {
+					continue
+				}
+				for _, x := range []edge{{iv.Start.UTC(), 1}, {iv.End.UTC(), -1}} {
+					sk := slotKey{k.ProxyID, slotOf(x.at)}
+					if es, ok := dirty[sk]; ok {
+						dirty[sk] = append(es, x)
+					}
+				}
+			}
+		}
+		for k, es := range dirty {
+			st := states[DayKey{k.ProxyID, Day(k.Start)}]
+			if len(es) == 0 {
+				delete(st.slots, k.Start)
+				continue
+			}
+			sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
+			times, deltas := make([]time.Time, len(es)), make([]int32, len(es))
+			for i, x := range es {
+				times[i], deltas[i] = x.at, x.delta
+			}
+			n, t := slotNetTop(times, deltas)
+			st.slots[k.Start] = [2]int32{n, t}
+		}
+	}
+	for d, st := range states {
+		if !wanted[d] {
+			continue
+		}
+		starts := make([]time.Time, 0, len(st.slots))
+		for s := range st.slots {
+			starts = append(starts, s)
+		}
+		sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+		peak, run := max(st.at, 0), st.before
+		for _, s := range starts {
+			v := st.slots[s]
+			peak = max(peak, run+v[1])
+			run += v[0]
+		}
+		peaks[d] = int(peak)
+	}
+	return peaks, missing, nil
+}
+
+// slotNetTop is a slot's state from its edges sorted by time: the net
+// change and the highest running value after an instant's edges (between
+// them the running sum is no instant's count).
+func slotNetTop(times []time.Time, deltas []int32) (net, top int32) {
+	first := true
+	for i, d := range deltas {
+		net += d
+		if i+1 < len(times) && times[i+1].Equal(times[i]) {
+			continue
+		}
+		if first || net > top {
+			top, first = net, false
+		}
+	}
+	return net, top
 }

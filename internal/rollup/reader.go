@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -382,13 +383,12 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 	// day they cover: the work is the intervals' days within the range,
 	// never pending connections × days.
 	freshByDay := map[DayKey][]Interval{}
+	var stored, fresh map[ConnKey][]Interval
 	if len(pending) > 0 {
-		stored, err := storedIntervals(ctx, tx, pending)
-		if err != nil {
+		if stored, err = storedIntervals(ctx, tx, pending); err != nil {
 			return err
 		}
-		fresh, err := freshIntervals(ctx, tx, pending, r.maxAge)
-		if err != nil {
+		if fresh, err = freshIntervals(ctx, tx, pending, r.maxAge); err != nil {
 			return err
 		}
 		for k, ivs := range stored {
@@ -419,6 +419,14 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 		for d := range recompute {
 			days = append(days, d)
 		}
+		// Days with stored peak state re-read only the slots of the
+		// pending connections' edges; the others all their intervals.
+		fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, pending, stored, fresh)
+		if err != nil {
+			return err
+		}
+		maps.Copy(perDay, fromSlots)
+		days = missing
 		open, err := overlapping(ctx, tx, days)
 		if err != nil {
 			return err
