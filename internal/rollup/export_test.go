@@ -22,5 +22,3 @@ const (
 	AggregateColumns = aggregateColumns
 	RollupColumns    = rollupColumns
 )
-
-const PendingHistograms = pendingHistograms
