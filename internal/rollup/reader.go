@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -289,9 +290,14 @@ SELECT day, sum(b)::text FROM (
 
 // pendingHistograms reads the histogram entries of the pending deltas of
 // the request.
-var pendingHistograms = `
-SELECT proxy_id, day, latency_bucket, samples FROM (` + fmt.Sprintf(deltaHistograms, "l.proxy_ids && $1") + `) x
- WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
+// The function picks the entries of the requested proxy-days inside each
+// row (sql/0012_delta_histogram_filter.sql): a read costs the entries it
+// wants, not every entry of every row naming a requested proxy.
+const pendingHistograms = `
+SELECT h.proxy_id, h.day, h.latency_bucket, h.samples
+  FROM usage_rollup_deltas l,
+       usage_rollup_delta_histograms_for(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples, $1, $2, $3) h
+ WHERE l.proxy_ids && $1 AND $4::timestamptz < $5::timestamptz`
 
 // fastTotals answers in one round trip (BEGIN, the queries and COMMIT
 // pipelined) when no connection of the proxies waits to be re-paired. ok
@@ -377,13 +383,12 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 	// day they cover: the work is the intervals' days within the range,
 	// never pending connections × days.
 	freshByDay := map[DayKey][]Interval{}
+	var stored, fresh map[ConnKey][]Interval
 	if len(pending) > 0 {
-		stored, err := storedIntervals(ctx, tx, pending)
-		if err != nil {
+		if stored, err = storedIntervals(ctx, tx, pending); err != nil {
 			return err
 		}
-		fresh, err := freshIntervals(ctx, tx, pending, r.maxAge)
-		if err != nil {
+		if fresh, err = freshIntervals(ctx, tx, pending, r.maxAge); err != nil {
 			return err
 		}
 		for k, ivs := range stored {
@@ -414,6 +419,14 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 		for d := range recompute {
 			days = append(days, d)
 		}
+		// Days with stored peak state re-read only the slots of the
+		// pending connections' edges; the others all their intervals.
+		fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, pending, stored, fresh)
+		if err != nil {
+			return err
+		}
+		maps.Copy(perDay, fromSlots)
+		days = missing
 		open, err := overlapping(ctx, tx, days)
 		if err != nil {
 			return err

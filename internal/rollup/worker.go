@@ -178,7 +178,7 @@ func intervalText(d time.Duration) string {
 // RunStats says what one run did (tests assert on it).
 type RunStats struct {
 	Days        []DayKey  // proxy-days whose deltas were folded
-	PeakDays    []DayKey  // proxy-days whose peaks were recomputed
+	PeakDays    []DayKey  // proxy-days whose peaks were recomputed (from their slots)
 	Connections []ConnKey // connections re-paired
 	Full        bool      // a log held a full batch: more may wait
 }
@@ -222,15 +222,14 @@ func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error)
 		if err := foldDeltas(ctx, tx, deltaIDs); err != nil {
 			return err
 		}
-		peakDays := map[DayKey]bool{}
-		if err := w.repair(ctx, tx, conns, peakDays); err != nil {
+		old, fresh, err := w.repair(ctx, tx, conns)
+		if err != nil {
 			return err
 		}
-		stats.PeakDays = sortedDays(peakDays)
-		if err := w.writePeaks(ctx, tx, stats.PeakDays); err != nil {
+		if stats.PeakDays, err = updatePeaks(ctx, tx, old, fresh); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, connIDs)
+		_, err = tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, connIDs)
 		return err
 	})
 	if err != nil {
@@ -329,25 +328,23 @@ func (w *Worker) readLog(ctx context.Context, batch int, query string, dest []an
 	return ids, true, nil
 }
 
-// repair re-pairs the connections, replaces their stored intervals and adds
-// every day their old or new intervals cover to peakDays.
-func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey, peakDays map[DayKey]bool) error {
+// repair re-pairs the connections and replaces their stored intervals. It
+// returns their old and new intervals.
+func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey) (old, fresh map[ConnKey][]Interval, err error) {
 	if len(conns) == 0 {
-		return nil
+		return nil, nil, nil
 	}
-	old, err := storedIntervals(ctx, tx, conns)
-	if err != nil {
-		return err
+	if old, err = storedIntervals(ctx, tx, conns); err != nil {
+		return nil, nil, err
 	}
-	fresh, err := freshIntervals(ctx, tx, conns, w.cfg.MaxConnectionAge)
-	if err != nil {
-		return err
+	if fresh, err = freshIntervals(ctx, tx, conns, w.cfg.MaxConnectionAge); err != nil {
+		return nil, nil, err
 	}
 	proxies, ids := splitConnKeys(conns)
 	if _, err := tx.Exec(ctx, `
 		DELETE FROM usage_connections c USING unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
 		 WHERE c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`, proxies, ids); err != nil {
-		return err
+		return nil, nil, err
 	}
 	var rows [][]any
 	for _, k := range conns {
@@ -357,44 +354,9 @@ func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey, peakDay
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_connections"},
 		[]string{"proxy_id", "connection_id", "start_time", "end_time", "paired"}, pgx.CopyFromRows(rows)); err != nil {
-		return err
+		return nil, nil, err
 	}
-	for _, m := range []map[ConnKey][]Interval{old, fresh} {
-		for k, ivs := range m {
-			for _, iv := range ivs {
-				for _, d := range iv.Days() {
-					peakDays[DayKey{k.ProxyID, d}] = true
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// writePeaks recomputes and stores the peaks of days from the (already
-// re-paired) stored intervals.
-func (w *Worker) writePeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
-	if len(days) == 0 {
-		return nil
-	}
-	open, err := overlapping(ctx, tx, days)
-	if err != nil {
-		return err
-	}
-	proxies, dates := splitDayKeys(days)
-	peaks := make([]int32, len(days))
-	for i, d := range days {
-		ivs := make([]Interval, len(open[d]))
-		for j, ki := range open[d] {
-			ivs[j] = ki.Interval
-		}
-		peaks[i] = int32(Peak(ivs, d.Day))
-	}
-	_, err = tx.Exec(ctx, `
-		INSERT INTO usage_daily_peak (proxy_id, day, peak)
-		SELECT * FROM unnest($1::text[], $2::date[], $3::int[])
-		ON CONFLICT (proxy_id, day) DO UPDATE SET peak = excluded.peak`, proxies, dates, peaks)
-	return err
+	return old, fresh, nil
 }
 
 func (w *Worker) observeLag(ctx context.Context) {

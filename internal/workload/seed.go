@@ -236,7 +236,10 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 		readErr <- err
 	}()
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		for _, q := range []string{`DELETE FROM usage_connections`, `DELETE FROM usage_connection_invalidations`} {
+		// The worker's peak state described the intervals replaced here: it
+		// fills a day's state again the first time it touches the day.
+		for _, q := range []string{`DELETE FROM usage_connections`, `DELETE FROM usage_connection_invalidations`,
+			`DELETE FROM usage_peak_slots`, `DELETE FROM usage_peak_days`} {
 			if _, err := tx.Exec(ctx, q); err != nil {
 				return err
 			}

@@ -1,0 +1,458 @@
+package rollup
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// slotWidth is the span of a usage_peak_slots row (sql/0013_peak_slots.sql).
+// A re-paired connection re-reads the edges of the slots its old and new
+// start and end fall in; a day's peak reads its slots. 15 minutes keeps
+// both small: a slot holds a 96th of a day's edges, a day at most 96 rows.
+const slotWidth = 15 * time.Minute
+
+func slotOf(t time.Time) time.Time { return t.UTC().Truncate(slotWidth) }
+
+type slotKey struct {
+	ProxyID string
+	Start   time.Time
+}
+
+type span struct {
+	ProxyID string
+	Lo, Hi  time.Time
+}
+
+// updatePeaks brings the peak state of the intervals that changed (old
+// replaced by fresh, already stored) up to date and stores the peaks of
+// every day they touch, which it returns. For a proxy-day with state it
+// re-reads only the slots holding an old or new edge and adds ±1 to the
+// midnight counts the intervals cross; a day without state yet is filled
+// whole from the stored intervals, once.
+func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interval) ([]DayKey, error) {
+	days := map[DayKey]bool{}
+	dBefore, dAt := map[DayKey]int32{}, map[DayKey]int32{}
+	slots := map[slotKey]bool{}
+	for _, change := range []struct {
+		sign int32
+		ivs  map[ConnKey][]Interval
+	}{{-1, old}, {+1, fresh}} {
+		for k, ivs := range change.ivs {
+			for _, iv := range ivs {
+				if !iv.Start.Before(iv.End) {
+					continue // open at no instant: no edges
+				}
+				s, e := iv.Start.UTC(), iv.End.UTC()
+				slots[slotKey{k.ProxyID, slotOf(s)}] = true
+				slots[slotKey{k.ProxyID, slotOf(e)}] = true
+				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
+					dk := DayKey{k.ProxyID, m}
+					days[dk] = true
+					if s.Before(m) { // start < midnight <= end
+						dBefore[dk] += change.sign
+					}
+					if !s.After(m) && m.Before(e) { // start <= midnight < end
+						dAt[dk] += change.sign
+					}
+				}
+			}
+		}
+	}
+	if len(days) == 0 {
+		return nil, nil
+	}
+	list := sortedDays(days)
+	proxies, dates := splitDayKeys(list)
+	rows, err := tx.Query(ctx, `
+		SELECT d.proxy_id, d.day FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
+		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day`, proxies, dates)
+	if err != nil {
+		return nil, err
+	}
+	have := map[DayKey]bool{}
+	var dk DayKey
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day}, func() error {
+		dk.Day = dk.Day.UTC()
+		have[dk] = true
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+
+	// Midnight counts: ±1 where there is state, counted where there is not.
+	var upProxies, fillProxies []string
+	var upDays, fillDays []time.Time
+	var upBefore, upAt []int32
+	var spans []span
+	for _, d := range list {
+		if !have[d] {
+			fillProxies, fillDays = append(fillProxies, d.ProxyID), append(fillDays, d.Day)
+			spans = append(spans, span{d.ProxyID, d.Day, d.Day.AddDate(0, 0, 1)})
+			continue
+		}
+		if dBefore[d] != 0 || dAt[d] != 0 {
+			upProxies, upDays = append(upProxies, d.ProxyID), append(upDays, d.Day)
+			upBefore, upAt = append(upBefore, dBefore[d]), append(upAt, dAt[d])
+		}
+	}
+	if len(upProxies) > 0 {
+		if _, err := tx.Exec(ctx, `
+			UPDATE usage_peak_days p SET open_before = p.open_before + k.b, open_at = p.open_at + k.a
+			  FROM unnest($1::text[], $2::date[], $3::int[], $4::int[]) AS k(proxy_id, day, b, a)
+			 WHERE p.proxy_id = k.proxy_id AND p.day = k.day`, upProxies, upDays, upBefore, upAt); err != nil {
+			return nil, err
+		}
+	}
+	if len(fillProxies) > 0 {
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO usage_peak_days (proxy_id, day, open_before, open_at)
+			SELECT k.proxy_id, k.day,
+			       (SELECT count(*) FROM usage_connections c
+			         WHERE c.proxy_id = k.proxy_id AND c.end_time >= m.at AND c.start_time < m.at),
+			       (SELECT count(*) FROM usage_connections c
+			         WHERE c.proxy_id = k.proxy_id AND c.end_time > m.at AND c.start_time <= m.at)
+			  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day),
+			       LATERAL (SELECT k.day::timestamp AT TIME ZONE 'UTC' AS at) m`, fillProxies, fillDays); err != nil {
+			return nil, err
+		}
+	}
+
+	// Slots: re-read the edges of the dirty slots of days with state and of
+	// the whole of days without.
+	for s := range slots {
+		if have[DayKey{s.ProxyID, Day(s.Start)}] {
+			spans = append(spans, span{s.ProxyID, s.Start, s.Start.Add(slotWidth)})
+		}
+	}
+	if err := rewriteSlots(ctx, tx, mergeSpans(spans)); err != nil {
+		return nil, err
+	}
+	return list, writeDayPeaks(ctx, tx, list)
+}
+
+// mergeSpans sorts spans and merges those that overlap or touch, so no
+// edge is read twice.
+func mergeSpans(spans []span) []span {
+	sort.Slice(spans, func(i, j int) bool {
+		if spans[i].ProxyID != spans[j].ProxyID {
+			return spans[i].ProxyID < spans[j].ProxyID
+		}
+		return spans[i].Lo.Before(spans[j].Lo)
+	})
+	var out []span
+	for _, s := range spans {
+		if n := len(out); n > 0 && out[n-1].ProxyID == s.ProxyID && !s.Lo.After(out[n-1].Hi) {
+			out[n-1].Hi = maxTime(out[n-1].Hi, s.Hi)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// rewriteSlots recomputes the slots within spans from the edges of the
+// stored intervals in them (an index range scan on start and one on end).
+func rewriteSlots(ctx context.Context, tx pgx.Tx, spans []span) error {
+	if len(spans) == 0 {
+		return nil
+	}
+	proxies := make([]string, len(spans))
+	los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+	for i, s := range spans {
+		proxies[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT k.proxy_id, c.start_time, 1
+		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
+		 WHERE c.start_time < c.end_time
+		UNION ALL
+		SELECT k.proxy_id, c.end_time, -1
+		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time >= k.lo AND c.end_time < k.hi
+		 WHERE c.start_time < c.end_time`, proxies, los, his)
+	if err != nil {
+		return err
+	}
+	type edge struct {
+		at    time.Time
+		delta int32
+	}
+	edges := map[slotKey][]edge{}
+	var p string
+	var e edge
+	if _, err := pgx.ForEachRow(rows, []any{&p, &e.at, &e.delta}, func() error {
+		k := slotKey{p, slotOf(e.at)}
+		edges[k] = append(edges[k], e)
+		return nil
+	}); err != nil {
+		return err
+	}
+	var sProxies []string
+	var sStarts []time.Time
+	var nets, tops []int32
+	for k, es := range edges {
+		sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
+		times, deltas := make([]time.Time, len(es)), make([]int32, len(es))
+		for i, x := range es {
+			times[i], deltas[i] = x.at, x.delta
+		}
+		net, top := slotNetTop(times, deltas)
+		sProxies, sStarts = append(sProxies, k.ProxyID), append(sStarts, k.Start)
+		nets, tops = append(nets, net), append(tops, top)
+	}
+	if _, err := tx.Exec(ctx, `
+		DELETE FROM usage_peak_slots s USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		 WHERE s.proxy_id = k.proxy_id AND s.slot_start >= k.lo AND s.slot_start < k.hi`, proxies, los, his); err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top)
+		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[])`, sProxies, sStarts, nets, tops)
+	return err
+}
+
+// writeDayPeaks stores the peaks of days from their state: the open count
+// at midnight, or a slot's best running value offset by the count before
+// the slot (open just before midnight plus the earlier slots' nets). Any
+// instant's count is one of these: after the day's last edge at or before
+// it, or the midnight count if there is none.
+func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
+	proxies, dates := splitDayKeys(days)
+	rows, err := tx.Query(ctx, `
+		SELECT d.proxy_id, d.day, d.open_before, d.open_at, s.net, s.top
+		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
+		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
+		  LEFT JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+		   AND s.slot_start >= k.day::timestamp AT TIME ZONE 'UTC' AND s.slot_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'
+		 ORDER BY d.proxy_id, d.day, s.slot_start`, proxies, dates)
+	if err != nil {
+		return err
+	}
+	peaks := make(map[DayKey]int32, len(days))
+	var run map[DayKey]int32 = make(map[DayKey]int32, len(days))
+	var dk DayKey
+	var before, at int32
+	var net, top *int32
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &net, &top}, func() error {
+		dk.Day = dk.Day.UTC()
+		if _, ok := peaks[dk]; !ok {
+			peaks[dk], run[dk] = max(at, 0), before
+		}
+		if net != nil {
+			peaks[dk] = max(peaks[dk], run[dk]+*top)
+			run[dk] += *net
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	values := make([]int32, len(days))
+	for i, d := range days {
+		values[i] = peaks[d]
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO usage_daily_peak (proxy_id, day, peak)
+		SELECT * FROM unnest($1::text[], $2::date[], $3::int[])
+		ON CONFLICT (proxy_id, day) DO UPDATE SET peak = excluded.peak`, proxies, dates, values)
+	return err
+}
+
+// pendingDayPeaks computes, without writing, the peaks of days as they
+// will be once the pending connections are re-paired (their stored
+// intervals old replaced by fresh), from the stored peak state: only the
+// slots holding an old or new edge are re-read. Days without state yet are
+// returned in missing, for the caller to compute from their intervals.
+func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []ConnKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
+	peaks = make(map[DayKey]int, len(days))
+	if len(days) == 0 {
+		return peaks, nil, nil
+	}
+	wanted := make(map[DayKey]bool, len(days))
+	for _, d := range days {
+		wanted[d] = true
+	}
+	proxies, dates := splitDayKeys(days)
+	type state struct {
+		before, at int32
+		slots      map[time.Time][2]int32 // net, top
+	}
+	states := map[DayKey]*state{}
+	rows, err := tx.Query(ctx, `
+		SELECT d.proxy_id, d.day, d.open_before, d.open_at, s.slot_start, s.net, s.top
+		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
+		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
+		  LEFT JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+		   AND s.slot_start >= k.day::timestamp AT TIME ZONE 'UTC' AND s.slot_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
+	if err != nil {
+		return nil, nil, err
+	}
+	var dk DayKey
+	var before, at int32
+	var slot *time.Time
+	var net, top *int32
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &slot, &net, &top}, func() error {
+		dk.Day = dk.Day.UTC()
+		st := states[dk]
+		if st == nil {
+			st = &state{before: before, at: at, slots: map[time.Time][2]int32{}}
+			states[dk] = st
+		}
+		if slot != nil {
+			st.slots[slot.UTC()] = [2]int32{*net, *top}
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	for _, d := range days {
+		if states[d] == nil {
+			missing = append(missing, d)
+		}
+	}
+
+	// The changes: midnight counts and dirty slots, within stateful days.
+	type edge struct {
+		at    time.Time
+		delta int32
+	}
+	dirty := map[slotKey][]edge{}
+	inState := func(p string, t time.Time) bool { return states[DayKey{p, Day(t)}] != nil }
+	for _, change := range []struct {
+		sign int32
+		ivs  map[ConnKey][]Interval
+	}{{-1, old}, {+1, fresh}} {
+		for k, ivs := range change.ivs {
+			for _, iv := range ivs {
+				if !iv.Start.Before(iv.End) {
+					continue
+				}
+				s, e := iv.Start.UTC(), iv.End.UTC()
+				for _, t := range []time.Time{s, e} {
+					if inState(k.ProxyID, t) {
+						dirty[slotKey{k.ProxyID, slotOf(t)}] = nil
+					}
+				}
+				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
+					st := states[DayKey{k.ProxyID, m}]
+					if st == nil {
+						continue
+					}
+					if s.Before(m) {
+						st.before += change.sign
+					}
+					if !s.After(m) && m.Before(e) {
+						st.at += change.sign
+					}
+				}
+			}
+		}
+	}
+	if len(dirty) > 0 {
+		// Edges of the dirty slots: the stored intervals' but the pending
+		// connections', then the pending connections' fresh ones.
+		isPending := make(map[ConnKey]bool, len(pending))
+		for _, k := range pending {
+			isPending[k] = true
+		}
+		spans := make([]span, 0, len(dirty))
+		for k := range dirty {
+			spans = append(spans, span{k.ProxyID, k.Start, k.Start.Add(slotWidth)})
+		}
+		spans = mergeSpans(spans)
+		sp := make([]string, len(spans))
+		los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+		for i, s := range spans {
+			sp[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT k.proxy_id, c.connection_id, c.start_time, 1
+			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
+			 WHERE c.start_time < c.end_time
+			UNION ALL
+			SELECT k.proxy_id, c.connection_id, c.end_time, -1
+			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time >= k.lo AND c.end_time < k.hi
+			 WHERE c.start_time < c.end_time`, sp, los, his)
+		if err != nil {
+			return nil, nil, err
+		}
+		var ck ConnKey
+		var e edge
+		if _, err := pgx.ForEachRow(rows, []any{&ck.ProxyID, &ck.ConnectionID, &e.at, &e.delta}, func() error {
+			if !isPending[ck] {
+				k := slotKey{ck.ProxyID, slotOf(e.at)}
+				dirty[k] = append(dirty[k], e)
+			}
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
+		for k, ivs := range fresh {
+			for _, iv := range ivs {
+				if !iv.Start.Before(iv.End) {
+					continue
+				}
+				for _, x := range []edge{{iv.Start.UTC(), 1}, {iv.End.UTC(), -1}} {
+					sk := slotKey{k.ProxyID, slotOf(x.at)}
+					if es, ok := dirty[sk]; ok {
+						dirty[sk] = append(es, x)
+					}
+				}
+			}
+		}
+		for k, es := range dirty {
+			st := states[DayKey{k.ProxyID, Day(k.Start)}]
+			if len(es) == 0 {
+				delete(st.slots, k.Start)
+				continue
+			}
+			sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
+			times, deltas := make([]time.Time, len(es)), make([]int32, len(es))
+			for i, x := range es {
+				times[i], deltas[i] = x.at, x.delta
+			}
+			n, t := slotNetTop(times, deltas)
+			st.slots[k.Start] = [2]int32{n, t}
+		}
+	}
+	for d, st := range states {
+		if !wanted[d] {
+			continue
+		}
+		starts := make([]time.Time, 0, len(st.slots))
+		for s := range st.slots {
+			starts = append(starts, s)
+		}
+		sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+		peak, run := max(st.at, 0), st.before
+		for _, s := range starts {
+			v := st.slots[s]
+			peak = max(peak, run+v[1])
+			run += v[0]
+		}
+		peaks[d] = int(peak)
+	}
+	return peaks, missing, nil
+}
+
+// slotNetTop is a slot's state from its edges sorted by time: the net
+// change and the highest running value after an instant's edges (between
+// them the running sum is no instant's count).
+func slotNetTop(times []time.Time, deltas []int32) (net, top int32) {
+	first := true
+	for i, d := range deltas {
+		net += d
+		if i+1 < len(times) && times[i+1].Equal(times[i]) {
+			continue
+		}
+		if first || net > top {
+			top, first = net, false
+		}
+	}
+	return net, top
+}
