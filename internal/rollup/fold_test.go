@@ -404,11 +404,11 @@ func TestPeakSlots(t *testing.T) {
 				t.Fatal(err)
 			}
 			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-			w, err := ingest.NewWriter(ctx, ingest.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
+			w, err := store.NewWriter(ctx, store.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
 			if err != nil {
 				t.Fatal(err)
 			}
-			w.Start()
+			w.Start(ctx)
 			t.Cleanup(w.Stop)
 			worker, err := rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(), Logger: logger,
 				MaxConnectionAge: 6 * time.Hour})
