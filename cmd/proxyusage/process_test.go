@@ -40,6 +40,7 @@ func binary(t *testing.T) string {
 			buildErr = err
 			return
 		}
+		pgtest.AtExit(func() { _ = os.RemoveAll(dir) })
 		binPath = filepath.Join(dir, "proxyusage")
 		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
 		if err != nil {

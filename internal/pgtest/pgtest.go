@@ -48,6 +48,9 @@ const StandbyApplyDelay = time.Second
 // it from TestMain: func TestMain(m *testing.M) { pgtest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
+	for _, f := range atExit {
+		f()
+	}
 	if standby != nil {
 		_ = standby.Kill()
 	}
@@ -57,6 +60,13 @@ func Main(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// atExit holds what AtExit registered.
+var atExit []func()
+
+// AtExit registers f to run when Main's tests are done (files a test
+// binary shares across its tests, such as a built executable).
+func AtExit(f func()) { atExit = append(atExit, f) }
 
 func setup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
