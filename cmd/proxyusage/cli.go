@@ -381,6 +381,11 @@ func seedCmd(cfg config.Config, args []string, stdout, stderr io.Writer) error {
 	wg.Wait()
 	close(done)
 	<-drawn // the drawing goroutine has stopped writing
+	if firstErr == nil {
+		// Done: the workload drops the few events it would date after
+		// now, so the bar ends at what was sent, at 100 %.
+		bar.total = max(int(sent.Load()), 1)
+	}
 	bar.show(int(sent.Load()))
 	bar.finish()
 	if firstErr != nil {
