@@ -61,7 +61,7 @@ type phase struct {
 
 func (b *bench) run(ctx context.Context) error {
 	phases := []phase{{"ingest", b.ingestPhases}, {"reads", b.readPhases}, {"access", b.accessPhase}, {"fairness", b.fairnessPhase},
-		{"sustained", b.sustainedPhase}, {"live", b.livePhase}, {"keys", b.keysPhase}, {"replica", b.replicaPhase}}
+		{"sustained", b.onEachBackend("11", b.sustained)}, {"live", b.onEachBackend("12", b.live)}, {"keys", b.onEachBackend("13", b.keys)}, {"replica", b.replicaPhase}}
 	for _, name := range strings.Split(b.opt.phases, ",") {
 		if !slices.ContainsFunc(phases, func(p phase) bool { return p.name == name }) {
 			return fmt.Errorf("-phases: unknown phase %q (ingest, reads, access, fairness, sustained, live, keys, replica)", name)

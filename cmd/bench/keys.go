@@ -19,7 +19,7 @@ import (
 	"proxyusage/internal/workload"
 )
 
-// keysPhase is (13), on each backend of -backends: batch ingest with
+// keys is (13) on one backend of -backends: batch ingest with
 // random uuid4 eventIds on an empty database, then again once keysSeeded
 // remembered keys (random, received over the last 34 days) have been
 // written straight into usage_event_keys; bytes per remembered key (table
@@ -28,19 +28,6 @@ import (
 // CHECKPOINT, so each pays the full-page writes of the index pages it
 // dirties first; a third run, straight after the second, shows the rate
 // once those are mostly paid.
-func (b *bench) keysPhase(ctx context.Context) error {
-	backends, err := b.phaseBackends(ctx)
-	if err != nil {
-		return err
-	}
-	for _, be := range backends {
-		if err := b.keys(ctx, be); err != nil {
-			return fmt.Errorf("(13) on %s: %w", be, err)
-		}
-	}
-	return nil
-}
-
 func (b *bench) keys(ctx context.Context, be database.Backend) error {
 	id := func(letter string) string { return "13" + letter + "-" + short(be) }
 	pool, dbURL, _, err := b.newDatabaseOn(ctx, "bench_keys_"+string(be), string(be))

@@ -92,19 +92,6 @@ type live struct {
 	stream    streamRun
 }
 
-func (b *bench) livePhase(ctx context.Context) error {
-	backends, err := b.phaseBackends(ctx)
-	if err != nil {
-		return err
-	}
-	for _, be := range backends {
-		if err := b.live(ctx, be); err != nil {
-			return fmt.Errorf("(12) on %s: %w", be, err)
-		}
-	}
-	return nil
-}
-
 func (b *bench) live(ctx context.Context, be database.Backend) error {
 	id := func(letter string) string { return "12" + letter + "-" + short(be) }
 	pool, dbURL, _, err := b.newDatabaseOn(ctx, "bench_live_"+string(be), string(be))

@@ -257,6 +257,23 @@ func serviceToken() (string, error) {
 // phaseBackends are the backends the long-running phases run on: those
 // of -backends the cluster can serve (TimescaleDB only when its library is
 // preloaded).
+// onEachBackend makes phase number a run of run on each backend of
+// -backends, in turn.
+func (b *bench) onEachBackend(number string, run func(context.Context, database.Backend) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		backends, err := b.phaseBackends(ctx)
+		if err != nil {
+			return err
+		}
+		for _, be := range backends {
+			if err := run(ctx, be); err != nil {
+				return fmt.Errorf("(%s) on %s: %w", number, be, err)
+			}
+		}
+		return nil
+	}
+}
+
 func (b *bench) phaseBackends(ctx context.Context) ([]database.Backend, error) {
 	var preload string
 	if err := b.adminQueryRow(ctx, `SELECT current_setting('shared_preload_libraries')`, &preload); err != nil {

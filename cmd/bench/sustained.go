@@ -26,19 +26,6 @@ import (
 // through (each round with new eventIds and connection ids).
 const templateBodies = 200
 
-func (b *bench) sustainedPhase(ctx context.Context) error {
-	backends, err := b.phaseBackends(ctx)
-	if err != nil {
-		return err
-	}
-	for _, be := range backends {
-		if err := b.sustained(ctx, be); err != nil {
-			return fmt.Errorf("(11) on %s: %w", be, err)
-		}
-	}
-	return nil
-}
-
 func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	id := func(letter string) string { return "11" + letter + "-" + short(be) }
 	pool, dbURL, _, err := b.newDatabaseOn(ctx, "bench_sustained_"+string(be), string(be))
