@@ -33,29 +33,12 @@ import (
 // the recompute from raw events; at the end the rollup tables equal it row
 // for row. A real database, no service.
 func TestFoldEqualsRecompute(t *testing.T) {
+	proxies := []string{"p1", "p2", "p3"}
 	for _, b := range pgtest.Backends(t) {
 		t.Run(string(b), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			pool, err := database.Connect(ctx, pgtest.NewDB(t, b), 4)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(pool.Close)
-			proxies := []string{"p1", "p2", "p3"}
-			if _, err := pool.Exec(ctx, `INSERT INTO users (id) VALUES ('u')`); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := pool.Exec(ctx, `INSERT INTO proxies (id, user_id) SELECT unnest($1::text[]), 'u'`, proxies); err != nil {
-				t.Fatal(err)
-			}
-			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-			w, err := store.NewWriter(ctx, store.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
-			if err != nil {
-				t.Fatal(err)
-			}
-			w.Start(ctx)
-			t.Cleanup(w.Stop)
+			pool, w, logger := newFoldEnv(t, b, proxies)
 			const maxAge = 6 * time.Hour
 			worker, err := rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(), Logger: logger,
 				MaxConnectionAge: maxAge, BatchSize: 4})
@@ -68,43 +51,9 @@ func TestFoldEqualsRecompute(t *testing.T) {
 			}
 			service := auth.Principal{UserID: "svc", Roles: []string{auth.RoleService}}
 			rng := rand.New(rand.NewPCG(17, uint64(len(b))))
-			// Four days ending today; times on a 10-minute grid around the
-			// midnights so that equal timestamps and midnight crossings are
-			// common.
 			first := rollup.Day(time.Now()).AddDate(0, 0, -3)
 			from, to := first.AddDate(0, 0, -1), first.AddDate(0, 0, 4)
-			at := func() time.Time {
-				d := first.AddDate(0, 0, rng.IntN(4))
-				t := d.Add(time.Duration(rng.IntN(37)-18) * 10 * time.Minute)
-				if rng.IntN(4) == 0 { // off the grid: edges inside peak slots too
-					t = t.Add(time.Duration(rng.IntN(600)) * time.Second)
-				}
-				return t
-			}
-			event := func() ingest.Event {
-				e := ingest.Event{ProxyID: proxies[rng.IntN(len(proxies))], Time: at()}
-				if rng.IntN(3) == 0 {
-					e.EventID = fmt.Sprintf("k%d", rng.IntN(400)) // repeats across requests
-				}
-				switch rng.IntN(5) {
-				case 0, 1:
-					e.Type, e.ConnectionID = ingest.ConnectionStart, fmt.Sprintf("c%d", rng.IntN(60))
-				case 2:
-					e.Type, e.ConnectionID = ingest.ConnectionEnd, fmt.Sprintf("c%d", rng.IntN(60))
-					if rng.IntN(2) == 0 {
-						e.DurationUS, e.HasDuration = rng.Int64N(1e9), true
-					}
-				case 3:
-					e.Type = ingest.DataTransfer
-				default:
-					e.Type = ingest.ErrorEvent
-				}
-				e.BytesSent, e.BytesReceived = rng.Int64N(1<<40), rng.Int64N(1000)
-				if rng.IntN(2) == 0 {
-					e.LatencyUS, e.HasLatency = rng.Int64N(5e6), true
-				}
-				return e
-			}
+			event := randomEvents(rng, proxies, first)
 			for step := range 12 {
 				// Small requests go through the single-statement flush, a
 				// large one through COPY.
@@ -158,29 +107,176 @@ func TestFoldEqualsRecompute(t *testing.T) {
 			if err := equalTotals(got, want); err != nil {
 				t.Fatalf("after the last run: %v", err)
 			}
-			// The rollup tables equal the recompute row for row.
-			recomputed := map[string]string{
-				"usage_daily": `SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, ` + rollup.AggregateColumns + ` FROM usage_events GROUP BY 1, 2`,
-				"usage_latency_daily_packed": `SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
-					FROM (SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, latency_bucket, count(*) AS samples
-					        FROM usage_events WHERE latency_bucket IS NOT NULL GROUP BY 1, 2, 3) h GROUP BY 1, 2`,
-			}
-			stored := map[string]string{
-				"usage_daily":                `SELECT proxy_id, bucket, ` + rollup.RollupColumns + ` FROM usage_daily`,
-				"usage_latency_daily_packed": `SELECT proxy_id, bucket, latency_buckets, samples FROM usage_latency_daily_packed`,
-			}
-			for table, q := range recomputed {
-				if b == database.Postgres {
-					q = strings.ReplaceAll(q, "time_bucket(interval '1 day', time)", "date_bin(interval '1 day', time, timestamptz '2000-01-01')")
-				}
-				if n := count(t, pool, `SELECT count(*) FROM (`+stored[table]+`) s`); n < 10 {
-					t.Fatalf("only %d rows in %s", n, table)
-				}
-				if n := count(t, pool, fmt.Sprintf(`SELECT count(*) FROM ((%[1]s EXCEPT ALL %[2]s) UNION ALL (%[2]s EXCEPT ALL %[1]s)) d`, stored[table], q)); n != 0 {
-					t.Errorf("%d rows of %s differ from the recompute", n, table)
-				}
-			}
+			checkTablesEqualRecompute(t, pool, b)
 		})
+	}
+}
+
+// Runs on several replicas at once (RunOnce needs no leadership) consume
+// each log row once: two workers on one database run back to back while
+// events keep arriving, and the rollup tables and peaks still equal the
+// recompute from raw events. Folding is additive, so a delta folded twice
+// would show as doubled sums.
+func TestConcurrentRunsConsumeOnce(t *testing.T) {
+	proxies := []string{"p1", "p2", "p3", "p4"}
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool, w, logger := newFoldEnv(t, b, proxies)
+			var workers [2]*rollup.Worker
+			for i := range workers {
+				var err error
+				workers[i], err = rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(), Logger: logger,
+					MaxConnectionAge: 6 * time.Hour, BatchSize: 3})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			service := auth.Principal{UserID: "svc", Roles: []string{auth.RoleService}}
+			rng := rand.New(rand.NewPCG(23, uint64(len(b))))
+			event := randomEvents(rng, proxies, rollup.Day(time.Now()).AddDate(0, 0, -3))
+			runCtx, stop := context.WithCancel(ctx)
+			errs := make(chan error, len(workers))
+			var runs [2]int
+			for i, worker := range workers {
+				go func() {
+					for runCtx.Err() == nil {
+						if _, err := worker.RunOnce(runCtx); err != nil && runCtx.Err() == nil {
+							errs <- err
+							return
+						}
+						runs[i]++
+					}
+					errs <- nil
+				}()
+			}
+			for range 40 {
+				events := make([]ingest.Event, 1+rng.IntN(30))
+				for i := range events {
+					events[i] = event()
+				}
+				if _, _, err := w.WriteAs(ctx, service, events, true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			stop()
+			for range workers {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if runs[0] == 0 || runs[1] == 0 {
+				t.Fatalf("runs %v: both workers must have run", runs)
+			}
+			for {
+				s, err := workers[0].RunOnce(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !s.Full {
+					break
+				}
+			}
+			if n := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
+				t.Fatalf("%d log rows left", n)
+			}
+			checkStoredPeaks(t, pool)
+			checkTablesEqualRecompute(t, pool, b)
+		})
+	}
+}
+
+// newFoldEnv makes a database of backend b with user u owning proxies, and
+// an ingest writer on it, started.
+func newFoldEnv(t *testing.T, b database.Backend, proxies []string) (*pgxpool.Pool, *store.Writer, *slog.Logger) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := database.Connect(ctx, pgtest.NewDB(t, b), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := pool.Exec(ctx, `INSERT INTO users (id) VALUES ('u')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO proxies (id, user_id) SELECT unnest($1::text[]), 'u'`, proxies); err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := store.NewWriter(ctx, store.WriterConfig{PoolConfig: pool.Config(), Metrics: telemetry.New(), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Start(ctx)
+	t.Cleanup(w.Stop)
+	return pool, w, logger
+}
+
+// randomEvents returns a generator of random events over the four days
+// from first: times on a 10-minute grid around the midnights so that equal
+// timestamps and midnight crossings are common, late ones over several
+// days, repeated idempotency keys, unpaired starts and ends.
+func randomEvents(rng *rand.Rand, proxies []string, first time.Time) func() ingest.Event {
+	at := func() time.Time {
+		d := first.AddDate(0, 0, rng.IntN(4))
+		t := d.Add(time.Duration(rng.IntN(37)-18) * 10 * time.Minute)
+		if rng.IntN(4) == 0 { // off the grid: edges inside peak slots too
+			t = t.Add(time.Duration(rng.IntN(600)) * time.Second)
+		}
+		return t
+	}
+	return func() ingest.Event {
+		e := ingest.Event{ProxyID: proxies[rng.IntN(len(proxies))], Time: at()}
+		if rng.IntN(3) == 0 {
+			e.EventID = fmt.Sprintf("k%d", rng.IntN(400)) // repeats across requests
+		}
+		switch rng.IntN(5) {
+		case 0, 1:
+			e.Type, e.ConnectionID = ingest.ConnectionStart, fmt.Sprintf("c%d", rng.IntN(60))
+		case 2:
+			e.Type, e.ConnectionID = ingest.ConnectionEnd, fmt.Sprintf("c%d", rng.IntN(60))
+			if rng.IntN(2) == 0 {
+				e.DurationUS, e.HasDuration = rng.Int64N(1e9), true
+			}
+		case 3:
+			e.Type = ingest.DataTransfer
+		default:
+			e.Type = ingest.ErrorEvent
+		}
+		e.BytesSent, e.BytesReceived = rng.Int64N(1<<40), rng.Int64N(1000)
+		if rng.IntN(2) == 0 {
+			e.LatencyUS, e.HasLatency = rng.Int64N(5e6), true
+		}
+		return e
+	}
+}
+
+// checkTablesEqualRecompute asserts that the rollup tables equal a
+// recompute from raw events, row for row.
+func checkTablesEqualRecompute(t *testing.T, pool *pgxpool.Pool, b database.Backend) {
+	t.Helper()
+	// The rollup tables equal the recompute row for row.
+	recomputed := map[string]string{
+		"usage_daily": `SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, ` + rollup.AggregateColumns + ` FROM usage_events GROUP BY 1, 2`,
+		"usage_latency_daily_packed": `SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
+			FROM (SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, latency_bucket, count(*) AS samples
+			        FROM usage_events WHERE latency_bucket IS NOT NULL GROUP BY 1, 2, 3) h GROUP BY 1, 2`,
+	}
+	stored := map[string]string{
+		"usage_daily":                `SELECT proxy_id, bucket, ` + rollup.RollupColumns + ` FROM usage_daily`,
+		"usage_latency_daily_packed": `SELECT proxy_id, bucket, latency_buckets, samples FROM usage_latency_daily_packed`,
+	}
+	for table, q := range recomputed {
+		if b == database.Postgres {
+			q = strings.ReplaceAll(q, "time_bucket(interval '1 day', time)", "date_bin(interval '1 day', time, timestamptz '2000-01-01')")
+		}
+		if n := count(t, pool, `SELECT count(*) FROM (`+stored[table]+`) s`); n < 10 {
+			t.Fatalf("only %d rows in %s", n, table)
+		}
+		if n := count(t, pool, fmt.Sprintf(`SELECT count(*) FROM ((%[1]s EXCEPT ALL %[2]s) UNION ALL (%[2]s EXCEPT ALL %[1]s)) d`, stored[table], q)); n != 0 {
+			t.Errorf("%d rows of %s differ from the recompute", n, table)
+		}
 	}
 }
 

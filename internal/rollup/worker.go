@@ -18,8 +18,17 @@ import (
 )
 
 // leaderLockKey is the advisory lock that makes exactly one replica run the
-// worker. Its holder's session ending (crash, network) releases it.
+// worker loop. Its holder's session ending (crash, network) releases it.
+// It is about doing the work once, not about correctness: runLockKey is.
 const leaderLockKey int64 = 0x70727573_61676501 // "prusage\x01"
+
+// runLockKey is the transaction-level advisory lock every run's
+// transaction takes before it consumes log rows. Folding is additive, so
+// two runs folding the same delta row would count it twice; with the lock
+// the second run waits, finds its rows gone and consumes nothing. This
+// keeps RunOnce safe on any replica, leader or not, and a loop that lost
+// leadership mid-run (its session died, another replica took over) safe.
+const runLockKey int64 = 0x70727573_61676502 // "prusage\x02"
 
 // WorkerConfig configures a Worker.
 type WorkerConfig struct {
@@ -184,7 +193,8 @@ type RunStats struct {
 }
 
 // RunOnce consumes log rows naming up to BatchSize distinct proxy-days
-// and as many distinct connections.
+// and as many distinct connections. It does not need leadership: runs on
+// several replicas at once consume each log row once (runLockKey).
 func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
 	return w.run(ctx, w.cfg.BatchSize)
 }
@@ -219,6 +229,9 @@ func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error)
 		return stats, nil
 	}
 	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
+		if err := claimLogRows(ctx, tx, deltaIDs, connIDs); err != nil {
+			return err
+		}
 		if err := foldDeltas(ctx, tx, deltaIDs); err != nil {
 			return err
 		}
@@ -232,12 +245,44 @@ func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error)
 		_, err = tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, connIDs)
 		return err
 	})
+	if errors.Is(err, errConsumed) {
+		// Another run consumed some of them first: read the logs again.
+		return RunStats{Full: true}, nil
+	}
 	if err != nil {
 		return stats, fmt.Errorf("rollup: %w", err)
 	}
 	stats.Days = days
 	stats.Connections = conns
 	return stats, nil
+}
+
+// errConsumed says that log rows a run read were consumed by another run
+// before this one took runLockKey.
+var errConsumed = errors.New("rollup: log rows consumed by another run")
+
+// claimLogRows takes runLockKey for tx and checks that every log row the
+// run read is still there. The logs were read before the lock, so a run
+// that committed in between may have consumed them; under READ COMMITTED
+// the checks see its commit.
+func claimLogRows(ctx context.Context, tx pgx.Tx, deltaIDs, connIDs []int64) error {
+	// Two statements: one statement's snapshot is taken before it waits
+	// for the lock, and would not see the commit it waited for.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, runLockKey); err != nil {
+		return err
+	}
+	var deltas, conns int
+	err := tx.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM usage_rollup_deltas WHERE id = ANY($1)),
+		       (SELECT count(*) FROM usage_connection_invalidations WHERE id = ANY($2))`,
+		deltaIDs, connIDs).Scan(&deltas, &conns)
+	if err != nil {
+		return err
+	}
+	if deltas != len(deltaIDs) || conns != len(connIDs) {
+		return errConsumed
+	}
+	return nil
 }
 
 // readDeltaLog reads the oldest rows of the delta log until they name
