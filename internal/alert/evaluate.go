@@ -18,12 +18,6 @@ import (
 	"proxyusage/internal/telemetry"
 )
 
-// leaderLockKey is the advisory lock that makes one replica at a time
-// evaluate thresholds ("prusage\x02"; the rollup worker holds \x01).
-// The unique (user, month, threshold) constraint is what makes an alert
-// exactly-once; the lock only keeps replicas from repeating the work.
-const leaderLockKey int64 = 0x70727573_61676502
-
 // EvaluatorConfig configures an Evaluator.
 type EvaluatorConfig struct {
 	Pool    *pgxpool.Pool
@@ -65,7 +59,7 @@ func NewEvaluator(cfg EvaluatorConfig) (*Evaluator, error) {
 		cfg.Recorded = func() {}
 	}
 	e := &Evaluator{cfg: cfg, log: cfg.Logger.With(slog.String("component", "alert.evaluator"))}
-	e.leader = database.Leader{Pool: cfg.Pool, Key: leaderLockKey, OnChange: func(held bool) {
+	e.leader = database.Leader{Pool: cfg.Pool, Key: database.LockAlertLeader, OnChange: func(held bool) {
 		if !held {
 			cfg.Metrics.AlertsLeader.Set(0)
 			return

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,19 +17,6 @@ import (
 	"proxyusage/internal/database"
 	"proxyusage/internal/telemetry"
 )
-
-// leaderLockKey is the advisory lock that makes exactly one replica run the
-// worker loop. Its holder's session ending (crash, network) releases it.
-// It is about doing the work once, not about correctness: runLockKey is.
-const leaderLockKey int64 = 0x70727573_61676501 // "prusage\x01"
-
-// runLockKey is the transaction-level advisory lock every run's
-// transaction takes before it consumes log rows. Folding is additive, so
-// two runs folding the same delta row would count it twice; with the lock
-// the second run waits, finds its rows gone and consumes nothing. This
-// keeps RunOnce safe on any replica, leader or not, and a loop that lost
-// leadership mid-run (its session died, another replica took over) safe.
-const runLockKey int64 = 0x70727573_61676502 // "prusage\x02"
 
 // WorkerConfig configures a Worker.
 type WorkerConfig struct {
@@ -74,8 +62,8 @@ func (c *WorkerConfig) validate() error {
 // Worker consumes the rollup logs: it folds the deltas ingest logged into
 // the daily rollups (sums add, maxima and first/last combine, histograms
 // merge), re-pairs touched connections, recomputes the peaks of the days
-// their old or new intervals cover, and deletes the consumed entries, all
-// in one transaction. Its work is proportional to what was logged, never
+// their old or new intervals cover, and deletes the consumed entries: each
+// log in its own transactions, by its own loop. Its work is proportional to what was logged, never
 // to the size of the days it touches; it does not pause for ingest.
 type Worker struct {
 	cfg  WorkerConfig
@@ -83,8 +71,10 @@ type Worker struct {
 	stop context.CancelFunc
 	done chan struct{}
 
-	mu        sync.Mutex // one run at a time in this process
+	foldMu    sync.Mutex // one fold run at a time in this process
+	pairMu    sync.Mutex // one pairing run at a time in this process
 	leader    database.Leader
+	leading   atomic.Bool // the fold loop holds leader; the pairing loop follows it
 	retention sync.Once
 }
 
@@ -98,7 +88,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	cfg.MaxBatchSize = max(cmp.Or(cfg.MaxBatchSize, 20*cfg.BatchSize), cfg.BatchSize)
 	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
 	w := &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}
-	w.leader = database.Leader{Pool: cfg.Pool, Key: leaderLockKey, OnChange: func(held bool) {
+	w.leader = database.Leader{Pool: cfg.Pool, Key: database.LockRollupLeader, OnChange: func(held bool) {
 		if !held {
 			cfg.Metrics.RollupLeader.Set(0)
 			return
@@ -109,27 +99,36 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	return w, nil
 }
 
-// Start runs the worker loop in the background until Stop.
+// Start runs the worker's two loops in the background until Stop: one
+// folds deltas, one re-pairs connections and keeps peaks. They run
+// independently, so sums stay fresh while a large re-pairing runs.
 func (w *Worker) Start(ctx context.Context) {
 	ctx, w.stop = context.WithCancel(ctx)
 	w.done = make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { w.loop(ctx, true, w.fold) })
+	wg.Go(func() { w.loop(ctx, false, w.pair) })
 	go func() {
-		defer close(w.done)
-		w.loop(ctx)
+		wg.Wait()
+		close(w.done)
 	}()
 }
 
-// Stop ends the loop, waits for a run in progress and releases leadership.
+// Stop ends the loops, waits for runs in progress and releases leadership.
 func (w *Worker) Stop() {
 	if w.stop == nil {
 		return
 	}
 	w.stop()
 	<-w.done
+	w.leading.Store(false)
 	w.leader.Release()
 }
 
-func (w *Worker) loop(ctx context.Context) {
+// loop runs run while this replica leads: the loop that leads takes and
+// checks leadership (the Leader is not safe for concurrent use), the
+// other follows it.
+func (w *Worker) loop(ctx context.Context, leads bool, run func(context.Context, int) (RunStats, error)) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	batch := w.cfg.BatchSize
@@ -140,11 +139,14 @@ func (w *Worker) loop(ctx context.Context) {
 		case <-timer.C:
 		}
 		next := w.cfg.Interval
-		if w.leader.Acquire(ctx) {
-			if w.cfg.RawRetention > 0 && w.cfg.Backend == database.TimescaleDB {
+		if leads {
+			w.leading.Store(w.leader.Acquire(ctx))
+		}
+		if w.leading.Load() {
+			if leads && w.cfg.RawRetention > 0 && w.cfg.Backend == database.TimescaleDB {
 				w.applyRetention(ctx)
 			}
-			stats, err := w.run(ctx, batch)
+			stats, err := run(ctx, batch)
 			batch = w.cfg.BatchSize
 			switch {
 			case err != nil && !errors.Is(err, context.Canceled):
@@ -192,94 +194,125 @@ type RunStats struct {
 	Full        bool      // a log held a full batch: more may wait
 }
 
-// RunOnce consumes log rows naming up to BatchSize distinct proxy-days
-// and as many distinct connections. It does not need leadership: runs on
-// several replicas at once consume each log row once (runLockKey).
-func (w *Worker) RunOnce(ctx context.Context) (stats RunStats, err error) {
-	return w.run(ctx, w.cfg.BatchSize)
+// RunOnce folds delta log rows naming up to BatchSize distinct
+// proxy-days, then re-pairs up to as many distinct connections. It does
+// not need leadership: runs on several replicas at once consume each log
+// row once (see errConsumed).
+func (w *Worker) RunOnce(ctx context.Context) (RunStats, error) {
+	folded, err := w.fold(ctx, w.cfg.BatchSize)
+	if err != nil {
+		return folded, err
+	}
+	paired, err := w.pair(ctx, w.cfg.BatchSize)
+	paired.Days, paired.Full = folded.Days, folded.Full || paired.Full
+	return paired, err
 }
 
-func (w *Worker) run(ctx context.Context, batch int) (stats RunStats, err error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+// fold folds delta rows naming up to batch proxy-days into the rollups.
+func (w *Worker) fold(ctx context.Context, batch int) (stats RunStats, err error) {
+	w.foldMu.Lock()
+	defer w.foldMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
 	defer cancel()
-	defer func() {
-		result := "ok"
-		if err != nil {
-			result = "error"
-		} else {
-			w.cfg.Metrics.RollupLastSuccess.SetToCurrentTime()
-			w.cfg.Metrics.RollupDays.Add(float64(len(stats.Days)))
-		}
-		w.cfg.Metrics.RollupRuns.WithLabelValues(result).Inc()
-		w.observeLag(ctx)
-	}()
-
-	deltaIDs, days, deltaFull, err := w.readDeltaLog(ctx, batch)
-	if err != nil {
-		return stats, err
-	}
-	connIDs, conns, connFull, err := w.readConnLog(ctx, batch)
-	if err != nil {
-		return stats, err
-	}
-	stats.Full = deltaFull || connFull
-	if len(deltaIDs) == 0 && len(connIDs) == 0 {
-		return stats, nil
+	defer w.finish(ctx, &stats, &err)
+	ids, days, full, err := w.readDeltaLog(ctx, batch)
+	if err != nil || len(ids) == 0 {
+		return RunStats{Full: full}, err
 	}
 	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
-		if err := claimLogRows(ctx, tx, deltaIDs, connIDs); err != nil {
+		if err := claimLogRows(ctx, tx, database.LockRollupFold, "usage_rollup_deltas", ids); err != nil {
 			return err
 		}
-		if err := foldDeltas(ctx, tx, deltaIDs); err != nil {
+		return foldDeltas(ctx, tx, ids)
+	})
+	if errors.Is(err, errConsumed) {
+		return RunStats{Full: true}, nil // another run was first: read the log again
+	}
+	if err != nil {
+		return RunStats{}, fmt.Errorf("rollup: fold: %w", err)
+	}
+	return RunStats{Days: days, Full: full}, nil
+}
+
+// pair re-pairs up to batch connections named by the connection log,
+// replaces their stored intervals and updates the peaks their old and new
+// intervals cover.
+func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error) {
+	w.pairMu.Lock()
+	defer w.pairMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
+	defer cancel()
+	defer w.finish(ctx, &stats, &err)
+	ids, conns, full, err := w.readConnLog(ctx, batch)
+	if err != nil || len(ids) == 0 {
+		return RunStats{Full: full}, err
+	}
+	var peakDays []DayKey
+	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
+		if err := claimLogRows(ctx, tx, database.LockRollupPair, "usage_connection_invalidations", ids); err != nil {
 			return err
 		}
 		old, fresh, err := w.repair(ctx, tx, conns)
 		if err != nil {
 			return err
 		}
-		if stats.PeakDays, err = updatePeaks(ctx, tx, old, fresh); err != nil {
+		if peakDays, err = updatePeaks(ctx, tx, old, fresh); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, connIDs)
+		_, err = tx.Exec(ctx, `DELETE FROM usage_connection_invalidations WHERE id = ANY($1)`, ids)
 		return err
 	})
 	if errors.Is(err, errConsumed) {
-		// Another run consumed some of them first: read the logs again.
 		return RunStats{Full: true}, nil
 	}
 	if err != nil {
-		return stats, fmt.Errorf("rollup: %w", err)
+		return RunStats{}, fmt.Errorf("rollup: pair: %w", err)
 	}
-	stats.Days = days
-	stats.Connections = conns
-	return stats, nil
+	return RunStats{PeakDays: peakDays, Connections: conns, Full: full}, nil
+}
+
+// finish records a run's outcome and the lag after it.
+func (w *Worker) finish(ctx context.Context, stats *RunStats, err *error) {
+	result := "ok"
+	if *err != nil {
+		result = "error"
+	} else {
+		w.cfg.Metrics.RollupLastSuccess.SetToCurrentTime()
+		w.cfg.Metrics.RollupDays.Add(float64(len(stats.Days)))
+	}
+	w.cfg.Metrics.RollupRuns.WithLabelValues(result).Inc()
+	w.observeLag(ctx)
 }
 
 // errConsumed says that log rows a run read were consumed by another run
-// before this one took runLockKey.
+// before this one took the log's lock.
+//
+// Folding and the slot counts are additive, so two runs consuming the
+// same log row would count it twice. A run's transaction therefore takes
+// the log's transaction-level lock (database.LockRollupFold or
+// LockRollupPair) and re-checks its rows; the second run waits, finds
+// them gone and consumes nothing. This keeps RunOnce safe on any replica,
+// leader or not, and a loop that lost leadership mid-run (its session
+// died, another replica took over) safe. Two locks: the logs are
+// independent (sums and histograms from deltas, intervals and peaks from
+// connections), and folding must not wait for a slow re-pairing.
 var errConsumed = errors.New("rollup: log rows consumed by another run")
 
-// claimLogRows takes runLockKey for tx and checks that every log row the
-// run read is still there. The logs were read before the lock, so a run
-// that committed in between may have consumed them; under READ COMMITTED
-// the checks see its commit.
-func claimLogRows(ctx context.Context, tx pgx.Tx, deltaIDs, connIDs []int64) error {
+// claimLogRows takes the log's lock for tx and checks that every row ids
+// of table the run read is still there. The log was read before the
+// lock, so a run that committed in between may have consumed them; under
+// READ COMMITTED the check sees its commit.
+func claimLogRows(ctx context.Context, tx pgx.Tx, lock int64, table string, ids []int64) error {
 	// Two statements: one statement's snapshot is taken before it waits
 	// for the lock, and would not see the commit it waited for.
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, runLockKey); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lock); err != nil {
 		return err
 	}
-	var deltas, conns int
-	err := tx.QueryRow(ctx, `
-		SELECT (SELECT count(*) FROM usage_rollup_deltas WHERE id = ANY($1)),
-		       (SELECT count(*) FROM usage_connection_invalidations WHERE id = ANY($2))`,
-		deltaIDs, connIDs).Scan(&deltas, &conns)
-	if err != nil {
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE id = ANY($1)`, ids).Scan(&n); err != nil {
 		return err
 	}
-	if deltas != len(deltaIDs) || conns != len(connIDs) {
+	if n != len(ids) {
 		return errConsumed
 	}
 	return nil
