@@ -321,3 +321,83 @@ func TestRollupDeltaMigrationRecomputesLoggedDays(t *testing.T) {
 		})
 	}
 }
+
+// Migration 14 splits each pending delta row by the owners of its
+// proxies: every entry and histogram entry survives with its values, each
+// new row holds one user's proxies, histogram positions stay ascending
+// (the filter function's binary search needs it), and Down then Up works.
+func TestDeltasByUserMigrationKeepsPendingDeltas(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 13); err != nil {
+				t.Fatal(err)
+			}
+			exec := func(q string) {
+				t.Helper()
+				if _, err := db.ExecContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			count := func(q string) int {
+				t.Helper()
+				var n int
+				if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			exec(`INSERT INTO users (id) VALUES ('u1'), ('u2');
+				INSERT INTO proxies (id, user_id) VALUES ('a', 'u1'), ('b', 'u2'), ('c', 'u1');
+				INSERT INTO usage_rollup_deltas (proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
+				  bytes_sent, bytes_received, duration_sums_us, duration_counts, latency_sums_us, latency_counts, latency_max_us,
+				  first_event_at, last_event_at, latency_entries, latency_buckets, latency_samples) VALUES
+				('{a,a,b,c}', '{2026-03-01,2026-03-02,2026-03-01,2026-03-01}', '{1,2,3,4}', '{0,1,0,2}', '{0,0,1,0}', '{1,0,0,0}',
+				 '{10,20,30,40}', '{1,2,3,4}', '{NULL,5,6,NULL}', '{0,1,1,0}', '{100,NULL,300,400}', '{1,0,1,2}', '{100,NULL,300,350}',
+				 '{2026-03-01 01:00Z,2026-03-02 01:00Z,2026-03-01 02:00Z,2026-03-01 03:00Z}', '{2026-03-01 01:00Z,2026-03-02 05:00Z,2026-03-01 02:00Z,2026-03-01 04:00Z}',
+				 '{1,3,4,4}', '{7,9,3,8}', '{1,1,1,1}'),
+				('{b}', '{2026-03-03}', '{5}', '{0}', '{0}', '{0}', '{50}', '{5}', '{NULL}', '{0}', '{NULL}', '{0}', '{NULL}',
+				 '{2026-03-03 01:00Z}', '{2026-03-03 01:00Z}', '{}', '{}', '{}')`)
+			const entries = `SELECT u.* FROM usage_rollup_deltas l, unnest(l.proxy_ids, l.days, l.event_counts, l.connection_counts, l.success_counts,
+				l.error_counts, l.bytes_sent, l.bytes_received, l.duration_sums_us, l.duration_counts, l.latency_sums_us, l.latency_counts,
+				l.latency_max_us, l.first_event_at, l.last_event_at) AS u(proxy_id, day, events, conns, succ, errs, sent, received,
+				dur_sum, dur_count, lat_sum, lat_count, lat_max, first_at, last_at)`
+			const hist = `SELECT h.* FROM usage_rollup_deltas l,
+				usage_rollup_delta_histograms(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples) h`
+			exec(`CREATE TABLE before_entries AS ` + entries + `; CREATE TABLE before_hist AS ` + hist)
+			if _, err := p.UpByOne(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(`SELECT count(*) FROM before_entries`); n != 5 {
+				t.Fatalf("%d entries before", n)
+			}
+			for _, pair := range [][2]string{{entries, `SELECT * FROM before_entries`}, {hist, `SELECT * FROM before_hist`}} {
+				if n := count(`SELECT count(*) FROM ((` + pair[0] + ` EXCEPT ALL ` + pair[1] + `) UNION ALL (` + pair[1] + ` EXCEPT ALL ` + pair[0] + `)) d`); n != 0 {
+					t.Errorf("%d entries differ after the migration (%.40s…)", n, pair[0])
+				}
+			}
+			if n := count(`SELECT count(*) FROM usage_rollup_deltas`); n != 3 {
+				t.Errorf("%d rows, want 3 (the first row split by its two users)", n)
+			}
+			if n := count(`SELECT count(*) FROM usage_rollup_deltas l, unnest(l.proxy_ids) AS u(proxy_id) JOIN proxies p ON p.id = u.proxy_id
+				WHERE p.user_id <> l.user_id`); n != 0 {
+				t.Errorf("%d entries in a row of another user", n)
+			}
+			if n := count(`SELECT count(*) FROM usage_rollup_deltas l
+				WHERE l.latency_entries <> ARRAY(SELECT e FROM unnest(l.latency_entries) e ORDER BY e)
+				   OR EXISTS (SELECT 1 FROM unnest(l.latency_entries) e WHERE e < 1 OR e > cardinality(l.proxy_ids))`); n != 0 {
+				t.Errorf("%d rows with histogram positions out of order or range", n)
+			}
+			if _, err := p.Down(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.UpByOne(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(`SELECT count(*) FROM ((` + entries + ` EXCEPT ALL SELECT * FROM before_entries) UNION ALL (SELECT * FROM before_entries EXCEPT ALL ` + entries + `)) d`); n != 0 {
+				t.Errorf("%d entries differ after Down and Up", n)
+			}
+		})
+	}
+}

@@ -419,10 +419,10 @@ func TestDurationSumsPast2To63(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := env.DB.Exec(ctx, `
-			INSERT INTO usage_rollup_deltas (proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
+			INSERT INTO usage_rollup_deltas (user_id, proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
 			       bytes_sent, bytes_received, duration_sums_us, duration_counts, latency_sums_us, latency_counts, latency_max_us,
 			       first_event_at, last_event_at, latency_entries, latency_buckets, latency_samples)
-			SELECT '{p1}', ARRAY[$1::date], ARRAY[count(*)], '{0}', ARRAY[count(*)], '{0}', ARRAY[sum(bytes_sent)], ARRAY[sum(bytes_received)],
+			SELECT 'alice', '{p1}', ARRAY[$1::date], ARRAY[count(*)], '{0}', ARRAY[count(*)], '{0}', ARRAY[sum(bytes_sent)], ARRAY[sum(bytes_received)],
 			       ARRAY[sum(duration_us)], ARRAY[count(duration_us)], ARRAY[sum(latency_us)], ARRAY[count(latency_us)], ARRAY[max(latency_us)],
 			       ARRAY[min(time)], ARRAY[max(time)], '{1}', ARRAY[$2::int2], ARRAY[count(*)]
 			  FROM usage_events WHERE proxy_id = 'p1'`, d, rollup.LatencyBucket(3_600_000_000)); err != nil {

@@ -239,6 +239,11 @@ func histogramKeyColumns(by Group) string {
 	return "''::text, '2000-01-01'::timestamptz"
 }
 
+// pendingRows selects the delta rows (l) of the owners of proxies $1: a
+// proxy's owner never changes, and the btree on user_id finds them
+// (sql/0014_deltas_by_user.sql).
+const pendingRows = `l.user_id = ANY(ARRAY(SELECT DISTINCT p.user_id FROM proxies p WHERE p.id = ANY($1)))`
+
 // Queries of a read. $1 proxies, $2/$3 first and last day, $4/$5 bucket
 // range. The rows are merged into groups in Go: cheaper here than the
 // database's hash aggregation, which was the slow part of these reads.
@@ -253,16 +258,16 @@ SELECT proxy_id, bucket, event_count, connection_count, success_count, error_cou
        coalesce(latency_sum_us, 0)::text, latency_count, latency_max_us, first_event_at, last_event_at
   FROM usage_daily
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND $2::date <= $3::date`
-	// The delta log holds a row per flush with its proxy-days as arrays:
-	// the GIN index on proxy_ids finds the rows naming a requested proxy,
-	// then their entries are checked.
+	// The delta log holds a row per flush and user with its proxy-days as
+	// arrays: the rows of the requested proxies' owners are found by
+	// user_id (pendingRows), then their entries are checked.
 	pendingSums = `
 SELECT u.proxy_id, u.day, u.event_count, u.connection_count, u.success_count, u.error_count,
        u.bytes_sent::text, u.bytes_received::text,
        coalesce(u.duration_sum_us, 0)::text, u.duration_count,
        coalesce(u.latency_sum_us, 0)::text, u.latency_count, u.latency_max_us, u.first_event_at, u.last_event_at
   FROM usage_rollup_deltas l, ` + deltaEntries + `
- WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
+ WHERE ` + pendingRows + ` AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3 AND $4::timestamptz < $5::timestamptz`
 	// Columns a grouping does not use are sent as constants: these are the
 	// bulk of a read's rows.
 	rollupHistograms = `
@@ -284,7 +289,7 @@ SELECT day, sum(b)::text FROM (
   UNION ALL
   SELECT u.day::timestamp AT TIME ZONE 'UTC', u.bytes_sent + u.bytes_received
     FROM usage_rollup_deltas l, unnest(l.proxy_ids, l.days, l.bytes_sent, l.bytes_received) AS u(proxy_id, day, bytes_sent, bytes_received)
-   WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3
+   WHERE ` + pendingRows + ` AND u.proxy_id = ANY($1) AND u.day BETWEEN $2 AND $3
 ) parts GROUP BY day`
 )
 
@@ -297,7 +302,7 @@ const pendingHistograms = `
 SELECT h.proxy_id, h.day, h.latency_bucket, h.samples
   FROM usage_rollup_deltas l,
        usage_rollup_delta_histograms_for(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples, $1, $2, $3) h
- WHERE l.proxy_ids && $1 AND $4::timestamptz < $5::timestamptz`
+ WHERE ` + pendingRows + ` AND $4::timestamptz < $5::timestamptz`
 
 // fastTotals answers in one round trip (BEGIN, the queries and COMMIT
 // pipelined) when no connection of the proxies waits to be re-paired. ok
@@ -569,14 +574,16 @@ func (r *Reader) explain(ctx context.Context, query string, proxies []string, fr
 func (r *Reader) BytesCTEs() string { return bytesCTEs }
 
 const bytesCTEs = `
-exact_bytes AS (
+bytes_users AS (
+  SELECT DISTINCT p.user_id FROM bytes_scope s JOIN proxies p ON p.id = ANY(s.proxy_ids)
+), exact_bytes AS (
   SELECT coalesce(sum(b), 0) AS bytes FROM (
     SELECT coalesce(r.bytes_sent, 0) + coalesce(r.bytes_received, 0) AS b
       FROM bytes_scope s JOIN usage_daily r ON r.proxy_id = ANY(s.proxy_ids)
        AND r.bucket >= s.first_day::timestamp AT TIME ZONE 'UTC' AND r.bucket < (s.last_day + 1)::timestamp AT TIME ZONE 'UTC'
     UNION ALL
     SELECT u.bytes_sent + u.bytes_received
-      FROM bytes_scope s JOIN usage_rollup_deltas l ON l.proxy_ids && s.proxy_ids
+      FROM bytes_scope s CROSS JOIN bytes_users o JOIN usage_rollup_deltas l ON l.user_id = o.user_id
      CROSS JOIN LATERAL unnest(l.proxy_ids, l.days, l.bytes_sent, l.bytes_received) AS u(proxy_id, day, bytes_sent, bytes_received)
      WHERE u.proxy_id = ANY(s.proxy_ids) AND u.day BETWEEN s.first_day AND s.last_day
   ) parts

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 type DB interface {
 	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
 // EventColumns are the usage_events columns a direct COPY fills: the
@@ -55,9 +57,24 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 			conns[rollup.ConnKey{ProxyID: e.ProxyID, ConnectionID: e.ConnectionID}] = struct{}{}
 		}
 	}
-	for _, row := range deltas.Split(logRowEntries) {
-		if _, err := db.Exec(ctx, store.InsertDeltas, row.Args()...); err != nil {
-			return fmt.Errorf("workload: log rollup deltas: %w", err)
+	owners := map[string]string{}
+	for i := range events {
+		owners[events[i].ProxyID] = ""
+	}
+	ids := slices.Collect(maps.Keys(owners))
+	rows, err := db.Query(ctx, `SELECT id, user_id FROM proxies WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return fmt.Errorf("workload: owners: %w", err)
+	}
+	var id, user string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &user}, func() error { owners[id] = user; return nil }); err != nil {
+		return fmt.Errorf("workload: owners: %w", err)
+	}
+	for _, byUser := range deltas.ByUser(func(p string) string { return owners[p] }) {
+		for _, row := range byUser.Split(logRowEntries) {
+			if _, err := db.Exec(ctx, store.InsertDeltas, row.Args()...); err != nil {
+				return fmt.Errorf("workload: log rollup deltas: %w", err)
+			}
 		}
 	}
 	cp, cc := make([]string, 0, len(conns)), make([]string, 0, len(conns))

@@ -12,7 +12,9 @@ import (
 
 // Rollup deltas: what a flush's stored events add to each (proxy, UTC day)
 // of the daily rollups, logged in the flush's transaction as one row of
-// usage_rollup_deltas (sql/0010_rollup_deltas.sql). The rollup worker folds
+// usage_rollup_deltas per user whose proxies it wrote to
+// (sql/0010_rollup_deltas.sql; by user since sql/0014_deltas_by_user.sql,
+// so that a read unnests the entries of its own user only). The rollup worker folds
 // them into the rollups and reads add the pending ones, so neither reads
 // the raw events again. The same aggregates as internal/rollup's
 // (count, FILTERed counts and sums, max, min/max time, histogram); the
@@ -21,48 +23,49 @@ import (
 
 // deltaColumns are usage_rollup_deltas' columns in the order both ways of
 // writing it fill them.
-const deltaColumns = `proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
+const deltaColumns = `user_id, proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
   bytes_sent, bytes_received, duration_sums_us, duration_counts, latency_sums_us, latency_counts, latency_max_us,
   first_event_at, last_event_at, latency_entries, latency_buckets, latency_samples`
 
 // deltaCTEs log the deltas of the events of a preceding CTE chosen,
 // numbering its proxy-days by position.
 const deltaCTEs = `per_day AS (
-  SELECT proxy_id, (time AT TIME ZONE 'UTC')::date AS day,
+  SELECT p.user_id, c.proxy_id, (c.time AT TIME ZONE 'UTC')::date AS day,
          count(*) AS event_count,
-         count(*) FILTER (WHERE event_type = 'connection_start') AS connection_count,
-         count(*) FILTER (WHERE event_type = 'connection_end') AS success_count,
-         count(*) FILTER (WHERE event_type = 'error') AS error_count,
-         sum(bytes_sent) AS bytes_sent, sum(bytes_received) AS bytes_received,
-         sum(duration_us) FILTER (WHERE event_type = 'connection_end') AS duration_sum_us,
-         count(duration_us) FILTER (WHERE event_type = 'connection_end') AS duration_count,
-         sum(latency_us) AS latency_sum_us, count(latency_us) AS latency_count, max(latency_us) AS latency_max_us,
-         min(time) AS first_event_at, max(time) AS last_event_at,
-         row_number() OVER (ORDER BY proxy_id, (time AT TIME ZONE 'UTC')::date)::int AS pos
-    FROM chosen GROUP BY 1, 2
+         count(*) FILTER (WHERE c.event_type = 'connection_start') AS connection_count,
+         count(*) FILTER (WHERE c.event_type = 'connection_end') AS success_count,
+         count(*) FILTER (WHERE c.event_type = 'error') AS error_count,
+         sum(c.bytes_sent) AS bytes_sent, sum(c.bytes_received) AS bytes_received,
+         sum(c.duration_us) FILTER (WHERE c.event_type = 'connection_end') AS duration_sum_us,
+         count(c.duration_us) FILTER (WHERE c.event_type = 'connection_end') AS duration_count,
+         sum(c.latency_us) AS latency_sum_us, count(c.latency_us) AS latency_count, max(c.latency_us) AS latency_max_us,
+         min(c.time) AS first_event_at, max(c.time) AS last_event_at,
+         row_number() OVER (PARTITION BY p.user_id ORDER BY c.proxy_id, (c.time AT TIME ZONE 'UTC')::date)::int AS pos
+    FROM chosen c JOIN proxies p ON p.id = c.proxy_id
+   GROUP BY 1, 2, 3
 ), per_bucket AS (
-  SELECT d.pos, c.latency_bucket, count(*) AS samples
+  SELECT d.user_id, d.pos, c.latency_bucket, count(*) AS samples
     FROM chosen c JOIN per_day d ON d.proxy_id = c.proxy_id AND d.day = (c.time AT TIME ZONE 'UTC')::date
    WHERE c.latency_bucket IS NOT NULL
-   GROUP BY 1, 2
+   GROUP BY 1, 2, 3
 ), deltas AS (
   INSERT INTO usage_rollup_deltas (` + deltaColumns + `)
-  SELECT array_agg(proxy_id ORDER BY pos), array_agg(day ORDER BY pos), array_agg(event_count ORDER BY pos),
+  SELECT d.user_id, array_agg(proxy_id ORDER BY pos), array_agg(day ORDER BY pos), array_agg(event_count ORDER BY pos),
          array_agg(connection_count ORDER BY pos), array_agg(success_count ORDER BY pos), array_agg(error_count ORDER BY pos),
          array_agg(bytes_sent ORDER BY pos), array_agg(bytes_received ORDER BY pos),
          array_agg(duration_sum_us ORDER BY pos), array_agg(duration_count ORDER BY pos),
          array_agg(latency_sum_us ORDER BY pos), array_agg(latency_count ORDER BY pos), array_agg(latency_max_us ORDER BY pos),
          array_agg(first_event_at ORDER BY pos), array_agg(last_event_at ORDER BY pos),
-         (SELECT coalesce(array_agg(pos ORDER BY pos, latency_bucket), '{}') FROM per_bucket),
-         (SELECT coalesce(array_agg(latency_bucket ORDER BY pos, latency_bucket), '{}') FROM per_bucket),
-         (SELECT coalesce(array_agg(samples ORDER BY pos, latency_bucket), '{}') FROM per_bucket)
-    FROM per_day
-  HAVING count(*) > 0
+         (SELECT coalesce(array_agg(b.pos ORDER BY b.pos, b.latency_bucket), '{}') FROM per_bucket b WHERE b.user_id = d.user_id),
+         (SELECT coalesce(array_agg(b.latency_bucket ORDER BY b.pos, b.latency_bucket), '{}') FROM per_bucket b WHERE b.user_id = d.user_id),
+         (SELECT coalesce(array_agg(b.samples ORDER BY b.pos, b.latency_bucket), '{}') FROM per_bucket b WHERE b.user_id = d.user_id)
+    FROM per_day d
+   GROUP BY d.user_id
 )`
 
 // InsertDeltas logs one row of deltas: DeltaRow.Args in order.
 const InsertDeltas = `INSERT INTO usage_rollup_deltas (` + deltaColumns + `)
-SELECT $1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::text[]::numeric[], $8::text[]::numeric[],
+SELECT $19::text, $1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::text[]::numeric[], $8::text[]::numeric[],
        $9::text[]::numeric[], $10::int8[], $11::text[]::numeric[], $12::int8[], $13::int8[], $14::timestamptz[], $15::timestamptz[],
        $16::int4[], $17::int2[], $18::int8[]`
 
@@ -78,10 +81,12 @@ type dayDelta struct {
 	hist                      map[int16]int64
 }
 
-// DeltaRow is one usage_rollup_deltas row being built.
+// DeltaRow is one usage_rollup_deltas row being built (the user is set
+// by ByUser).
 type DeltaRow struct {
-	days  []*dayDelta
-	index map[dayKey]int
+	userID string
+	days   []*dayDelta
+	index  map[dayKey]int
 }
 
 type dayKey struct {
@@ -152,11 +157,29 @@ func (d *DeltaRow) Add(e *ingest.Event) {
 // Len is the number of proxy-days.
 func (d *DeltaRow) Len() int { return len(d.days) }
 
-// Split returns d as rows of at most n proxy-days each.
+// ByUser returns d as one row per user, owner naming each proxy's user,
+// in the order of the users' first proxy-days in d.
+func (d *DeltaRow) ByUser(owner func(proxyID string) string) []*DeltaRow {
+	var out []*DeltaRow
+	rows := map[string]*DeltaRow{}
+	for _, x := range d.days {
+		u := owner(x.proxyID)
+		r, ok := rows[u]
+		if !ok {
+			r = &DeltaRow{userID: u}
+			rows[u] = r
+			out = append(out, r)
+		}
+		r.days = append(r.days, x)
+	}
+	return out
+}
+
+// Split returns d as rows of at most n proxy-days each, of d's user.
 func (d *DeltaRow) Split(n int) []*DeltaRow {
 	var out []*DeltaRow
 	for part := range slices.Chunk(d.days, max(n, 1)) {
-		out = append(out, &DeltaRow{days: part})
+		out = append(out, &DeltaRow{userID: d.userID, days: part})
 	}
 	return out
 }
@@ -204,5 +227,5 @@ func (d *DeltaRow) Args() []any {
 		entries, buckets, samples = []int32{}, []int16{}, []int64{}
 	}
 	return []any{proxies, days, events, conns, succ, errs, sent, received, durSum, durCount, latSum, latCount, latMax,
-		first, last, entries, buckets, samples}
+		first, last, entries, buckets, samples, d.userID}
 }

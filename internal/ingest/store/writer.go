@@ -304,15 +304,12 @@ SELECT key, now() FROM unnest($1::uuid[]) AS k(key)`
 ON CONFLICT DO NOTHING
 RETURNING key`
 
-	// logInvalidations appends the flush's rollup deltas (InsertDeltas,
-	// $1..$18) and its touched connections ($19/$20), one row per log with
+	// logConnections appends the flush's touched connections, one row with
 	// the entries as parallel arrays: one row with GIN-indexed arrays costs
-	// a third of a row per entry (BENCHMARKS.md).
-	logInvalidations = `
-WITH deltas AS (` + InsertDeltas + `
-)
-INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
-SELECT $19::text[], $20::text[] WHERE cardinality($19::text[]) > 0`
+	// a third of a row per entry (BENCHMARKS.md). The rollup deltas go
+	// with InsertDeltas, a row per user.
+	logConnections = `
+INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids) VALUES ($1::text[], $2::text[])`
 )
 
 // flushStatement writes a small flush at once: it claims the keys, stores
@@ -350,7 +347,11 @@ type flushState struct {
 	req   []int32         // request of each candidate
 
 	chosenReq []int32 // requests of the chosen events, when some were repeats
+	found     map[string]proxy.Proxy
 }
+
+// owner is the user of a proxy the flush writes to (authorised, so found).
+func (st *flushState) owner(proxyID string) string { return st.found[proxyID].UserID }
 
 func (w *Writer) flushOnce(batch []*pending) (outs []outcome, err error) {
 	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.FlushTimeout)
@@ -509,8 +510,12 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 	}
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
-		cp, cc := touchedConnections(chosen)
-		b.Queue(logInvalidations, append(Deltas(chosen).Args(), cp, cc)...)
+		for _, row := range Deltas(chosen).ByUser(st.owner) {
+			b.Queue(InsertDeltas, row.Args()...)
+		}
+		if cp, cc := touchedConnections(chosen); len(cp) > 0 {
+			b.Queue(logConnections, cp, cc)
+		}
 	}
 	b.Queue("COMMIT")
 	br := c.SendBatch(ctx, b)
@@ -561,6 +566,7 @@ func (st *flushState) fresh(fresh map[[16]byte]bool) []*ingest.Event {
 // authorize runs ingest.Authorize on each request against the proxies
 // found; a refused request is not live.
 func (st *flushState) authorize(batch []*pending, found map[string]proxy.Proxy) {
+	st.found = found
 	for r, p := range batch {
 		if err := ingest.Authorize(p.caller, p.events, found, p.batch); err != nil {
 			st.outs[r] = outcome{denied: true, err: err}
