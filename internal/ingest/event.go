@@ -5,11 +5,12 @@
 //
 // The wire format and the storage are sub-packages that import this one,
 // so the compiler keeps the layers apart: internal/ingest/wire turns
-// request bodies (native JSON, CloudEvents) into validated Events, and
-// internal/ingest/store writes them (the group-commit Writer, the row
-// mapping, the rollup deltas, the idempotency keys and their pruner). The
-// Recorder holds them by the Decoder and Store interfaces declared here;
-// internal/app wires the implementations.
+// request bodies (native JSON, CloudEvents) into Events, checked by the
+// event rules here (Event.Validate), and internal/ingest/store writes them
+// (the group-commit Writer, the row mapping, the rollup deltas, the
+// idempotency keys and their pruner). The Recorder holds them by the
+// Decoder and Store interfaces declared here; internal/app wires the
+// implementations.
 package ingest
 
 import (
