@@ -1,8 +1,11 @@
 // Package wire is the wire format of ingest: it reads request bodies —
 // the native JSON event and batch (json.go, a scanner without reflection)
-// and CloudEvents (cloudevents.go) — into validated ingest.Events, by the
-// strict JSON rules and the event rules of docs/api.md. It implements
-// ingest.Decoder and knows nothing of storage.
+// and CloudEvents (cloudevents.go) — into ingest.Events by the strict JSON
+// rules, and has each checked by the event rules of docs/api.md, which
+// live in the domain (ingest.Event.Validate). Its own part is syntax: the
+// JSON shape, number and timestamp syntax, the bytesSent/dataBytes alias,
+// text into typed fields. It implements ingest.Decoder and knows nothing
+// of storage.
 package wire
 
 import (
@@ -324,104 +327,121 @@ func invalid(format string, args ...any) error {
 	return apperr.Errorf(apperr.Invalid, format, args...)
 }
 
-// eventType returns the canonical constant for a raw type name.
-func eventType(s wireString) (string, bool) {
+// eventType returns the canonical constant for a raw type name, "" for a
+// name that is none (Validate refuses it).
+func eventType(s wireString) string {
 	v := string(s.raw)
 	if needsUnquote(s.raw) {
 		v = s.String()
 	}
 	switch v {
 	case ingest.ConnectionStart:
-		return ingest.ConnectionStart, true
+		return ingest.ConnectionStart
 	case ingest.ConnectionEnd:
-		return ingest.ConnectionEnd, true
+		return ingest.ConnectionEnd
 	case ingest.DataTransfer:
-		return ingest.DataTransfer, true
+		return ingest.DataTransfer
 	case ingest.ErrorEvent:
-		return ingest.ErrorEvent, true
+		return ingest.ErrorEvent
 	}
-	return "", false
+	return ""
 }
 
+// validate turns a decoded event into an ingest.Event and checks it: the
+// syntax here, the domain rules by ingest.Event.CheckBefore. An event's
+// first fault, in the order of ingest.Field, is the one reported, whether
+// it is one of syntax (a field that cannot be read) or of the domain. The
+// Event is returned only when valid.
 func (d Decoder) validate(w *wireEvent, proxyID string, now time.Time) (ingest.Event, error) {
-	e := ingest.Event{ProxyID: proxyID}
+	var e ingest.Event
 	if !w.EventType.set {
 		return e, invalid("eventType is required")
 	}
-	typ, ok := eventType(w.EventType)
-	if !ok {
-		return e, invalid("eventType must be one of connection_start, connection_end, data_transfer, error")
-	}
-	e.Type = typ
-	if w.EventID.set {
-		id := w.EventID.String()
-		if err := checkText("eventId", id, 1, ingest.MaxIDLength); err != nil {
-			return e, err
+	at, err := read(w, &e, proxyID, now)
+	f, verr := e.CheckBefore(at, d.Window, now)
+	if verr != nil {
+		if f == ingest.FieldBytesSent && w.Data.DataBytes != nil && w.HasData {
+			// The rule names the field as the client sent it.
+			verr = invalid("%s", strings.Replace(apperr.MessageOf(verr), "eventData.bytesSent", "eventData.dataBytes", 1))
 		}
-		e.EventID = id
+		return ingest.Event{}, verr
+	}
+	if err != nil {
+		return ingest.Event{}, err
+	}
+	return e, nil
+}
+
+// read reads the fields of w into e, in the order of ingest.Field, up to
+// the first that cannot be read: it returns that field and its syntax
+// error, or ingest.AllFields and nil. It checks no domain rule: values out
+// of their bounds are kept, or saturated, for Validate to refuse.
+func read(w *wireEvent, e *ingest.Event, proxyID string, now time.Time) (ingest.Field, error) {
+	e.ProxyID = proxyID
+	e.Type = eventType(w.EventType)
+	if w.EventID.set {
+		// "" is no key in an Event; sent, it is a key too short.
+		if len(w.EventID.raw) == 0 {
+			return ingest.FieldEventID, emptyText("eventId")
+		}
+		e.EventID = w.EventID.String()
 	}
 	if w.Timestamp.set {
 		ts, ok := parseTimestamp(w.Timestamp)
 		if !ok {
-			return e, invalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z or 2026-01-02T17:04:05+02:00 (offset at most ±23:59)")
+			return ingest.FieldTime, invalid("timestamp must be RFC 3339, e.g. 2026-01-02T15:04:05Z or 2026-01-02T17:04:05+02:00 (offset at most ±23:59)")
 		}
 		e.Time = ts.UTC().Truncate(time.Microsecond)
-		if err := d.Window.Check(e.Time, now); err != nil {
-			return e, err
-		}
 	} else {
 		e.Time = now.Truncate(time.Microsecond)
 	}
-	data := &w.Data
 	if !w.HasData {
-		data = &wireData{}
+		return ingest.AllFields, nil
 	}
+	data := &w.Data
 	if data.ConnectionID.set {
-		id := data.ConnectionID.String()
-		if err := checkText("eventData.connectionId", id, 1, ingest.MaxIDLength); err != nil {
-			return e, err
+		if len(data.ConnectionID.raw) == 0 {
+			return ingest.FieldConnectionID, emptyText("eventData.connectionId")
 		}
-		e.ConnectionID = id
+		e.ConnectionID = data.ConnectionID.String()
 	}
-	if (e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd) && e.ConnectionID == "" {
-		return e, invalid("eventData.connectionId is required for %s", e.Type)
-	}
-	var err error
 	if data.BytesSent != nil && data.DataBytes != nil {
-		return e, invalid("eventData.bytesSent and eventData.dataBytes are aliases; send one")
+		return ingest.FieldBytesSent, invalid("eventData.bytesSent and eventData.dataBytes are aliases; send one")
 	}
 	sent := data.BytesSent
 	name := "eventData.bytesSent"
 	if data.DataBytes != nil {
 		sent, name = data.DataBytes, "eventData.dataBytes"
 	}
+	var err error
 	if e.BytesSent, err = parseCount(name, sent); err != nil {
-		return e, err
+		return ingest.FieldBytesSent, err
 	}
 	if e.BytesReceived, err = parseCount("eventData.bytesReceived", data.BytesReceived); err != nil {
-		return e, err
+		return ingest.FieldBytesReceived, err
 	}
-	if e.DurationUS, e.HasDuration, err = parseMicros("eventData.durationSeconds", data.DurationSeconds, 1e6, ingest.MaxDurationSeconds); err != nil {
-		return e, err
+	var v float64
+	if v, e.HasDuration, err = parseNumber("eventData.durationSeconds", data.DurationSeconds); err != nil {
+		return ingest.FieldDuration, err
+	} else if e.HasDuration {
+		e.DurationUS = ingest.DurationMicros(v)
 	}
-	if e.LatencyUS, e.HasLatency, err = parseMicros("eventData.latencyMs", data.LatencyMs, 1e3, ingest.MaxLatencyMs); err != nil {
-		return e, err
+	if v, e.HasLatency, err = parseNumber("eventData.latencyMs", data.LatencyMs); err != nil {
+		return ingest.FieldLatency, err
+	} else if e.HasLatency {
+		e.LatencyUS = ingest.LatencyMicros(v)
 	}
 	if data.ErrorMessage.set {
-		msg := data.ErrorMessage.String()
-		if err := checkText("eventData.errorMessage", msg, 0, ingest.MaxErrorMessageLength); err != nil {
-			return e, err
-		}
-		e.ErrorMessage = msg
+		e.ErrorMessage = data.ErrorMessage.String()
 	}
 	if data.IPAddress.set {
 		ip, err := netip.ParseAddr(data.IPAddress.String())
 		if err != nil || ip.Zone() != "" {
-			return e, invalid("eventData.ipAddress must be an IPv4 or IPv6 address")
+			return ingest.FieldIP, invalid("eventData.ipAddress must be an IPv4 or IPv6 address")
 		}
 		e.IP = ip.Unmap()
 	}
-	return e, nil
+	return ingest.AllFields, nil
 }
 
 // parseTimestamp parses an RFC 3339 timestamp strictly (parseRFC3339).
@@ -514,42 +534,46 @@ func daysIn(m time.Month, year int) int {
 	return 31 - int((m-1)%7%2)
 }
 
-// checkText enforces a length in characters and text PostgreSQL can store.
-func checkText(field, s string, min, max int) error {
-	n := utf8.RuneCountInString(s)
-	if n < min || n > max || !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 {
-		return invalid("%s must be text of %d to %d characters", field, min, max)
-	}
-	return nil
+// emptyText refuses an empty identifier that was sent, with the words of
+// the domain's rule for it (ingest.Event.Validate).
+func emptyText(field string) error {
+	return invalid("%s must be text of 1 to %d characters", field, ingest.MaxIDLength)
 }
 
-// parseCount parses a byte count written as a JSON integer from 0 to
-// ingest.MaxBytes.
+// parseCount reads a byte count written as a JSON integer; anything else
+// is refused with the words of the domain's rule for it. A negative
+// integer (-0 too) reads as -1 and one past int64 saturates, for Validate
+// to refuse.
 func parseCount(field string, raw []byte) (int64, error) {
 	if raw == nil || string(raw) == "null" {
 		return 0, nil
 	}
 	v, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil || raw[0] < '0' || raw[0] > '9' || v > ingest.MaxBytes {
-		return 0, invalid("%s must be an integer from 0 to %d", field, ingest.MaxBytes)
+	switch {
+	case err == nil && raw[0] != '-':
+		return v, nil
+	case err == nil || errors.Is(err, strconv.ErrRange):
+		if raw[0] == '-' {
+			return -1, nil
+		}
+		return math.MaxInt64, nil
 	}
-	return v, nil
+	return 0, invalid("%s must be an integer from 0 to %d", field, ingest.MaxBytes)
 }
 
-// parseMicros parses a non-negative JSON number of units and converts it
-// to integer microseconds (unit = microseconds per unit).
-func parseMicros(field string, raw []byte, unit, max float64) (int64, bool, error) {
+// parseNumber reads a JSON number (ok: present and not null). One beyond
+// float64 reads as an infinity, which the domain's conversion refuses.
+func parseNumber(field string, raw []byte) (v float64, ok bool, err error) {
 	if raw == nil || string(raw) == "null" {
 		return 0, false, nil
 	}
 	if raw[0] != '-' && (raw[0] < '0' || raw[0] > '9') {
 		return 0, false, invalid("%s must be a number", field)
 	}
-	v, err := strconv.ParseFloat(string(raw), 64)
-	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > max {
-		return 0, false, invalid("%s must be a number from 0 to %s", field, strconv.FormatFloat(max, 'f', -1, 64))
-	}
-	return int64(math.Round(v * unit)), true, nil
+	// The scanner has checked the JSON syntax, so the only error left is
+	// ErrRange, with ±Inf.
+	v, _ = strconv.ParseFloat(string(raw), 64)
+	return v, true, nil
 }
 
 func truncate(s string, n int) string {
