@@ -70,12 +70,12 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 	if _, err := pgx.ForEachRow(rows, []any{&id, &user}, func() error { owners[id] = user; return nil }); err != nil {
 		return fmt.Errorf("workload: owners: %w", err)
 	}
+	var logRows []*store.DeltaRow
 	for _, byUser := range deltas.ByUser(func(p string) string { return owners[p] }) {
-		for _, row := range byUser.Split(logRowEntries) {
-			if _, err := db.Exec(ctx, store.InsertDeltas, row.Args()...); err != nil {
-				return fmt.Errorf("workload: log rollup deltas: %w", err)
-			}
-		}
+		logRows = append(logRows, byUser.Split(logRowEntries)...)
+	}
+	if _, err := db.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, store.DeltaColumns, store.DeltaSource(logRows)); err != nil {
+		return fmt.Errorf("workload: log rollup deltas: %w", err)
 	}
 	cp, cc := make([]string, 0, len(conns)), make([]string, 0, len(conns))
 	for k := range conns {

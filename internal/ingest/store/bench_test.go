@@ -41,7 +41,9 @@ func BenchmarkFlushPrepare(b *testing.B) {
 		st := &flushState{outs: make([]outcome, 1), live: make([]bool, 1)}
 		st.authorize(batch, nil)
 		st.candidates(batch)
-		Deltas(st.ev).Args()
+		for _, row := range Deltas(st.ev).ByUser(func(p string) string { return p[:2] }) {
+			row.CopyRow()
+		}
 		touchedConnections(st.ev)
 	}
 }

@@ -306,8 +306,8 @@ RETURNING key`
 
 	// logConnections appends the flush's touched connections, one row with
 	// the entries as parallel arrays: one row with GIN-indexed arrays costs
-	// a third of a row per entry (BENCHMARKS.md). The rollup deltas go
-	// with InsertDeltas, a row per user.
+	// a third of a row per entry (BENCHMARKS.md). The rollup deltas are
+	// COPYed, a row per user (DeltaRow.CopyRow).
 	logConnections = `
 INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids) VALUES ($1::text[], $2::text[])`
 )
@@ -507,12 +507,12 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_events"}, EventColumns, CopySource(chosen)); err != nil {
 			return 0, fmt.Errorf("copy events: %w", err)
 		}
+		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, DeltaColumns, DeltaSource(Deltas(chosen).ByUser(st.owner))); err != nil {
+			return 0, fmt.Errorf("copy rollup deltas: %w", err)
+		}
 	}
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
-		for _, row := range Deltas(chosen).ByUser(st.owner) {
-			b.Queue(InsertDeltas, row.Args()...)
-		}
 		if cp, cc := touchedConnections(chosen); len(cp) > 0 {
 			b.Queue(logConnections, cp, cc)
 		}
