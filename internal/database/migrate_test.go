@@ -401,3 +401,53 @@ func TestDeltasByUserMigrationKeepsPendingDeltas(t *testing.T) {
 		})
 	}
 }
+
+// Migration 15 splits each pending connection log row by owner: every
+// (proxy, connection) entry survives, each row holds one user's proxies.
+func TestConnectionLogByUserMigrationKeepsPendingConnections(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 14); err != nil {
+				t.Fatal(err)
+			}
+			count := func(q string) int {
+				t.Helper()
+				var n int
+				if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			if _, err := db.ExecContext(ctx, `INSERT INTO users (id) VALUES ('u1'), ('u2');
+				INSERT INTO proxies (id, user_id) VALUES ('a', 'u1'), ('b', 'u2'), ('c', 'u1');
+				INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids) VALUES
+				  ('{a,b,c,a}', '{x,y,z,w}'), ('{b}', '{v}')`); err != nil {
+				t.Fatal(err)
+			}
+			const entries = `SELECT u.proxy_id, u.connection_id FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)`
+			const want = `SELECT * FROM (VALUES ('a', 'x'), ('b', 'y'), ('c', 'z'), ('a', 'w'), ('b', 'v')) v(proxy_id, connection_id)`
+			for _, step := range []string{"up", "down and up"} {
+				if step != "up" {
+					if _, err := p.Down(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := p.UpByOne(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n := count(`SELECT count(*) FROM ((` + entries + ` EXCEPT ALL ` + want + `) UNION ALL (` + want + ` EXCEPT ALL ` + entries + `)) d`); n != 0 {
+					t.Errorf("after %s: %d entries differ", step, n)
+				}
+			}
+			if n := count(`SELECT count(*) FROM usage_connection_invalidations`); n != 3 {
+				t.Errorf("%d rows, want 3 (the first split by its two users)", n)
+			}
+			if n := count(`SELECT count(*) FROM usage_connection_invalidations l, unnest(l.proxy_ids) AS u(proxy_id)
+				JOIN proxies p ON p.id = u.proxy_id WHERE p.user_id <> l.user_id`); n != 0 {
+				t.Errorf("%d entries in a row of another user", n)
+			}
+		})
+	}
+}

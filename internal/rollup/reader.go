@@ -239,9 +239,9 @@ func histogramKeyColumns(by Group) string {
 	return "''::text, '2000-01-01'::timestamptz"
 }
 
-// pendingRows selects the delta rows (l) of the owners of proxies $1: a
-// proxy's owner never changes, and the btree on user_id finds them
-// (sql/0014_deltas_by_user.sql).
+// pendingRows selects the rows (l) of the delta or connection log of the
+// owners of proxies $1: a proxy's owner never changes, and the logs' btree
+// on user_id finds them (sql/0014_deltas_by_user.sql, 0015).
 const pendingRows = `l.user_id = ANY(ARRAY(SELECT DISTINCT p.user_id FROM proxies p WHERE p.id = ANY($1)))`
 
 // Queries of a read. $1 proxies, $2/$3 first and last day, $4/$5 bucket
@@ -277,7 +277,7 @@ SELECT %s, latency_buckets, samples
 	// Stored peaks are final unless a connection of the proxies waits to
 	// be re-paired: then the first query says so and the read takes the
 	// path that recomputes them.
-	connectionsClean = `SELECT NOT EXISTS (SELECT 1 FROM usage_connection_invalidations WHERE proxy_ids && $1)`
+	connectionsClean = `SELECT NOT EXISTS (SELECT 1 FROM usage_connection_invalidations l WHERE ` + pendingRows + ` AND l.proxy_ids && $1)`
 	storedPeaks      = `
 SELECT proxy_id, day, peak FROM usage_daily_peak
  WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0`
@@ -469,7 +469,7 @@ func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]Con
 	rows, err := tx.Query(ctx, `
 		SELECT DISTINCT u.proxy_id, u.connection_id
 		  FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)
-		 WHERE l.proxy_ids && $1 AND u.proxy_id = ANY($1)`, proxies)
+		 WHERE `+pendingRows+` AND u.proxy_id = ANY($1)`, proxies)
 	if err != nil {
 		return nil, err
 	}

@@ -77,14 +77,15 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 	if _, err := db.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, store.DeltaColumns, store.DeltaSource(logRows)); err != nil {
 		return fmt.Errorf("workload: log rollup deltas: %w", err)
 	}
-	cp, cc := make([]string, 0, len(conns)), make([]string, 0, len(conns))
+	cp, cc, cu := make([]string, 0, len(conns)), make([]string, 0, len(conns)), make([]string, 0, len(conns))
 	for k := range conns {
-		cp, cc = append(cp, k.ProxyID), append(cc, k.ConnectionID)
+		cp, cc, cu = append(cp, k.ProxyID), append(cc, k.ConnectionID), append(cu, owners[k.ProxyID])
 	}
-	if _, err := db.Exec(ctx, `INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
-		SELECT array_agg(p), array_agg(c) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, c, n)
-		 GROUP BY (n - 1) / $3`, cp, cc, logRowEntries); err != nil {
-		return fmt.Errorf("workload: log connection invalidations: %w", err)
+	for lo := 0; lo < len(cp); lo += logRowEntries {
+		hi := min(lo+logRowEntries, len(cp))
+		if _, err := db.Exec(ctx, store.LogConnections, cp[lo:hi], cc[lo:hi], cu[lo:hi]); err != nil {
+			return fmt.Errorf("workload: log connection invalidations: %w", err)
+		}
 	}
 	return nil
 }

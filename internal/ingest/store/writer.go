@@ -304,12 +304,17 @@ SELECT key, now() FROM unnest($1::uuid[]) AS k(key)`
 ON CONFLICT DO NOTHING
 RETURNING key`
 
-	// logConnections appends the flush's touched connections, one row with
-	// the entries as parallel arrays: one row with GIN-indexed arrays costs
-	// a third of a row per entry (BENCHMARKS.md). The rollup deltas are
-	// COPYed, a row per user (DeltaRow.CopyRow).
-	logConnections = `
-INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids) VALUES ($1::text[], $2::text[])`
+	// LogConnections appends touched connections ($1 proxies, $2
+	// connection ids, $3 the proxies' owners) to the connection log, a row
+	// per user with the entries as parallel arrays (a row per entry costs
+	// several times more; a row per user lets a read find its own,
+	// sql/0015_connection_log_by_user.sql). The rollup deltas are COPYed,
+	// a row per user too (DeltaRow.CopyRow).
+	LogConnections = `
+INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids)
+SELECT k.user_id, array_agg(k.proxy_id ORDER BY k.n), array_agg(k.connection_id ORDER BY k.n)
+  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(proxy_id, connection_id, user_id, n)
+ GROUP BY k.user_id`
 )
 
 // flushStatement writes a small flush at once: it claims the keys, stores
@@ -330,10 +335,11 @@ WITH fresh AS (` + claimKeysReturning + `
   INSERT INTO usage_events (` + strings.Join(EventColumns, ", ") + `)
   SELECT ` + strings.Join(EventColumns, ", ") + ` FROM chosen
 ), ` + deltaCTEs + `, conns AS (
-  INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids)
-  SELECT array_agg(proxy_id), array_agg(connection_id)
+  INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids)
+  SELECT p.user_id, array_agg(c.proxy_id), array_agg(c.connection_id)
     FROM (SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')) c
-  HAVING count(*) > 0
+    JOIN proxies p ON p.id = c.proxy_id
+   GROUP BY p.user_id
 )
 SELECT req, count(*)::int FROM chosen GROUP BY req`
 
@@ -514,7 +520,11 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
 		if cp, cc := touchedConnections(chosen); len(cp) > 0 {
-			b.Queue(logConnections, cp, cc)
+			owners := make([]string, len(cp))
+			for i, p := range cp {
+				owners[i] = st.owner(p)
+			}
+			b.Queue(LogConnections, cp, cc, owners)
 		}
 	}
 	b.Queue("COMMIT")
