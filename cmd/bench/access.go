@@ -195,7 +195,7 @@ func (b *bench) accessPhase(ctx context.Context) error {
 
 	b.add(result{"7a", fmt.Sprintf("access (GET /proxy/usage/access/{proxyId}), %s proxies, %d edge clients sending %s requests/s, under batch ingest (achieved %s events/s)", count(len(a.proxies)), *accessClients, paced(*accessRate), rate(ingestRate)),
 		fmt.Sprintf("p50 %s, **p99 %s** (%s requests, %.0f/s); same run, one client, no ingest: p50 %s, p99 %s (p99 ×%.1f under ingest); %s",
-			ms(p50), ms(p99), count(len(busy)), float64(len(busy))/runFor.Seconds(), ms(idle50), ms(idle99), float64(p99)/float64(max(idle99, 1)), <-backlog)+
+			ms(p50), ms(p99), count(len(busy)), float64(len(busy))/runFor.Seconds(), ms(idle50), ms(idle99), float64(p99)/float64(max(idle99, 1)), <-backlog) +
 			fmt.Sprintf("; ingest: %d batch requests by 2 clients, %s each on average, %d answers 503 retried", ing.requests.Load(),
 				ms(time.Duration(ing.busy.Load()/max(ing.requests.Load(), 1))), ing.retries.Load()),
 		"p99 < 5 ms", yes(p99 < 5*time.Millisecond)})
