@@ -21,6 +21,7 @@ import (
 	"proxyusage/internal/billing"
 	"proxyusage/internal/config"
 	"proxyusage/internal/database"
+	"proxyusage/internal/fairshare"
 	httpx "proxyusage/internal/http"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/ingest/store"
@@ -56,6 +57,9 @@ type Main struct {
 	Webhooks *alert.Deliverer
 	Server   *httpx.Server
 	Detected database.Backend
+	// HeavyReads admits usage and billing reads heavier than
+	// HEAVY_READ_THRESHOLD, fairly between callers.
+	HeavyReads *fairshare.Gate
 }
 
 // Manual names background services that Run builds but does not start.
@@ -146,7 +150,17 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	usageSvc, err := usage.NewStore(usage.Config{Pool: m.Pool, Reader: reader, Proxies: proxies, Users: users})
+	m.HeavyReads, err = fairshare.New(fairshare.Config{
+		Slots: int(m.Config.HeavyReadSlots), Threshold: m.Config.HeavyReadThreshold,
+		Metrics: fairshare.Metrics{
+			Waiting: m.Metrics.HeavyReadsWaiting, Running: m.Metrics.HeavyReadsRunning,
+			Admitted: m.Metrics.HeavyReadsAdmitted, GaveUp: m.Metrics.HeavyReadsGaveUp,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	usageSvc, err := usage.NewStore(usage.Config{Pool: m.Pool, Reader: reader, Proxies: proxies, Users: users, Gate: m.HeavyReads})
 	if err != nil {
 		return err
 	}
@@ -154,7 +168,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if plans.Tiers == nil {
 		plans = billing.DefaultPlans() // a Config built in code (tests) names none
 	}
-	billingSvc, err := billing.NewStore(billing.Config{Pool: m.Pool, Plans: plans, Reader: reader, Proxies: proxies, Users: users})
+	billingSvc, err := billing.NewStore(billing.Config{Pool: m.Pool, Plans: plans, Reader: reader, Proxies: proxies, Users: users, Gate: m.HeavyReads})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/fairshare"
 	"proxyusage/internal/limit"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
@@ -36,6 +37,7 @@ type Store struct {
 	reader  *rollup.Reader
 	proxies *proxy.Store
 	users   *user.Store
+	gate    *fairshare.Gate
 	now     func() time.Time
 }
 
@@ -46,7 +48,10 @@ type Config struct {
 	Reader  *rollup.Reader
 	Proxies *proxy.Store
 	Users   *user.Store
-	Now     func() time.Time
+	// Gate admits heavy reads fairly between callers (see usage.Config); nil:
+	// every read at once.
+	Gate *fairshare.Gate
+	Now  func() time.Time
 }
 
 // NewStore returns a Store for cfg.
@@ -64,7 +69,7 @@ func NewStore(cfg Config) (*Store, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Store{pool: cfg.Pool, plans: cfg.Plans, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
+	return &Store{pool: cfg.Pool, plans: cfg.Plans, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, gate: cfg.Gate, now: cfg.Now}, nil
 }
 
 var _ Service = (*Store)(nil)
@@ -87,6 +92,11 @@ func (s *Store) Bill(ctx context.Context, caller auth.Principal, req BillRequest
 	if err != nil {
 		return Bill{}, err
 	}
+	done, err := s.gate.Acquire(ctx, caller.UserID, period.ProxyDays(len(ids)))
+	if err != nil {
+		return Bill{}, err
+	}
+	defer done()
 	daily, err := s.reader.DailyBytes(ctx, ids, period.Start, period.End)
 	if err != nil {
 		return Bill{}, err

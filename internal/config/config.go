@@ -64,6 +64,12 @@ type Config struct {
 	// default, 2). Two let one flush's COPY overlap the next one's
 	// preparation.
 	IngestWriters int64
+	// HeavyReadSlots is how many reads heavier than HeavyReadThreshold
+	// run at once, at most one per caller (0: GOMAXPROCS).
+	HeavyReadSlots int64
+	// HeavyReadThreshold is, in proxy-days (days × proxies), the heaviest
+	// read that needs no slot (0: fairshare.DefaultThreshold).
+	HeavyReadThreshold int64
 
 	// WebhookAllowPrivate lets webhooks point at private, loopback and
 	// link-local addresses. Off by default (SSRF); for tests and local
@@ -153,6 +159,7 @@ func FromEnv() (Config, error) {
 		"MAX_INFLIGHT": &c.MaxInflight, "INGEST_WRITERS": &c.IngestWriters, "WEBHOOK_WORKERS": &c.WebhookWorkers, "MAX_CONNS": &c.MaxConns,
 		"MAX_INFLIGHT_PER_USER": &c.MaxInflightPerUser, "MAX_INFLIGHT_PER_SERVICE": &c.MaxInflightPerService,
 		"DATABASE_POOL_SIZE": &c.DatabasePoolSize,
+		"HEAVY_READ_SLOTS":   &c.HeavyReadSlots, "HEAVY_READ_THRESHOLD": &c.HeavyReadThreshold,
 	} {
 		if v := os.Getenv(name); v != "" {
 			if _, err := fmt.Sscanf(v, "%d", dst); err != nil || *dst <= 0 {
@@ -220,6 +227,7 @@ func (c Config) Validate() error {
 		{"MAX_INFLIGHT", c.MaxInflight}, {"MAX_INFLIGHT_PER_USER", c.MaxInflightPerUser},
 		{"MAX_INFLIGHT_PER_SERVICE", c.MaxInflightPerService}, {"MAX_CONNS", c.MaxConns}, {"INGEST_WRITERS", c.IngestWriters},
 		{"DATABASE_POOL_SIZE", c.DatabasePoolSize},
+		{"HEAVY_READ_SLOTS", c.HeavyReadSlots}, {"HEAVY_READ_THRESHOLD", c.HeavyReadThreshold},
 		{"BODY_TIMEOUT", int64(c.BodyTimeout)}, {"READ_FENCE_TIMEOUT", int64(c.ReadFenceTimeout)}, {"READ_TIMEOUT", int64(c.ReadTimeout)}, {"IDLE_TIMEOUT", int64(c.IdleTimeout)},
 	} {
 		if v.value < 0 {

@@ -180,3 +180,23 @@ func TestPlansFile(t *testing.T) {
 		t.Errorf("Validate: %v", err)
 	}
 }
+
+func TestHeavyReadSettings(t *testing.T) {
+	c, err := FromEnv()
+	if err != nil || c.HeavyReadSlots != 0 || c.HeavyReadThreshold != 0 {
+		t.Fatalf("defaults (0: the gate's own): %+v %v", c, err)
+	}
+	t.Setenv("HEAVY_READ_SLOTS", "3")
+	t.Setenv("HEAVY_READ_THRESHOLD", "10000")
+	if c, err = FromEnv(); err != nil || c.HeavyReadSlots != 3 || c.HeavyReadThreshold != 10000 {
+		t.Fatalf("got %+v %v", c, err)
+	}
+	t.Setenv("HEAVY_READ_SLOTS", "0")
+	t.Setenv("HEAVY_READ_THRESHOLD", "-1")
+	_, err = FromEnv()
+	for _, name := range []string{"HEAVY_READ_SLOTS", "HEAVY_READ_THRESHOLD"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -43,6 +43,11 @@ type Metrics struct {
 	ReadsServed   *prometheus.CounterVec // server: standby, primary
 	ReadFenceWait prometheus.Histogram
 	ReadFallbacks *prometheus.CounterVec // reason: database.FallbackReasons
+
+	HeavyReadsWaiting  prometheus.Gauge
+	HeavyReadsRunning  prometheus.Gauge
+	HeavyReadsAdmitted prometheus.Counter
+	HeavyReadsGaveUp   prometheus.Counter
 }
 
 // ReadFallbackReasons are the values of ReadFallbacks' reason label
@@ -171,6 +176,22 @@ func New() *Metrics {
 			Name: "proxyusage_read_fallbacks_total",
 			Help: "Read snapshots sent to the primary instead of a standby, by reason: timeout (fence not replayed within READ_FENCE_TIMEOUT), conflict (recovery conflict), unavailable (standby unreachable or not in recovery), fence (primary's WAL position unreadable).",
 		}, []string{"reason"}),
+		HeavyReadsWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_heavy_reads_waiting",
+			Help: "Heavy reads (more proxy-days than HEAVY_READ_THRESHOLD) waiting for one of the HEAVY_READ_SLOTS.",
+		}),
+		HeavyReadsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_heavy_reads_running",
+			Help: "Heavy reads holding one of the HEAVY_READ_SLOTS now (at most one per caller).",
+		}),
+		HeavyReadsAdmitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_heavy_reads_admitted_total",
+			Help: "Heavy reads given a slot.",
+		}),
+		HeavyReadsGaveUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_heavy_reads_gave_up_total",
+			Help: "Heavy reads whose request ended (READ_TIMEOUT, or the client left) while they waited for a slot.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -181,6 +202,7 @@ func New() *Metrics {
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
 		m.AlertsRecorded, m.AlertsAbandoned, m.WebhookDeliveries, m.AlertDeliveryTime, m.AlertsLeader,
 		m.ReadsServed, m.ReadFenceWait, m.ReadFallbacks,
+		m.HeavyReadsWaiting, m.HeavyReadsRunning, m.HeavyReadsAdmitted, m.HeavyReadsGaveUp,
 	)
 	for _, s := range []string{"standby", "primary"} {
 		m.ReadsServed.WithLabelValues(s)

@@ -22,6 +22,10 @@ type Period struct {
 // Days is the number of days in the period.
 func (p Period) Days() int { return int(p.End.Sub(p.Start)/(24*time.Hour)) + 1 }
 
+// ProxyDays is the weight of a read of proxies over the period, what
+// fairshare.Gate admits reads by: their cost grows with both.
+func (p Period) ProxyDays(proxies int) int64 { return int64(proxies) * int64(p.Days()) }
+
 // Validate checks that both ends are UTC days, the end is not before the
 // start and the period spans at most MaxPeriodDays.
 func (p Period) Validate() error {

@@ -17,6 +17,7 @@ import (
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
 	"proxyusage/internal/database"
+	"proxyusage/internal/fairshare"
 	"proxyusage/internal/proxy"
 	"proxyusage/internal/rollup"
 	"proxyusage/internal/user"
@@ -40,6 +41,7 @@ type Store struct {
 	reader  *rollup.Reader
 	proxies *proxy.Store
 	users   *user.Store
+	gate    *fairshare.Gate
 	now     func() time.Time
 }
 
@@ -49,7 +51,10 @@ type Config struct {
 	Reader  *rollup.Reader
 	Proxies *proxy.Store
 	Users   *user.Store
-	Now     func() time.Time // default time.Now
+	// Gate admits the reads heavier than its threshold in days × proxies
+	// fairly between callers; nil: every read at once.
+	Gate *fairshare.Gate
+	Now  func() time.Time // default time.Now
 }
 
 // NewStore returns a Store for cfg.
@@ -73,7 +78,7 @@ func NewStore(cfg Config) (*Store, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Store{pool: cfg.Pool, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, now: cfg.Now}, nil
+	return &Store{pool: cfg.Pool, reader: cfg.Reader, proxies: cfg.Proxies, users: cfg.Users, gate: cfg.Gate, now: cfg.Now}, nil
 }
 
 var _ Service = (*Store)(nil)
@@ -166,6 +171,14 @@ func (s *Store) readable(ctx context.Context, caller auth.Principal, proxyID str
 	return s.proxies.Get(ctx, caller, proxyID)
 }
 
+// admit waits for a read's turn at the gate: its weight is the
+// proxy-days it covers; the turn is the caller's (an admin reading many
+// users takes one turn), not the user's it reads. The returned function
+// ends the read.
+func (s *Store) admit(ctx context.Context, caller auth.Principal, proxies int, period Period) (func(), error) {
+	return s.gate.Acquire(ctx, caller.UserID, period.ProxyDays(proxies))
+}
+
 // Every request is checked in the same order: who may ask first (a caller
 // learns nothing about data it may not read from the validation of its
 // request), then the request's Validate.
@@ -220,6 +233,11 @@ func (s *Store) Range(ctx context.Context, caller auth.Principal, req RangeReque
 		return Range{}, err
 	}
 	period := req.Period
+	done, err := s.admit(ctx, caller, 1, period)
+	if err != nil {
+		return Range{}, err
+	}
+	defer done()
 	m, err := s.reader.Totals(ctx, []string{p.ID}, period.Start, period.End, rollup.ByDay)
 	if err != nil {
 		return Range{}, err
@@ -314,6 +332,11 @@ func (s *Store) Report(ctx context.Context, caller auth.Principal, req ReportReq
 	if err != nil {
 		return Report{}, err
 	}
+	done, err := s.admit(ctx, caller, len(ids), period)
+	if err != nil {
+		return Report{}, err
+	}
+	defer done()
 	m, err := s.reader.Totals(ctx, ids, period.Start, period.End, by)
 	if err != nil {
 		return Report{}, err
@@ -384,14 +407,19 @@ func (s *Store) Aggregation(ctx context.Context, caller auth.Principal, req Aggr
 	if req.GroupBy == GroupByTier {
 		return Aggregation{}, apperr.Errorf(apperr.Invalid, "groupBy=tier is answered by TierAggregation")
 	}
-	return s.aggregate(ctx, uid, req.Period)
+	return s.aggregate(ctx, caller, uid, req.Period)
 }
 
-func (s *Store) aggregate(ctx context.Context, uid string, period Period) (Aggregation, error) {
+func (s *Store) aggregate(ctx context.Context, caller auth.Principal, uid string, period Period) (Aggregation, error) {
 	ids, err := s.proxies.IDs(ctx, uid)
 	if err != nil {
 		return Aggregation{}, err
 	}
+	done, err := s.admit(ctx, caller, len(ids), period)
+	if err != nil {
+		return Aggregation{}, err
+	}
+	defer done()
 	m, err := s.reader.Totals(ctx, ids, period.Start, period.End, rollup.ByProxyDay)
 	if err != nil {
 		return Aggregation{}, err
@@ -441,6 +469,11 @@ func (s *Store) TierAggregation(ctx context.Context, caller auth.Principal, req 
 	for u := range userSet {
 		users = append(users, u)
 	}
+	done, err := s.admit(ctx, caller, len(ids), period)
+	if err != nil {
+		return TierAggregation{}, err
+	}
+	defer done()
 	histories, err := s.users.Histories(ctx, users)
 	if err != nil {
 		return TierAggregation{}, err
@@ -507,7 +540,7 @@ func (s *Store) Snapshot(ctx context.Context, caller auth.Principal, req Snapsho
 		return Snapshot{}, err
 	}
 	period := req.Period
-	agg, err := s.aggregate(ctx, uid, period)
+	agg, err := s.aggregate(ctx, caller, uid, period)
 	if err != nil {
 		return Snapshot{}, err
 	}
