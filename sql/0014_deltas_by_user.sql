@@ -13,7 +13,8 @@
 -- no longer needed.
 --
 -- Pending rows are split by owner here, histogram entries renumbered to
--- their position in the new row.
+-- their position in the new row (each step a join or a grouping: the
+-- table is locked meanwhile, and a backlog may be large).
 
 -- +goose Up
 ALTER TABLE usage_rollup_deltas ADD COLUMN user_id text;
@@ -31,33 +32,42 @@ WITH entry AS (
 ), numbered AS (
   SELECT e.*, row_number() OVER (PARTITION BY e.id, e.user_id ORDER BY e.pos)::int AS new_pos FROM entry e
 ), hist AS (
-  SELECT n.id, n.user_id, n.new_pos, h.latency_bucket, h.samples, h.hn
+  SELECT n.id, n.user_id,
+         array_agg(n.new_pos ORDER BY n.new_pos, h.hn) AS entries,
+         array_agg(h.latency_bucket ORDER BY n.new_pos, h.hn) AS buckets,
+         array_agg(h.samples ORDER BY n.new_pos, h.hn) AS samples
     FROM usage_rollup_deltas l
    CROSS JOIN LATERAL unnest(l.latency_entries, l.latency_buckets, l.latency_samples) WITH ORDINALITY AS h(entry, latency_bucket, samples, hn)
     JOIN numbered n ON n.id = l.id AND n.pos = h.entry
    WHERE l.user_id IS NULL
+   GROUP BY n.id, n.user_id
+), grouped AS (
+  SELECT n.id, n.user_id, n.logged_at,
+         array_agg(n.proxy_id ORDER BY n.new_pos) AS proxy_ids, array_agg(n.day ORDER BY n.new_pos) AS days,
+         array_agg(n.event_count ORDER BY n.new_pos) AS event_counts, array_agg(n.connection_count ORDER BY n.new_pos) AS connection_counts,
+         array_agg(n.success_count ORDER BY n.new_pos) AS success_counts, array_agg(n.error_count ORDER BY n.new_pos) AS error_counts,
+         array_agg(n.bytes_sent ORDER BY n.new_pos) AS bytes_sent, array_agg(n.bytes_received ORDER BY n.new_pos) AS bytes_received,
+         array_agg(n.duration_sum_us ORDER BY n.new_pos) AS duration_sums_us, array_agg(n.duration_count ORDER BY n.new_pos) AS duration_counts,
+         array_agg(n.latency_sum_us ORDER BY n.new_pos) AS latency_sums_us, array_agg(n.latency_count ORDER BY n.new_pos) AS latency_counts,
+         array_agg(n.latency_max_us ORDER BY n.new_pos) AS latency_max_us,
+         array_agg(n.first_event_at ORDER BY n.new_pos) AS first_event_at, array_agg(n.last_event_at ORDER BY n.new_pos) AS last_event_at
+    FROM numbered n
+   GROUP BY n.id, n.user_id, n.logged_at
 )
 INSERT INTO usage_rollup_deltas (user_id, proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
   bytes_sent, bytes_received, duration_sums_us, duration_counts, latency_sums_us, latency_counts, latency_max_us,
   first_event_at, last_event_at, latency_entries, latency_buckets, latency_samples, logged_at)
-SELECT n.user_id, array_agg(n.proxy_id ORDER BY n.new_pos), array_agg(n.day ORDER BY n.new_pos),
-       array_agg(n.event_count ORDER BY n.new_pos), array_agg(n.connection_count ORDER BY n.new_pos),
-       array_agg(n.success_count ORDER BY n.new_pos), array_agg(n.error_count ORDER BY n.new_pos),
-       array_agg(n.bytes_sent ORDER BY n.new_pos), array_agg(n.bytes_received ORDER BY n.new_pos),
-       array_agg(n.duration_sum_us ORDER BY n.new_pos), array_agg(n.duration_count ORDER BY n.new_pos),
-       array_agg(n.latency_sum_us ORDER BY n.new_pos), array_agg(n.latency_count ORDER BY n.new_pos),
-       array_agg(n.latency_max_us ORDER BY n.new_pos), array_agg(n.first_event_at ORDER BY n.new_pos),
-       array_agg(n.last_event_at ORDER BY n.new_pos),
-       coalesce((SELECT array_agg(h.new_pos ORDER BY h.new_pos, h.hn) FROM hist h WHERE h.id = n.id AND h.user_id = n.user_id), '{}'),
-       coalesce((SELECT array_agg(h.latency_bucket ORDER BY h.new_pos, h.hn) FROM hist h WHERE h.id = n.id AND h.user_id = n.user_id), '{}'),
-       coalesce((SELECT array_agg(h.samples ORDER BY h.new_pos, h.hn) FROM hist h WHERE h.id = n.id AND h.user_id = n.user_id), '{}'),
-       n.logged_at
-  FROM numbered n
- GROUP BY n.id, n.user_id, n.logged_at
- ORDER BY n.id, n.user_id;
+SELECT g.user_id, g.proxy_ids, g.days, g.event_counts, g.connection_counts, g.success_counts, g.error_counts,
+       g.bytes_sent, g.bytes_received, g.duration_sums_us, g.duration_counts, g.latency_sums_us, g.latency_counts, g.latency_max_us,
+       g.first_event_at, g.last_event_at, coalesce(h.entries, '{}'), coalesce(h.buckets, '{}'), coalesce(h.samples, '{}'), g.logged_at
+  FROM grouped g LEFT JOIN hist h ON h.id = g.id AND h.user_id = g.user_id
+ ORDER BY g.id, g.user_id;
 
 DELETE FROM usage_rollup_deltas WHERE user_id IS NULL;
-ALTER TABLE usage_rollup_deltas ALTER COLUMN user_id SET NOT NULL;
+-- '' marks a row of several users: one written by a replica older than
+-- this migration during a rolling deploy (its insert names no user_id),
+-- or a proxy without an owner row. Reads include those rows too.
+ALTER TABLE usage_rollup_deltas ALTER COLUMN user_id SET DEFAULT '', ALTER COLUMN user_id SET NOT NULL;
 DROP INDEX usage_rollup_deltas_proxy_ids_idx;
 CREATE INDEX usage_rollup_deltas_user_id_idx ON usage_rollup_deltas (user_id);
 

@@ -21,7 +21,8 @@ SELECT coalesce(p.user_id, ''), array_agg(u.proxy_id ORDER BY u.n), array_agg(u.
  ORDER BY l.id, 1;
 
 DELETE FROM usage_connection_invalidations WHERE user_id IS NULL;
-ALTER TABLE usage_connection_invalidations ALTER COLUMN user_id SET NOT NULL;
+-- '' as in 0014: a row of several users (an older replica's, or ownerless).
+ALTER TABLE usage_connection_invalidations ALTER COLUMN user_id SET DEFAULT '', ALTER COLUMN user_id SET NOT NULL;
 DROP INDEX usage_connection_invalidations_proxy_ids_idx;
 CREATE INDEX usage_connection_invalidations_user_id_idx ON usage_connection_invalidations (user_id);
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -183,6 +184,108 @@ func TestConcurrentRunsConsumeOnce(t *testing.T) {
 			}
 			checkStoredPeaks(t, pool)
 			checkTablesEqualRecompute(t, pool, b)
+		})
+	}
+}
+
+// During a rolling deploy a replica older than the logs' user_id column
+// (sql/0014, 0015) still writes rows without it: they get an empty
+// user_id and hold several users' entries. Reads must count them (right
+// after the write, before the worker) and the worker must fold them.
+func TestReadsIncludeRowsOfSeveralUsers(t *testing.T) {
+	proxies := []string{"p1", "p2", "p3"}
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool, w, logger := newFoldEnv(t, b, proxies)
+			if _, err := pool.Exec(ctx, `INSERT INTO users (id) VALUES ('v'); UPDATE proxies SET user_id = 'v' WHERE id = 'p3'`); err != nil {
+				t.Fatal(err)
+			}
+			const maxAge = 6 * time.Hour
+			reader, err := rollup.NewReader(ctx, pool, b, maxAge)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := rollup.Day(time.Now()).AddDate(0, 0, -3)
+			from, to := first.AddDate(0, 0, -1), first.AddDate(0, 0, 4)
+			rng := rand.New(rand.NewPCG(31, uint64(len(b))))
+			event := randomEvents(rng, proxies, first)
+			events := make([]ingest.Event, 200)
+			for i := range events {
+				events[i] = event()
+			}
+			// The new writer's rows, by user.
+			if _, _, err := w.WriteAs(ctx, auth.Principal{UserID: "svc", Roles: []string{auth.RoleService}}, events[:100], true); err != nil {
+				t.Fatal(err)
+			}
+			// An old replica's flush: raw events, and its logs as it wrote
+			// them (one row of all users, no user_id).
+			old := make([]*ingest.Event, 0, 100)
+			for i := range events[100:] {
+				e := &events[100+i]
+				e.EventID = "" // no key: the old replica claims none here
+				old = append(old, e)
+			}
+			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"usage_events"}, store.EventColumns, store.CopySource(old)); err != nil {
+				t.Fatal(err)
+			}
+			// Its delta row (store.Deltas without ByUser: no user), and its
+			// connection row inserted as it did, naming no user_id.
+			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, store.DeltaColumns,
+				store.DeltaSource([]*store.DeltaRow{store.Deltas(old)})); err != nil {
+				t.Fatal(err)
+			}
+			var cp, cc []string
+			for _, e := range old {
+				if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
+					cp, cc = append(cp, e.ProxyID), append(cc, e.ConnectionID)
+				}
+			}
+			if _, err := pool.Exec(ctx, `INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids) VALUES ($1, $2)`, cp, cc); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(t, pool, `SELECT count(*) FROM usage_connection_invalidations WHERE user_id = ''`); n != 1 {
+				t.Fatalf("%d connection rows of several users, want 1", n)
+			}
+			if n := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas WHERE user_id = ''`); n != 1 {
+				t.Fatalf("%d delta rows of several users, want 1", n)
+			}
+			check := func(when string) {
+				t.Helper()
+				want := recompute(t, pool, proxies, from, to, maxAge)
+				for _, group := range [][]string{proxies, {"p1", "p2"}, {"p3"}} {
+					got, err := reader.Totals(ctx, group, from, to, rollup.ByProxyDay)
+					if err != nil {
+						t.Fatal(err)
+					}
+					sub := map[rollup.Key]*rollup.Totals{}
+					for k, v := range want {
+						if slices.Contains(group, k.ProxyID) {
+							sub[k] = v
+						}
+					}
+					if err := equalTotals(got, sub); err != nil {
+						t.Fatalf("%s, proxies %v: %v", when, group, err)
+					}
+				}
+			}
+			check("before the worker")
+			worker, err := rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(), Logger: logger, MaxConnectionAge: maxAge})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				s, err := worker.RunOnce(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !s.Full {
+					break
+				}
+			}
+			check("after the worker")
+			checkStoredPeaks(t, pool)
 		})
 	}
 }

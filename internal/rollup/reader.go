@@ -241,8 +241,10 @@ func histogramKeyColumns(by Group) string {
 
 // pendingRows selects the rows (l) of the delta or connection log of the
 // owners of proxies $1: a proxy's owner never changes, and the logs' btree
-// on user_id finds them (sql/0014_deltas_by_user.sql, 0015).
-const pendingRows = `l.user_id = ANY(ARRAY(SELECT DISTINCT p.user_id FROM proxies p WHERE p.id = ANY($1)))`
+// on user_id finds them (sql/0014_deltas_by_user.sql, 0015). Rows of
+// several users (an empty user_id: from a replica older than 0014 during a
+// rolling deploy) are read too; callers still filter entries by proxy.
+const pendingRows = `l.user_id = ANY(ARRAY(SELECT DISTINCT p.user_id FROM proxies p WHERE p.id = ANY($1)) || ''::text)`
 
 // Queries of a read. $1 proxies, $2/$3 first and last day, $4/$5 bucket
 // range. The rows are merged into groups in Go: cheaper here than the
@@ -576,6 +578,7 @@ func (r *Reader) BytesCTEs() string { return bytesCTEs }
 const bytesCTEs = `
 bytes_users AS (
   SELECT DISTINCT p.user_id FROM bytes_scope s JOIN proxies p ON p.id = ANY(s.proxy_ids)
+  UNION SELECT '' -- rows of several users (pendingRows)
 ), exact_bytes AS (
   SELECT coalesce(sum(b), 0) AS bytes FROM (
     SELECT coalesce(r.bytes_sent, 0) + coalesce(r.bytes_received, 0) AS b

@@ -76,6 +76,8 @@ type Worker struct {
 	leader    database.Leader
 	leading   atomic.Bool // the fold loop holds leader; the pairing loop follows it
 	retention sync.Once
+
+	lastFold, lastPair atomic.Int64 // unix nanoseconds of each log's last successful run
 }
 
 // NewWorker validates cfg.
@@ -147,13 +149,15 @@ func (w *Worker) loop(ctx context.Context, leads bool, run func(context.Context,
 				w.applyRetention(ctx)
 			}
 			stats, err := run(ctx, batch)
-			batch = w.cfg.BatchSize
 			switch {
 			case err != nil && !errors.Is(err, context.Canceled):
 				w.log.Error("rollup run failed", slog.Any("error", err))
+				batch = w.cfg.BatchSize
 			case stats.Full:
 				next = 0 // more waiting: go again at once, with a larger batch
 				batch = min(2*batch, w.cfg.MaxBatchSize)
+			default:
+				batch = w.cfg.BatchSize
 			}
 		}
 		timer.Reset(next)
@@ -214,12 +218,12 @@ func (w *Worker) fold(ctx context.Context, batch int) (stats RunStats, err error
 	defer w.foldMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
 	defer cancel()
-	defer w.finish(ctx, &stats, &err)
+	defer w.finish(ctx, &w.lastFold, &stats, &err)
 	ids, days, full, err := w.readDeltaLog(ctx, batch)
 	if err != nil || len(ids) == 0 {
 		return RunStats{Full: full}, err
 	}
-	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, w.cfg.Pool, readCommitted, func(tx pgx.Tx) error {
 		if err := claimLogRows(ctx, tx, database.LockRollupFold, "usage_rollup_deltas", ids); err != nil {
 			return err
 		}
@@ -242,13 +246,13 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 	defer w.pairMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
 	defer cancel()
-	defer w.finish(ctx, &stats, &err)
+	defer w.finish(ctx, &w.lastPair, &stats, &err)
 	ids, conns, full, err := w.readConnLog(ctx, batch)
 	if err != nil || len(ids) == 0 {
 		return RunStats{Full: full}, err
 	}
 	var peakDays []DayKey
-	err = pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, w.cfg.Pool, readCommitted, func(tx pgx.Tx) error {
 		if err := claimLogRows(ctx, tx, database.LockRollupPair, "usage_connection_invalidations", ids); err != nil {
 			return err
 		}
@@ -271,18 +275,27 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 	return RunStats{PeakDays: peakDays, Connections: conns, Full: full}, nil
 }
 
-// finish records a run's outcome and the lag after it.
-func (w *Worker) finish(ctx context.Context, stats *RunStats, err *error) {
+// finish records a run's outcome and the lag after it. The last-success
+// gauge is the older of the two logs' last successful runs, so that one
+// loop failing while the other succeeds still reads as stalled.
+func (w *Worker) finish(ctx context.Context, last *atomic.Int64, stats *RunStats, err *error) {
 	result := "ok"
 	if *err != nil {
 		result = "error"
 	} else {
-		w.cfg.Metrics.RollupLastSuccess.SetToCurrentTime()
+		last.Store(time.Now().UnixNano())
+		if f, p := w.lastFold.Load(), w.lastPair.Load(); f > 0 && p > 0 {
+			w.cfg.Metrics.RollupLastSuccess.Set(float64(min(f, p)) / 1e9)
+		}
 		w.cfg.Metrics.RollupDays.Add(float64(len(stats.Days)))
 	}
 	w.cfg.Metrics.RollupRuns.WithLabelValues(result).Inc()
 	w.observeLag(ctx)
 }
+
+// readCommitted is a run's isolation, whatever the server's default:
+// claimLogRows' check must see the commit of the run it waited for.
+var readCommitted = pgx.TxOptions{IsoLevel: pgx.ReadCommitted}
 
 // errConsumed says that log rows a run read were consumed by another run
 // before this one took the log's lock.

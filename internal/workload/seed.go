@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"proxyusage/internal/database"
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/ingest/store"
 	"proxyusage/internal/rollup"
@@ -255,7 +256,11 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 	}()
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		// The worker's peak state described the intervals replaced here: it
-		// fills a day's state again the first time it touches the day.
+		// fills a day's state again the first time it touches the day. The
+		// pairing lock keeps a worker's run out meanwhile.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, database.LockRollupPair); err != nil {
+			return err
+		}
 		for _, q := range []string{`DELETE FROM usage_connections`, `DELETE FROM usage_connection_invalidations`,
 			`DELETE FROM usage_peak_slots`, `DELETE FROM usage_peak_days`} {
 			if _, err := tx.Exec(ctx, q); err != nil {
