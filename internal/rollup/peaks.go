@@ -8,11 +8,14 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// slotWidth is the span of a usage_peak_slots row (sql/0013_peak_slots.sql).
-// A re-paired connection re-reads the edges of the slots its old and new
-// start and end fall in; a day's peak reads its slots. 15 minutes keeps
-// both small: a slot holds a 96th of a day's edges, a day at most 96 rows.
-const slotWidth = 15 * time.Minute
+// slotWidth is the span of a usage_peak_slots row (sql/0013_peak_slots.sql,
+// sql/0016). A re-paired connection re-reads the edges of the slots its old
+// and new start and end fall in; a day's peak reads its slots. Under live
+// ingest the first is the larger cost (a busy proxy's current slot holds
+// thousands of edges), so 5 minutes: a 288th of a day's edges per slot,
+// at most 288 rows a day. Changing it needs a migration that drops the
+// slot state (like 0016).
+const slotWidth = 5 * time.Minute
 
 func slotOf(t time.Time) time.Time { return t.UTC().Truncate(slotWidth) }
 

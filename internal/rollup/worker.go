@@ -34,8 +34,12 @@ type WorkerConfig struct {
 	// a run's fixed costs (a round trip per statement, recomputing a
 	// touched day's peak) then serve more entries, and a backlog shrinks
 	// instead of growing.
-	BatchSize    int           // default 5000
-	MaxBatchSize int           // default 20 × BatchSize
+	BatchSize int // default 5000
+	// MaxBatchSize defaults to 2 × BatchSize: under live ingest larger
+	// runs hold their transaction (and the reads' pending work) longer;
+	// the default is what the loop effectively used until 2026-12 (a bug
+	// reset the batch before doubling it), and what BENCHMARKS.md measured.
+	MaxBatchSize int
 	RunTimeout   time.Duration // per run (default 60s)
 }
 
@@ -87,7 +91,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	}
 	cfg.Interval = cmp.Or(cfg.Interval, time.Second)
 	cfg.BatchSize = cmp.Or(cfg.BatchSize, 5000)
-	cfg.MaxBatchSize = max(cmp.Or(cfg.MaxBatchSize, 20*cfg.BatchSize), cfg.BatchSize)
+	cfg.MaxBatchSize = max(cmp.Or(cfg.MaxBatchSize, 2*cfg.BatchSize), cfg.BatchSize)
 	cfg.RunTimeout = cmp.Or(cfg.RunTimeout, 60*time.Second)
 	w := &Worker{cfg: cfg, log: cfg.Logger.With(slog.String("component", "rollup.worker"))}
 	w.leader = database.Leader{Pool: cfg.Pool, Key: database.LockRollupLeader, OnChange: func(held bool) {
