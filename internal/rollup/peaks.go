@@ -32,13 +32,13 @@ type span struct {
 // updatePeaks brings the peak state of the intervals that changed (old
 // replaced by fresh, already stored) up to date and stores the peaks of
 // every day they touch, which it returns. For a proxy-day with state it
-// re-reads only the slots holding an old or new edge and adds ±1 to the
+// re-reads only the slots whose edges change (changedSlots) and adds ±1 to the
 // midnight counts the intervals cross; a day without state yet is filled
 // whole from the stored intervals, once.
 func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interval) ([]DayKey, error) {
 	days := map[DayKey]bool{}
 	dBefore, dAt := map[DayKey]int32{}, map[DayKey]int32{}
-	slots := map[slotKey]bool{}
+	slots := changedSlots(old, fresh)
 	for _, change := range []struct {
 		sign int32
 		ivs  map[ConnKey][]Interval
@@ -49,8 +49,6 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 					continue // open at no instant: no edges
 				}
 				s, e := iv.Start.UTC(), iv.End.UTC()
-				slots[slotKey{k.ProxyID, slotOf(s)}] = true
-				slots[slotKey{k.ProxyID, slotOf(e)}] = true
 				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
 					dk := DayKey{k.ProxyID, m}
 					days[dk] = true
@@ -134,6 +132,41 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 		return nil, err
 	}
 	return list, writeDayPeaks(ctx, tx, list)
+}
+
+// changedSlots returns the slots whose multiset of edges changes when the
+// intervals old are replaced by fresh. Only those need their edges
+// re-read: a re-paired connection usually keeps its start (a late end
+// moves only the end), and a slot's state depends only on its edges.
+func changedSlots(old, fresh map[ConnKey][]Interval) map[slotKey]bool {
+	type edgeKey struct {
+		slot  slotKey
+		at    int64
+		delta int32
+	}
+	diff := map[edgeKey]int32{}
+	for _, change := range []struct {
+		sign int32
+		ivs  map[ConnKey][]Interval
+	}{{-1, old}, {+1, fresh}} {
+		for k, ivs := range change.ivs {
+			for _, iv := range ivs {
+				if !iv.Start.Before(iv.End) {
+					continue // open at no instant: no edges
+				}
+				s, e := iv.Start.UTC(), iv.End.UTC()
+				diff[edgeKey{slotKey{k.ProxyID, slotOf(s)}, s.UnixNano(), 1}] += change.sign
+				diff[edgeKey{slotKey{k.ProxyID, slotOf(e)}, e.UnixNano(), -1}] += change.sign
+			}
+		}
+	}
+	out := map[slotKey]bool{}
+	for k, n := range diff {
+		if n != 0 {
+			out[k.slot] = true
+		}
+	}
+	return out
 }
 
 // mergeSpans sorts spans and merges those that overlap or touch, so no
@@ -323,7 +356,11 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 		delta int32
 	}
 	dirty := map[slotKey][]edge{}
-	inState := func(p string, t time.Time) bool { return states[DayKey{p, Day(t)}] != nil }
+	for k := range changedSlots(old, fresh) {
+		if states[DayKey{k.ProxyID, Day(k.Start)}] != nil {
+			dirty[k] = nil
+		}
+	}
 	for _, change := range []struct {
 		sign int32
 		ivs  map[ConnKey][]Interval
@@ -334,11 +371,6 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 					continue
 				}
 				s, e := iv.Start.UTC(), iv.End.UTC()
-				for _, t := range []time.Time{s, e} {
-					if inState(k.ProxyID, t) {
-						dirty[slotKey{k.ProxyID, slotOf(t)}] = nil
-					}
-				}
 				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
 					st := states[DayKey{k.ProxyID, m}]
 					if st == nil {
