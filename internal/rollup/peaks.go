@@ -39,29 +39,18 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 	days := map[DayKey]bool{}
 	dBefore, dAt := map[DayKey]int32{}, map[DayKey]int32{}
 	slots := changedSlots(old, fresh)
-	for _, change := range []struct {
-		sign int32
-		ivs  map[ConnKey][]Interval
-	}{{-1, old}, {+1, fresh}} {
-		for k, ivs := range change.ivs {
-			for _, iv := range ivs {
-				if !iv.Start.Before(iv.End) {
-					continue // open at no instant: no edges
-				}
-				s, e := iv.Start.UTC(), iv.End.UTC()
-				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
-					dk := DayKey{k.ProxyID, m}
-					days[dk] = true
-					if s.Before(m) { // start < midnight <= end
-						dBefore[dk] += change.sign
-					}
-					if !s.After(m) && m.Before(e) { // start <= midnight < end
-						dAt[dk] += change.sign
-					}
-				}
+	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
+		for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
+			dk := DayKey{proxyID, m}
+			days[dk] = true
+			if s.Before(m) { // start < midnight <= end
+				dBefore[dk] += sign
+			}
+			if !s.After(m) && m.Before(e) { // start <= midnight < end
+				dAt[dk] += sign
 			}
 		}
-	}
+	})
 	if len(days) == 0 {
 		return nil, nil
 	}
@@ -134,6 +123,24 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 	return list, writeDayPeaks(ctx, tx, list)
 }
 
+// eachChange calls fn for every interval of old (sign -1) and of fresh
+// (sign +1) that is open at some instant, with its start and end in UTC:
+// replacing old by fresh is removing the first and adding the second.
+func eachChange(old, fresh map[ConnKey][]Interval, fn func(sign int32, proxyID string, start, end time.Time)) {
+	for _, change := range []struct {
+		sign int32
+		ivs  map[ConnKey][]Interval
+	}{{-1, old}, {+1, fresh}} {
+		for k, ivs := range change.ivs {
+			for _, iv := range ivs {
+				if iv.Start.Before(iv.End) { // else open at no instant: no edges
+					fn(change.sign, k.ProxyID, iv.Start.UTC(), iv.End.UTC())
+				}
+			}
+		}
+	}
+}
+
 // changedSlots returns the slots whose multiset of edges changes when the
 // intervals old are replaced by fresh. Only those need their edges
 // re-read: a re-paired connection usually keeps its start (a late end
@@ -145,21 +152,10 @@ func changedSlots(old, fresh map[ConnKey][]Interval) map[slotKey]bool {
 		delta int32
 	}
 	diff := map[edgeKey]int32{}
-	for _, change := range []struct {
-		sign int32
-		ivs  map[ConnKey][]Interval
-	}{{-1, old}, {+1, fresh}} {
-		for k, ivs := range change.ivs {
-			for _, iv := range ivs {
-				if !iv.Start.Before(iv.End) {
-					continue // open at no instant: no edges
-				}
-				s, e := iv.Start.UTC(), iv.End.UTC()
-				diff[edgeKey{slotKey{k.ProxyID, slotOf(s)}, s.UnixNano(), 1}] += change.sign
-				diff[edgeKey{slotKey{k.ProxyID, slotOf(e)}, e.UnixNano(), -1}] += change.sign
-			}
-		}
-	}
+	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
+		diff[edgeKey{slotKey{proxyID, slotOf(s)}, s.UnixNano(), 1}] += sign
+		diff[edgeKey{slotKey{proxyID, slotOf(e)}, e.UnixNano(), -1}] += sign
+	})
 	out := map[slotKey]bool{}
 	for k, n := range diff {
 		if n != 0 {
@@ -361,31 +357,20 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 			dirty[k] = nil
 		}
 	}
-	for _, change := range []struct {
-		sign int32
-		ivs  map[ConnKey][]Interval
-	}{{-1, old}, {+1, fresh}} {
-		for k, ivs := range change.ivs {
-			for _, iv := range ivs {
-				if !iv.Start.Before(iv.End) {
-					continue
-				}
-				s, e := iv.Start.UTC(), iv.End.UTC()
-				for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
-					st := states[DayKey{k.ProxyID, m}]
-					if st == nil {
-						continue
-					}
-					if s.Before(m) {
-						st.before += change.sign
-					}
-					if !s.After(m) && m.Before(e) {
-						st.at += change.sign
-					}
-				}
+	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
+		for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
+			st := states[DayKey{proxyID, m}]
+			if st == nil {
+				continue
+			}
+			if s.Before(m) {
+				st.before += sign
+			}
+			if !s.After(m) && m.Before(e) {
+				st.at += sign
 			}
 		}
-	}
+	})
 	if len(dirty) > 0 {
 		// Edges of the dirty slots: the stored intervals' but the pending
 		// connections', then the pending connections' fresh ones.
