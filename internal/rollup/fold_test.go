@@ -86,18 +86,7 @@ func TestFoldEqualsRecompute(t *testing.T) {
 					}
 				}
 			}
-			for {
-				s, err := worker.RunOnce(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !s.Full {
-					break
-				}
-			}
-			if n := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
-				t.Fatalf("%d log rows left", n)
-			}
+			drainLogs(t, pool, worker)
 			// Nothing pending: reads take the stored peaks, kept from slots.
 			checkStoredPeaks(t, pool)
 			want := recompute(t, pool, proxies, from, to, maxAge)
@@ -170,18 +159,7 @@ func TestConcurrentRunsConsumeOnce(t *testing.T) {
 			if runs[0] == 0 || runs[1] == 0 {
 				t.Fatalf("runs %v: both workers must have run", runs)
 			}
-			for {
-				s, err := workers[0].RunOnce(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !s.Full {
-					break
-				}
-			}
-			if n := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
-				t.Fatalf("%d log rows left", n)
-			}
+			drainLogs(t, pool, workers[0])
 			checkStoredPeaks(t, pool)
 			checkTablesEqualRecompute(t, pool, b)
 		})
@@ -275,18 +253,28 @@ func TestReadsIncludeRowsOfSeveralUsers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for {
-				s, err := worker.RunOnce(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !s.Full {
-					break
-				}
-			}
+			drainLogs(t, pool, worker)
 			check("after the worker")
 			checkStoredPeaks(t, pool)
 		})
+	}
+}
+
+// drainLogs runs worker until a run finds no more waiting and asserts
+// that both logs are then empty.
+func drainLogs(t *testing.T, pool *pgxpool.Pool, worker *rollup.Worker) {
+	t.Helper()
+	for {
+		s, err := worker.RunOnce(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.Full {
+			break
+		}
+	}
+	if n := count(t, pool, `SELECT count(*) FROM usage_rollup_deltas`) + count(t, pool, `SELECT count(*) FROM usage_connection_invalidations`); n != 0 {
+		t.Fatalf("%d log rows left", n)
 	}
 }
 
