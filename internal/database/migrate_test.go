@@ -340,14 +340,7 @@ func TestDeltasByUserMigrationKeepsPendingDeltas(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			count := func(q string) int {
-				t.Helper()
-				var n int
-				if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
-					t.Fatal(err)
-				}
-				return n
-			}
+			count := func(q string) int { t.Helper(); return countRows(t, db, q) }
 			exec(`INSERT INTO users (id) VALUES ('u1'), ('u2');
 				INSERT INTO proxies (id, user_id) VALUES ('a', 'u1'), ('b', 'u2'), ('c', 'u1');
 				INSERT INTO usage_rollup_deltas (proxy_ids, days, event_counts, connection_counts, success_counts, error_counts,
@@ -373,7 +366,7 @@ func TestDeltasByUserMigrationKeepsPendingDeltas(t *testing.T) {
 				t.Fatalf("%d entries before", n)
 			}
 			for _, pair := range [][2]string{{entries, `SELECT * FROM before_entries`}, {hist, `SELECT * FROM before_hist`}} {
-				if n := count(`SELECT count(*) FROM ((` + pair[0] + ` EXCEPT ALL ` + pair[1] + `) UNION ALL (` + pair[1] + ` EXCEPT ALL ` + pair[0] + `)) d`); n != 0 {
+				if n := count(differing(pair[0], pair[1])); n != 0 {
 					t.Errorf("%d entries differ after the migration (%.40s…)", n, pair[0])
 				}
 			}
@@ -395,7 +388,7 @@ func TestDeltasByUserMigrationKeepsPendingDeltas(t *testing.T) {
 			if _, err := p.UpByOne(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if n := count(`SELECT count(*) FROM ((` + entries + ` EXCEPT ALL SELECT * FROM before_entries) UNION ALL (SELECT * FROM before_entries EXCEPT ALL ` + entries + `)) d`); n != 0 {
+			if n := count(differing(entries, `SELECT * FROM before_entries`)); n != 0 {
 				t.Errorf("%d entries differ after Down and Up", n)
 			}
 		})
@@ -412,14 +405,7 @@ func TestConnectionLogByUserMigrationKeepsPendingConnections(t *testing.T) {
 			if _, err := p.DownTo(ctx, 14); err != nil {
 				t.Fatal(err)
 			}
-			count := func(q string) int {
-				t.Helper()
-				var n int
-				if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
-					t.Fatal(err)
-				}
-				return n
-			}
+			count := func(q string) int { t.Helper(); return countRows(t, db, q) }
 			if _, err := db.ExecContext(ctx, `INSERT INTO users (id) VALUES ('u1'), ('u2');
 				INSERT INTO proxies (id, user_id) VALUES ('a', 'u1'), ('b', 'u2'), ('c', 'u1');
 				INSERT INTO usage_connection_invalidations (proxy_ids, connection_ids) VALUES
@@ -437,7 +423,7 @@ func TestConnectionLogByUserMigrationKeepsPendingConnections(t *testing.T) {
 				if _, err := p.UpByOne(ctx); err != nil {
 					t.Fatal(err)
 				}
-				if n := count(`SELECT count(*) FROM ((` + entries + ` EXCEPT ALL ` + want + `) UNION ALL (` + want + ` EXCEPT ALL ` + entries + `)) d`); n != 0 {
+				if n := count(differing(entries, want)); n != 0 {
 					t.Errorf("after %s: %d entries differ", step, n)
 				}
 			}
@@ -450,4 +436,20 @@ func TestConnectionLogByUserMigrationKeepsPendingConnections(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countRows returns the count query q answers.
+func countRows(t *testing.T, db *sql.DB, q string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRowContext(context.Background(), q).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// differing is a count query of the rows in one of queries a and b and
+// not the other, duplicates counted.
+func differing(a, b string) string {
+	return `SELECT count(*) FROM ((` + a + ` EXCEPT ALL ` + b + `) UNION ALL (` + b + ` EXCEPT ALL ` + a + `)) d`
 }
