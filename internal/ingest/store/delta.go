@@ -1,7 +1,6 @@
 package store
 
 import (
-	"math"
 	"math/big"
 	"slices"
 	"strings"
@@ -191,7 +190,7 @@ func (d *DeltaRow) Split(n int) []*DeltaRow {
 }
 
 // DeltaColumns are usage_rollup_deltas' columns CopyRow fills, in order.
-var DeltaColumns = strings.Split(strings.Join(strings.Fields(strings.ReplaceAll(deltaColumns, ",", " ")), ","), ",")
+var DeltaColumns = strings.Fields(strings.ReplaceAll(deltaColumns, ",", " "))
 
 // CopyRow is d as a row of DeltaColumns for COPY: a flush logs a row per
 // user, and COPY writes them in one round trip at the server cost of
@@ -244,9 +243,4 @@ func DeltaSource(rows []*DeltaRow) pgx.CopyFromSource {
 	return pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) { return rows[i].CopyRow(), nil })
 }
 
-func numeric(s exact.Sum) pgtype.Numeric {
-	if v, ok := s.Uint64(); ok && v <= math.MaxInt64 {
-		return pgtype.Numeric{Int: big.NewInt(int64(v)), Valid: true}
-	}
-	return pgtype.Numeric{Int: s.BigInt(), Valid: true}
-}
+func numeric(s exact.Sum) pgtype.Numeric { return pgtype.Numeric{Int: s.BigInt(), Valid: true} }
