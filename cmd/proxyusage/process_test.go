@@ -19,6 +19,7 @@ import (
 
 	"proxyusage/internal/apptest"
 	"proxyusage/internal/database"
+	httpx "proxyusage/internal/http"
 	"proxyusage/internal/localdb"
 	"proxyusage/internal/pgtest"
 )
@@ -320,7 +321,10 @@ func TestGracefulShutdown(t *testing.T) {
 	l := newLedger()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	wg := drive(ctx, svc.url, tok, l, 32)
+	// One client fewer than alice's in-flight limit, so the big batch below
+	// always has a slot: with as many clients as the limit it raced them
+	// and sometimes answered 429.
+	wg := drive(ctx, svc.url, tok, l, httpx.DefaultMaxInflightPerUser-1)
 	// A large batch in flight when SIGTERM arrives must complete.
 	big := make([]string, 5000)
 	sizes := make([]int64, len(big))
