@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"proxyusage/internal/database"
@@ -41,7 +42,10 @@ type bench struct {
 	bin      string
 	svc      *service
 	adminURL string
-	machine  machine
+	// attackerPID is the pid of an attacker running in its own process
+	// (8c), 0 when none: its CPU is counted apart.
+	attackerPID atomic.Int64
+	machine     machine
 
 	results  []result
 	evidence []string // markdown sections

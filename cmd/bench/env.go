@@ -396,6 +396,7 @@ func (s *rssSampler) end() int64 {
 type cpuTimes struct {
 	at                 time.Time
 	service, pg, bench float64
+	attacker           float64 // an attacker's own process (8c), when one runs
 	busy               float64 // all CPUs, everything (/proc/stat)
 }
 
@@ -426,6 +427,9 @@ func (b *bench) cpu() cpuTimes {
 	c := cpuTimes{at: time.Now()}
 	if b.svc != nil {
 		c.service, _ = procCPU(b.svc.pid())
+	}
+	if pid := b.attackerPID.Load(); pid != 0 {
+		c.attacker, _ = procCPU(int(pid))
 	}
 	if f, err := os.ReadFile("/proc/stat"); err == nil {
 		line, _, _ := strings.Cut(string(f), "\n")
@@ -468,9 +472,15 @@ func cpuSplit(a, z cpuTimes) string {
 		return ""
 	}
 	svc, pg, gen := (z.service-a.service)/secs, (z.pg-a.pg)/secs, (z.bench-a.bench)/secs
-	other := max(0, (z.busy-a.busy)/secs-svc-pg-gen)
-	return fmt.Sprintf("service %.2f, PostgreSQL %.2f, load generator %.2f, other processes on the machine %.2f cores (of %d)",
-		svc, pg, gen, other, runtime.NumCPU())
+	var attacker string
+	att := 0.0
+	if z.attacker > 0 && a.attacker > 0 {
+		att = (z.attacker - a.attacker) / secs
+		attacker = fmt.Sprintf(", attacker process %.2f", att)
+	}
+	other := max(0, (z.busy-a.busy)/secs-svc-pg-gen-att)
+	return fmt.Sprintf("service %.2f, PostgreSQL %.2f, load generator %.2f%s, other processes on the machine %.2f cores (of %d)",
+		svc, pg, gen, attacker, other, runtime.NumCPU())
 }
 
 // profile captures a CPU profile of the service for secs seconds in the

@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -142,7 +141,6 @@ func (f *fairness) run(ctx context.Context, a attack) error {
 	step("(%s) victim tenant for %s while an attacker holds %s", a.id, b.opt.fairnessFor, a.name)
 	rss := sampleRSS(svc.pid())
 	m0 := b.scrape()
-	cpu0 := b.cpu()
 	stop := func() string { return "" }
 	if a.start != nil {
 		if stop, err = a.start(ctx, f); err != nil {
@@ -150,6 +148,7 @@ func (f *fairness) run(ctx context.Context, a attack) error {
 			return err
 		}
 	}
+	cpu0 := b.cpu() // the victim's window, the attack in place
 	prof := b.profileService("fairness-"+a.id, profileSeconds(b.opt.fairnessFor))
 	st := f.victimLoad(ctx, b.opt.fairnessFor, a.id)
 	held := b.scrape()
@@ -194,8 +193,8 @@ func (f *fairness) run(ctx context.Context, a attack) error {
 	}
 	ev += fmt.Sprintf(" Service: connections open at the end of the attack %.0f, requests in flight %.0f; answers by status during it: %s; shed (503) %.0f.",
 		held["proxyusage_http_open_connections"], held["proxyusage_http_inflight_requests"], strings.Join(codes, ", "), d("proxyusage_http_shed_total"))
-	ev += fmt.Sprintf(" RSS: highest sampled VmRSS %s, VmHWM %s; at the end of the attack Go heap in use %s, goroutine stacks %s, %.0f goroutines. CPU: %s.",
-		mb(peak), mb(hwm), mb(int64(held["go_memstats_heap_inuse_bytes"])), mb(int64(held["go_memstats_stack_inuse_bytes"])), held["go_goroutines"], cpuSplit(cpu0, cpu1))
+	ev += fmt.Sprintf(" RSS: highest sampled VmRSS %s, VmHWM %s; at the end of the attack Go heap in use %s, goroutine stacks %s, %.0f goroutines; %.0f garbage collections during it. CPU: %s.",
+		mb(peak), mb(hwm), mb(int64(held["go_memstats_heap_inuse_bytes"])), mb(int64(held["go_memstats_stack_inuse_bytes"])), held["go_goroutines"], d("go_gc_duration_seconds_count"), cpuSplit(cpu0, cpu1))
 	if perr == nil {
 		ev += "\n\nService CPU profile during the attack (`go tool pprof -top`, " + b.opt.profDir + "/fairness-" + a.id + ".cpu.pprof):\n\n```\n" + cpuTop + "\n```\n"
 	}
@@ -453,77 +452,6 @@ func (f *fairness) slowUpload(ctx context.Context, tok string, started func()) s
 			_, _ = io.WriteString(c, `{"proxyId":"m1","eventType":"error"},`)
 		}
 	}
-}
-
-// idleConnections is (8c): the attacker keeps opt.idleConns connections
-// open, each after one /healthz request; one the service closes is opened
-// again after a backoff (1 s, doubling up to 30 s, as persistent clients
-// do).
-func idleConnections(ctx context.Context, f *fairness) (func() string, error) {
-	n := f.b.opt.idleConns
-	if limit := openFileLimit(); limit < uint64(n)+1000 {
-		return nil, fmt.Errorf("holding %d connections needs %d open files; the hard limit is %d (ulimit -Hn)", n, n+1000, limit)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	var open, peak, opened, dialFails, closedByService atomic.Int64
-	var attempted atomic.Int64
-	dialers := make(chan struct{}, 64)
-	var wg sync.WaitGroup
-	req := "GET /healthz HTTP/1.1\r\nHost: " + f.hostPort() + "\r\n\r\n"
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			first, backoff := true, time.Second
-			for ctx.Err() == nil {
-				dialers <- struct{}{}
-				d := net.Dialer{Timeout: 5 * time.Second}
-				c, err := d.DialContext(ctx, "tcp", f.hostPort())
-				<-dialers
-				if first {
-					first = false
-					attempted.Add(1)
-				}
-				if err != nil {
-					if ctx.Err() == nil {
-						dialFails.Add(1)
-						sleep(ctx, time.Second)
-					}
-					continue
-				}
-				opened.Add(1)
-				cur := open.Add(1)
-				for p := peak.Load(); cur > p && !peak.CompareAndSwap(p, cur); p = peak.Load() {
-				}
-				stopClose := context.AfterFunc(ctx, func() { c.Close() })
-				if _, err := io.WriteString(c, req); err == nil {
-					_, _ = io.Copy(io.Discard, c) // the answer, then nothing until the service closes it
-				}
-				stopClose()
-				c.Close()
-				open.Add(-1)
-				if ctx.Err() == nil {
-					closedByService.Add(1)
-					sleep(ctx, backoff)
-					backoff = min(2*backoff, 30*time.Second)
-				}
-			}
-		}()
-	}
-	t0 := time.Now()
-	for attempted.Load() < int64(n) && time.Since(t0) < 60*time.Second && ctx.Err() == nil {
-		progress("attacker: %s connections open, %s attempted", count(int(open.Load())), count(int(attempted.Load())))
-		time.Sleep(200 * time.Millisecond)
-	}
-	endProgress()
-	setup := time.Since(t0)
-	return func() string {
-		atEnd := open.Load()
-		cancel()
-		wg.Wait()
-		return fmt.Sprintf("%s connections, each sending `GET /healthz` once and then nothing, reopened when the service closes one after a backoff of 1 s doubling up to 30 s; all first attempts made in %.1f s; open on the attacker's side at the end %s (at most %s; connected but not yet accepted ones count), %s opened in all, %s closed by the service, %s dials failed",
-			count(n), setup.Seconds(), count(int(atEnd)), count(int(peak.Load())), count(int(opened.Load())), count(int(closedByService.Load())), count(int(dialFails.Load())))
-	}, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -124,7 +124,12 @@ func main() {
 	flag.DurationVar(&o.liveReadEvery, "live-read-interval", 250*time.Millisecond, "interval between requests of each reader (12)")
 	flag.IntVar(&o.keysSeeded, "keys-seeded", 50_000_000, "remembered idempotency keys seeded before the second run, per backend (13)")
 	flag.IntVar(&o.keysEvents, "keys-events", 1_000_000, "events of each batch-ingest run, and of the columnstore measurement (13)")
+	idleAttacker := flag.String("idle-attacker", "", "internal: run as the attacker process of (8c) against this host:port")
 	flag.Parse()
+	if *idleAttacker != "" {
+		runIdleAttacker(*idleAttacker, o.idleConns)
+		return
+	}
 	quickSizes = o.quick
 	if o.quick {
 		set := map[string]bool{}
