@@ -440,6 +440,46 @@ func TestMaxConns(t *testing.T) {
 	}
 }
 
+// Past a quarter of MAX_CONNS, an anonymous connection is closed after its
+// answer; below it, and for connections that carried an authenticated
+// request, keep-alive stays.
+func TestAnonymousConnectionsNotKeptNearTheCap(t *testing.T) {
+	env := apptest.Start(t, database.Postgres, func(m *app.Main) { m.Config.MaxConns = 16 })
+	tok := apptest.Token(t, "alice")
+	// Anonymous connections one by one: kept while at most 4 are open (the
+	// test client may hold one or two of its own), then closed after their
+	// answer.
+	var kept []*rawConn
+	var closed bool
+	for len(kept) < 6 && !closed {
+		c := dial(t, env)
+		if resp, _ := c.get("/healthz", ""); resp.StatusCode != 200 {
+			t.Fatalf("healthz: %d", resp.StatusCode)
+		}
+		if closed = c.closedByServer(300 * time.Millisecond); !closed {
+			kept = append(kept, c)
+		}
+	}
+	if !closed || len(kept) < 2 {
+		t.Fatalf("%d anonymous connections kept before one was closed (closed: %v), want 2-4 then a close", len(kept), closed)
+	}
+	// A tenant's connection is kept past the quarter.
+	tenant := dial(t, env)
+	if resp, body := tenant.get("/proxies", tok); resp.StatusCode != 200 {
+		t.Fatalf("GET /proxies: %d %s", resp.StatusCode, body)
+	}
+	if tenant.closedByServer(300 * time.Millisecond) {
+		t.Fatal("a tenant's connection past a quarter of the cap was closed")
+	}
+	// Those kept serve further requests.
+	if resp, _ := kept[0].get("/healthz", ""); resp.StatusCode != 200 {
+		t.Fatalf("second request on a kept anonymous connection: %d", resp.StatusCode)
+	}
+	if resp, body := tenant.get("/proxies", tok); resp.StatusCode != 200 {
+		t.Fatalf("second request on the tenant's connection: %d %s", resp.StatusCode, body)
+	}
+}
+
 // /readyz answers from a check at most a second old: a burst of probes
 // costs at most one database check per second, however many callers.
 func TestReadyzCached(t *testing.T) {
