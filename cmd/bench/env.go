@@ -397,6 +397,7 @@ type cpuTimes struct {
 	at                 time.Time
 	service, pg, bench float64
 	attacker           float64 // an attacker's own process (8c), when one runs
+	steal              float64 // all CPUs, taken by the hypervisor (/proc/stat)
 	busy               float64 // all CPUs, everything (/proc/stat)
 }
 
@@ -439,6 +440,10 @@ func (b *bench) cpu() cpuTimes {
 				continue
 			}
 			x, _ := strconv.ParseFloat(v, 64)
+			if i == 7 { // steal: time the hypervisor gave other guests
+				c.steal += x / clockTick
+				continue
+			}
 			c.busy += x / clockTick
 		}
 	}
@@ -479,8 +484,8 @@ func cpuSplit(a, z cpuTimes) string {
 		attacker = fmt.Sprintf(", attacker process %.2f", att)
 	}
 	other := max(0, (z.busy-a.busy)/secs-svc-pg-gen-att)
-	return fmt.Sprintf("service %.2f, PostgreSQL %.2f, load generator %.2f%s, other processes on the machine %.2f cores (of %d)",
-		svc, pg, gen, attacker, other, runtime.NumCPU())
+	return fmt.Sprintf("service %.2f, PostgreSQL %.2f, load generator %.2f%s, other processes on the machine %.2f, stolen by the hypervisor %.2f cores (of %d)",
+		svc, pg, gen, attacker, other, (z.steal-a.steal)/secs, runtime.NumCPU())
 }
 
 // profile captures a CPU profile of the service for secs seconds in the

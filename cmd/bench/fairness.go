@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -106,6 +107,9 @@ func (b *bench) fairnessPhase(ctx context.Context) error {
 	}
 
 	for _, a := range append([]attack{{id: "8", name: "nothing (baseline)"}}, b.attacks()...) {
+		if b.opt.attacks != "" && !slices.Contains(strings.Split(b.opt.attacks, ","), a.id) {
+			continue
+		}
 		if err := f.run(ctx, a); err != nil {
 			return fmt.Errorf("(%s) %s: %w", a.id, a.name, err)
 		}
@@ -149,6 +153,7 @@ func (f *fairness) run(ctx context.Context, a attack) error {
 		}
 	}
 	cpu0 := b.cpu() // the victim's window, the attack in place
+	resetStatements(ctx, f.pool)
 	prof := b.profileService("fairness-"+a.id, profileSeconds(b.opt.fairnessFor))
 	st := f.victimLoad(ctx, b.opt.fairnessFor, a.id)
 	held := b.scrape()
@@ -195,6 +200,7 @@ func (f *fairness) run(ctx context.Context, a attack) error {
 		held["proxyusage_http_open_connections"], held["proxyusage_http_inflight_requests"], strings.Join(codes, ", "), d("proxyusage_http_shed_total"))
 	ev += fmt.Sprintf(" RSS: highest sampled VmRSS %s, VmHWM %s; at the end of the attack Go heap in use %s, goroutine stacks %s, %.0f goroutines; %.0f garbage collections during it. CPU: %s.",
 		mb(peak), mb(hwm), mb(int64(held["go_memstats_heap_inuse_bytes"])), mb(int64(held["go_memstats_stack_inuse_bytes"])), held["go_goroutines"], d("go_gc_duration_seconds_count"), cpuSplit(cpu0, cpu1))
+	ev += "\n\nServer time per statement during it (`pg_stat_statements`):\n\n" + topStatements(ctx, f.pool, 6)
 	if perr == nil {
 		ev += "\n\nService CPU profile during the attack (`go tool pprof -top`, " + b.opt.profDir + "/fairness-" + a.id + ".cpu.pprof):\n\n```\n" + cpuTop + "\n```\n"
 	}

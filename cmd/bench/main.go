@@ -74,6 +74,7 @@ type options struct {
 	fairnessEvents int
 	fairnessFor    time.Duration
 	idleConns      int
+	attacks        string
 
 	backends          string
 	sustainedFor      time.Duration
@@ -114,6 +115,7 @@ func main() {
 	flag.IntVar(&o.fairnessEvents, "fairness-events", 500_000, "events of the victim tenant's dataset (8)")
 	flag.DurationVar(&o.fairnessFor, "fairness-duration", 30*time.Second, "how long the victim is measured under each attack (8)")
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
+	flag.StringVar(&o.attacks, "attacks", "", "fairness runs to make, e.g. 8,8b (default: all)")
 	flag.StringVar(&o.backends, "backends", "postgres,timescaledb", "backends phases 11, 12 and 13 run on, each in its own database and service (timescaledb only when installed)")
 	flag.DurationVar(&o.sustainedFor, "sustained-duration", 10*time.Minute, "sustained batch ingest run time per backend (11)")
 	flag.IntVar(&o.sustainedClients, "sustained-clients", 8, "concurrent batch clients (11, 12)")
