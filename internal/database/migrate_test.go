@@ -1,6 +1,7 @@
 package database_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -452,4 +453,54 @@ func countRows(t *testing.T, db *sql.DB, q string) int {
 // not the other, duplicates counted.
 func differing(a, b string) string {
 	return `SELECT count(*) FROM ((` + a + ` EXCEPT ALL ` + b + `) UNION ALL (` + b + ` EXCEPT ALL ` + a + `)) d`
+}
+
+// Migration 17 stores each packed latency histogram as one bytea: every
+// bucket survives it and its Down, the view usage_latency_daily answers
+// the same rows, and the bytes are the documented encoding.
+func TestHistogramBytesMigrationKeepsHistograms(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 16); err != nil {
+				t.Fatal(err)
+			}
+			count := func(q string) int { t.Helper(); return countRows(t, db, q) }
+			if _, err := db.ExecContext(ctx, `INSERT INTO usage_latency_daily_packed (proxy_id, bucket, latency_buckets, samples) VALUES
+				('a', '2026-03-01', '{0,118,350,812}', '{2,1,4000000000,1}'), ('a', '2026-03-02', '{5}', '{7}'), ('b', '2026-03-01', '{}', '{}')`); err != nil {
+				t.Fatal(err)
+			}
+			const view = `SELECT proxy_id, bucket, latency_bucket, samples FROM usage_latency_daily`
+			const want = `SELECT v.p, v.d::timestamptz, v.b::smallint, v.s::bigint FROM (VALUES
+				('a', '2026-03-01', 0, 2), ('a', '2026-03-01', 118, 1), ('a', '2026-03-01', 350, 4000000000), ('a', '2026-03-01', 812, 1),
+				('a', '2026-03-02', 5, 7)) v(p, d, b, s)`
+			for _, step := range []string{"up", "down and up"} {
+				if step != "up" {
+					if _, err := p.Down(ctx); err != nil {
+						t.Fatal(err)
+					}
+					if n := count(`SELECT count(*) FROM usage_latency_daily_packed WHERE cardinality(samples) <> cardinality(latency_buckets)`); n != 0 {
+						t.Fatalf("after down: %d rows with unequal arrays", n)
+					}
+				}
+				if _, err := p.UpByOne(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n := count(differing(view, want)); n != 0 {
+					t.Errorf("after %s: %d histogram entries differ", step, n)
+				}
+			}
+			var hist []byte
+			if err := db.QueryRowContext(ctx, `SELECT histogram FROM usage_latency_daily_packed WHERE proxy_id = 'a' AND bucket = '2026-03-02'`).Scan(&hist); err != nil {
+				t.Fatal(err)
+			}
+			if wantBytes := []byte{0, 5, 0, 0, 0, 0, 0, 0, 0, 7}; !bytes.Equal(hist, wantBytes) {
+				t.Fatalf("stored %x, want %x", hist, wantBytes)
+			}
+			if n := count(`SELECT count(*) FROM usage_latency_daily_packed WHERE proxy_id = 'b' AND histogram = ''::bytea`); n != 1 {
+				t.Fatalf("the empty histogram: %d rows", n)
+			}
+		})
+	}
 }

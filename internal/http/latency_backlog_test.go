@@ -99,7 +99,7 @@ func TestTodayLatencyAfterLateBacklog(t *testing.T) {
 		// Every proxy-day's histogram holds as many samples as it has
 		// latency samples (the packed relation read by the service).
 		if n := env.Count(`SELECT count(*) FROM usage_daily d
-			LEFT JOIN (SELECT proxy_id, bucket, (SELECT sum(s) FROM unnest(samples) s) AS n FROM usage_latency_daily_packed) p USING (proxy_id, bucket)
+			LEFT JOIN (SELECT proxy_id, bucket, (SELECT sum(e.samples) FROM usage_histogram_entries(histogram) e) AS n FROM usage_latency_daily_packed) p USING (proxy_id, bucket)
 			WHERE d.latency_count > 0 AND p.n IS DISTINCT FROM d.latency_count`); n != 0 {
 			t.Errorf("%d proxy-days whose packed histogram misses samples", n)
 		}

@@ -121,6 +121,50 @@ func TestLatencyHistogram(t *testing.T) {
 	}
 }
 
+// The stored form round-trips, merges like Add, skips empty buckets and
+// refuses bytes that are not one.
+func TestHistogramBinary(t *testing.T) {
+	var a, b, sum Histogram
+	for i := int64(1); i <= 300; i++ {
+		us := i * i * 37
+		a.Inc(LatencyBucket(us), i)
+		b.Inc(LatencyBucket(us/3+1), 1)
+	}
+	a.Inc(0, 2)
+	sum.Add(a)
+	sum.Add(b)
+
+	var back Histogram
+	if err := back.AddBinary(a.AppendBinary(nil)); err != nil || !reflect.DeepEqual(back, a) {
+		t.Fatalf("round trip: %v, %+v want %+v", err, back, a)
+	}
+	if err := back.AddBinary(b.AppendBinary(nil)); err != nil || !reflect.DeepEqual(back, sum) {
+		t.Fatalf("merged from bytes: %v, %+v want %+v", err, back, sum)
+	}
+	enc := a.AppendBinary(nil)
+	nonEmpty := 0
+	for _, c := range a.counts {
+		if c != 0 {
+			nonEmpty++
+		}
+	}
+	if len(enc) != nonEmpty*histogramEntrySize {
+		t.Fatalf("%d bytes for %d non-empty buckets", len(enc), nonEmpty)
+	}
+	if err := new(Histogram).AddBinary(nil); err != nil {
+		t.Fatalf("empty: %v", err)
+	}
+	swapped := append(append([]byte{}, enc[10:20]...), enc[:10]...) // buckets out of order
+	for name, bad := range map[string][]byte{
+		"truncated": enc[:len(enc)-1], "descending": swapped, "repeated": append(append([]byte{}, enc[:10]...), enc[:10]...),
+		"negative bucket": {0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1},
+	} {
+		if err := new(Histogram).AddBinary(bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
 func BenchmarkPeak(b *testing.B) {
 	ivs := make([]Interval, 10_000)
 	for i := range ivs {

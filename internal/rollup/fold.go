@@ -1,8 +1,12 @@
 package rollup
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -61,28 +65,64 @@ const deltaHistograms = `
          usage_rollup_delta_histograms(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples) h
    WHERE %s`
 
-// foldHistograms merges the histograms of delta rows $1 into
-// usage_latency_daily_packed: the touched rows' buckets and the deltas'
-// are summed per bucket and the row rewritten, sorted by bucket.
-var foldHistograms = `
-WITH added AS (
-  SELECT proxy_id, day::timestamp AT TIME ZONE 'UTC' AS bucket, latency_bucket, samples FROM (` +
-	fmt.Sprintf(deltaHistograms, "l.id = ANY($1)") + `) x
-), touched AS (
-  SELECT DISTINCT proxy_id, bucket FROM added
-), merged AS (
-  SELECT proxy_id, bucket, latency_bucket, sum(samples)::bigint AS samples FROM (
-    SELECT * FROM added
-    UNION ALL
-    SELECT p.proxy_id, p.bucket, u.latency_bucket, u.samples
-      FROM touched t JOIN usage_latency_daily_packed p ON p.proxy_id = t.proxy_id AND p.bucket = t.bucket,
-           unnest(p.latency_buckets, p.samples) AS u(latency_bucket, samples)
-  ) x GROUP BY 1, 2, 3
-)
-INSERT INTO usage_latency_daily_packed (proxy_id, bucket, latency_buckets, samples)
-SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
-  FROM merged GROUP BY 1, 2 ORDER BY 1, 2
-ON CONFLICT (proxy_id, bucket) DO UPDATE SET latency_buckets = excluded.latency_buckets, samples = excluded.samples`
+// foldHistograms merges the histograms of delta rows ids into
+// usage_latency_daily_packed. The stored form is a bytea that SQL cannot
+// add to cheaply (sql/0017_histogram_bytes.sql), so the merge happens
+// here: the deltas' buckets and the touched rows are read, added, and the
+// rows rewritten. The caller holds the fold lock: no other run rewrites
+// them meanwhile.
+func foldHistograms(ctx context.Context, tx pgx.Tx, ids []int64) error {
+	rows, err := tx.Query(ctx, fmt.Sprintf(deltaHistograms, "l.id = ANY($1)"), ids)
+	if err != nil {
+		return err
+	}
+	merged := map[DayKey]*Histogram{}
+	var dk DayKey
+	var bucket int16
+	var samples int64
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &bucket, &samples}, func() error {
+		dk.Day = dk.Day.UTC()
+		h := merged[dk]
+		if h == nil {
+			h = &Histogram{}
+			merged[dk] = h
+		}
+		h.Inc(bucket, samples)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(merged) == 0 {
+		return nil
+	}
+	keys := slices.SortedFunc(maps.Keys(merged), func(a, b DayKey) int {
+		return cmp.Or(strings.Compare(a.ProxyID, b.ProxyID), a.Day.Compare(b.Day))
+	})
+	proxies, days := splitDayKeys(keys)
+	rows, err = tx.Query(ctx, `
+		SELECT p.proxy_id, p.bucket, p.histogram
+		  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, bucket)
+		  JOIN usage_latency_daily_packed p ON p.proxy_id = k.proxy_id AND p.bucket = k.bucket`, proxies, days)
+	if err != nil {
+		return err
+	}
+	var stored []byte
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &stored}, func() error {
+		dk.Day = dk.Day.UTC()
+		return merged[dk].AddBinary(stored)
+	}); err != nil {
+		return err
+	}
+	hists := make([][]byte, len(keys))
+	for i, k := range keys {
+		hists[i] = merged[k].AppendBinary(nil)
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO usage_latency_daily_packed (proxy_id, bucket, histogram)
+		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bytea[])
+		ON CONFLICT (proxy_id, bucket) DO UPDATE SET histogram = excluded.histogram`, proxies, days, hists)
+	return err
+}
 
 // foldDeltas folds the delta rows ids into the rollups and deletes them,
 // in tx: a read's snapshot sees each delta either pending or folded.
@@ -90,10 +130,12 @@ func foldDeltas(ctx context.Context, tx pgx.Tx, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	for _, stmt := range []string{foldDaily, foldHistograms, `DELETE FROM usage_rollup_deltas WHERE id = ANY($1)`} {
-		if _, err := tx.Exec(ctx, stmt, ids); err != nil {
-			return err
-		}
+	if _, err := tx.Exec(ctx, foldDaily, ids); err != nil {
+		return err
 	}
-	return nil
+	if err := foldHistograms(ctx, tx, ids); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM usage_rollup_deltas WHERE id = ANY($1)`, ids)
+	return err
 }

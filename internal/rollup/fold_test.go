@@ -350,13 +350,13 @@ func checkTablesEqualRecompute(t *testing.T, pool *pgxpool.Pool, b database.Back
 	// The rollup tables equal the recompute row for row.
 	recomputed := map[string]string{
 		"usage_daily": `SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, ` + rollup.AggregateColumns + ` FROM usage_events GROUP BY 1, 2`,
-		"usage_latency_daily_packed": `SELECT proxy_id, bucket, array_agg(latency_bucket ORDER BY latency_bucket), array_agg(samples ORDER BY latency_bucket)
+		"usage_latency_daily_packed": `SELECT proxy_id, bucket, string_agg(int2send(latency_bucket) || int8send(samples), ''::bytea ORDER BY latency_bucket)
 			FROM (SELECT proxy_id, time_bucket(interval '1 day', time) AS bucket, latency_bucket, count(*) AS samples
 			        FROM usage_events WHERE latency_bucket IS NOT NULL GROUP BY 1, 2, 3) h GROUP BY 1, 2`,
 	}
 	stored := map[string]string{
 		"usage_daily":                `SELECT proxy_id, bucket, ` + rollup.RollupColumns + ` FROM usage_daily`,
-		"usage_latency_daily_packed": `SELECT proxy_id, bucket, latency_buckets, samples FROM usage_latency_daily_packed`,
+		"usage_latency_daily_packed": `SELECT proxy_id, bucket, histogram FROM usage_latency_daily_packed`,
 	}
 	for table, q := range recomputed {
 		if b == database.Postgres {

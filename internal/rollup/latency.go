@@ -1,6 +1,10 @@
 package rollup
 
-import "math"
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+)
 
 // Latency percentiles come from a log-scale histogram that merges by
 // addition, so days, proxies and backends combine exactly: bucket 0 holds
@@ -65,6 +69,52 @@ func (h *Histogram) Add(o Histogram) {
 	for i, n := range o.counts {
 		h.counts[off+i] += n
 	}
+}
+
+// histogramEntrySize is the bytes of one bucket of a stored histogram.
+const histogramEntrySize = 10
+
+// AppendBinary appends h as usage_latency_daily_packed stores it
+// (sql/0017_histogram_bytes.sql): for each non-empty bucket, in ascending
+// order, the bucket as a big-endian int16 and its samples as a big-endian
+// int64. Equal histograms give equal bytes.
+func (h Histogram) AppendBinary(b []byte) []byte {
+	for i, n := range h.counts {
+		if n != 0 {
+			b = binary.BigEndian.AppendUint16(b, uint16(h.lo+int16(i)))
+			b = binary.BigEndian.AppendUint64(b, uint64(n))
+		}
+	}
+	return b
+}
+
+var errStoredHistogram = errors.New("rollup: malformed stored latency histogram")
+
+// AddBinary merges a histogram in its stored form (AppendBinary) into h.
+func (h *Histogram) AddBinary(b []byte) error {
+	if len(b)%histogramEntrySize != 0 {
+		return errStoredHistogram
+	}
+	n := len(b) / histogramEntrySize
+	if n == 0 {
+		return nil
+	}
+	bucket := func(i int) int16 { return int16(binary.BigEndian.Uint16(b[i*histogramEntrySize:])) }
+	lo, hi := bucket(0), bucket(n-1)
+	if lo < 0 || hi < lo {
+		return errStoredHistogram
+	}
+	h.cover(lo, hi) // buckets ascend: one widening for all
+	prev := lo - 1
+	for i := range n {
+		k := bucket(i)
+		if k <= prev || k > hi {
+			return errStoredHistogram
+		}
+		prev = k
+		h.counts[k-h.lo] += int64(binary.BigEndian.Uint64(b[i*histogramEntrySize+2:]))
+	}
+	return nil
 }
 
 // cover widens h to span buckets lo..hi.

@@ -187,24 +187,16 @@ func scanDailyRows(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 	return err
 }
 
-// scanFastHistograms merges (proxy, bucket, latency buckets, samples)
-// rows, one per proxy-day, into their groups' histograms.
+// scanFastHistograms merges (proxy, bucket, stored histogram) rows, one
+// per proxy-day, into their groups' histograms.
 func scanFastHistograms(rows pgx.Rows, by Group, out map[Key]*Totals) error {
 	var (
 		proxyID string
 		bucket  time.Time
-		lbs     []int16
-		ns      []int64
+		hist    []byte
 	)
-	_, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &lbs, &ns}, func() error {
-		if len(lbs) != len(ns) {
-			return errors.New("malformed packed latency histogram")
-		}
-		t := groupKey(by, proxyID, Day(bucket)).totals(out)
-		for i, lb := range lbs {
-			t.Latency.Inc(lb, ns[i])
-		}
-		return nil
+	_, err := pgx.ForEachRow(rows, []any{&proxyID, &bucket, &hist}, func() error {
+		return groupKey(by, proxyID, Day(bucket)).totals(out).Latency.AddBinary(hist)
 	})
 	return err
 }
@@ -273,7 +265,7 @@ SELECT u.proxy_id, u.day, u.event_count, u.connection_count, u.success_count, u.
 	// Columns a grouping does not use are sent as constants: these are the
 	// bulk of a read's rows.
 	rollupHistograms = `
-SELECT %s, latency_buckets, samples
+SELECT %s, histogram
   FROM usage_latency_daily_packed
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND $2::date <= $3::date`
 	// Stored peaks are final unless a connection of the proxies waits to
