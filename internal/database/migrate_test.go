@@ -504,3 +504,45 @@ func TestHistogramBytesMigrationKeepsHistograms(t *testing.T) {
 		})
 	}
 }
+
+// Migration 18 moves pairing's reads to usage_connection_events: every
+// start and end stored before it is carried over, nothing else, and its
+// Down restores the index it replaced.
+func TestConnectionEventsMigrationCarriesEvents(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 17); err != nil {
+				t.Fatal(err)
+			}
+			count := func(q string) int { t.Helper(); return countRows(t, db, q) }
+			if _, err := db.ExecContext(ctx, `INSERT INTO usage_events (time, proxy_id, event_type, connection_id) VALUES
+				('2026-03-01 10:00Z', 'a', 'connection_start', 'c1'), ('2026-03-01 11:00Z', 'a', 'connection_end', 'c1'),
+				('2026-03-01 11:00Z', 'a', 'connection_end', 'c1'), ('2026-03-02 00:00Z', 'b', 'connection_start', 'c1'),
+				('2026-03-01 12:00Z', 'a', 'data_transfer', NULL), ('2026-03-01 12:00Z', 'a', 'error', NULL)`); err != nil {
+				t.Fatal(err)
+			}
+			const carried = `SELECT proxy_id, connection_id, time, is_start FROM usage_connection_events`
+			const want = `SELECT v.p, v.c, v.t::timestamptz, v.s FROM (VALUES
+				('a', 'c1', '2026-03-01 10:00Z', true), ('a', 'c1', '2026-03-01 11:00Z', false), ('a', 'c1', '2026-03-01 11:00Z', false),
+				('b', 'c1', '2026-03-02 00:00Z', true)) v(p, c, t, s)`
+			for _, step := range []string{"up", "down and up"} {
+				if step != "up" {
+					if _, err := p.Down(ctx); err != nil {
+						t.Fatal(err)
+					}
+					if n := count(`SELECT count(*) FROM pg_indexes WHERE indexname = 'usage_events_connection_idx'`); n != 1 {
+						t.Fatalf("after down: %d usage_events_connection_idx", n)
+					}
+				}
+				if _, err := p.UpByOne(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n := count(differing(carried, want)); n != 0 {
+					t.Errorf("after %s: %d connection events differ", step, n)
+				}
+			}
+		})
+	}
+}

@@ -19,7 +19,8 @@ type DayKey struct {
 	Day     time.Time // UTC midnight
 }
 
-// freshIntervals pairs the raw start/end events of each key.
+// freshIntervals pairs the start/end events of each key
+// (usage_connection_events: one index probe a key on both backends).
 func freshIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.Duration) (map[ConnKey][]Interval, error) {
 	out := make(map[ConnKey][]Interval, len(keys))
 	if len(keys) == 0 {
@@ -27,10 +28,9 @@ func freshIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.
 	}
 	proxies, conns := splitConnKeys(keys)
 	rows, err := tx.Query(ctx, `
-		SELECT e.proxy_id, e.connection_id, e.time, e.event_type = 'connection_start'
+		SELECT e.proxy_id, e.connection_id, e.time, e.is_start
 		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
-		  JOIN usage_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id
-		 WHERE e.event_type IN ('connection_start', 'connection_end')`, proxies, conns)
+		  JOIN usage_connection_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id`, proxies, conns)
 	if err != nil {
 		return nil, err
 	}

@@ -208,6 +208,13 @@ func TestReadsIncludeRowsOfSeveralUsers(t *testing.T) {
 			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"usage_events"}, store.EventColumns, store.CopySource(old)); err != nil {
 				t.Fatal(err)
 			}
+			// Its connection events, as migration 18 carries them over
+			// (replicas older than it are stopped before it runs).
+			if args := store.ConnectionEvents(old); args != nil {
+				if _, err := pool.Exec(ctx, store.LogConnectionEvents, args...); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// Its delta row (store.Deltas without ByUser: no user), and its
 			// connection row inserted as it did, naming no user_id.
 			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, store.DeltaColumns,

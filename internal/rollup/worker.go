@@ -169,15 +169,26 @@ func (w *Worker) loop(ctx context.Context, leads bool, run func(context.Context,
 }
 
 // applyRetention sets the raw-event retention policy to RAW_RETENTION,
-// once per process.
+// and the daily job that forgets connection events as old
+// (sql/0018_connection_events.sql), once per process.
 func (w *Worker) applyRetention(ctx context.Context) {
 	w.retention.Do(func() {
 		err := pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `SELECT remove_retention_policy('usage_events', if_exists => true)`); err != nil {
-				return err
+			retention := intervalText(w.cfg.RawRetention)
+			for _, q := range []struct {
+				sql  string
+				args []any
+			}{
+				{`SELECT remove_retention_policy('usage_events', if_exists => true)`, nil},
+				{`SELECT add_retention_policy('usage_events', $1::interval)`, []any{retention}},
+				{`SELECT delete_job(job_id) FROM timescaledb_information.jobs WHERE proc_name = 'usage_prune_connection_events'`, nil},
+				{`SELECT add_job('usage_prune_connection_events', '1 day', config => jsonb_build_object('retention', $1::text))`, []any{retention}},
+			} {
+				if _, err := tx.Exec(ctx, q.sql, q.args...); err != nil {
+					return err
+				}
 			}
-			_, err := tx.Exec(ctx, `SELECT add_retention_policy('usage_events', $1::interval)`, intervalText(w.cfg.RawRetention))
-			return err
+			return nil
 		})
 		if err != nil {
 			w.log.Warn("could not apply retention policy", slog.Any("error", err))

@@ -31,7 +31,8 @@ var EventColumns = append(slices.Clip(store.EventColumns), "received_at")
 // CopyEvents copies events into table (usage_events, or a table with its
 // columns) with binary COPY, as rows mapped the way the ingest writer maps
 // them (store.CopySource), received at receivedAt, and returns the rows
-// copied.
+// copied. Into usage_events, it stores their connection events for
+// pairing too, as the writer does (store.LogConnectionEvents).
 func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event, receivedAt time.Time) (int64, error) {
 	ptrs := make([]*ingest.Event, len(events))
 	for i := range events {
@@ -40,6 +41,11 @@ func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event,
 	n, err := db.CopyFrom(ctx, pgx.Identifier{table}, EventColumns, store.CopySource(ptrs, receivedAt))
 	if err != nil {
 		return n, fmt.Errorf("workload: copy into %s: %w", table, err)
+	}
+	if args := store.ConnectionEvents(ptrs); table == "usage_events" && args != nil {
+		if _, err := db.Exec(ctx, store.LogConnectionEvents, args...); err != nil {
+			return n, fmt.Errorf("workload: copy connection events: %w", err)
+		}
 	}
 	return n, nil
 }
@@ -206,8 +212,7 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 	go func() {
 		defer close(ch)
 		rows, err := reader.Query(rctx, `
-			SELECT proxy_id, connection_id, time, event_type = 'connection_start' FROM usage_events
-			 WHERE event_type IN ('connection_start', 'connection_end') ORDER BY proxy_id, connection_id`)
+			SELECT proxy_id, connection_id, time, is_start FROM usage_connection_events ORDER BY proxy_id, connection_id`)
 		if err != nil {
 			readErr <- err
 			return

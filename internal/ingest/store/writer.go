@@ -317,6 +317,32 @@ SELECT k.user_id, array_agg(k.proxy_id ORDER BY k.n), array_agg(k.connection_id 
  GROUP BY k.user_id`
 )
 
+// LogConnectionEvents stores connection events ($1 proxies, $2
+// connection ids, $3 times, $4 whether each is a start) where pairing
+// reads them (sql/0018_connection_events.sql), in the transaction that
+// stores them in usage_events.
+const LogConnectionEvents = `
+INSERT INTO usage_connection_events (proxy_id, connection_id, time, is_start)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bool[])`
+
+// ConnectionEvents returns LogConnectionEvents' arguments for the
+// connection events among events, nil when there are none.
+func ConnectionEvents(events []*ingest.Event) []any {
+	var proxies, conns []string
+	var times []time.Time
+	var starts []bool
+	for _, e := range events {
+		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
+			proxies, conns = append(proxies, e.ProxyID), append(conns, e.ConnectionID)
+			times, starts = append(times, e.Time), append(starts, e.Type == ingest.ConnectionStart)
+		}
+	}
+	if len(proxies) == 0 {
+		return nil
+	}
+	return []any{proxies, conns, times, starts}
+}
+
 // flushStatement writes a small flush at once: it claims the keys, stores
 // the events without a key or with a fresh one, logs the rollup deltas and
 // returns the stored count per request. $1 holds the distinct keys
@@ -334,7 +360,11 @@ WITH fresh AS (` + claimKeysReturning + `
 ), stored AS (
   INSERT INTO usage_events (` + strings.Join(EventColumns, ", ") + `)
   SELECT ` + strings.Join(EventColumns, ", ") + ` FROM chosen
-), ` + deltaCTEs + `, conns AS (
+), ` + deltaCTEs + `, conn_events AS (
+  INSERT INTO usage_connection_events (proxy_id, connection_id, time, is_start)
+  SELECT proxy_id, connection_id, time, event_type = 'connection_start' FROM chosen
+   WHERE event_type IN ('connection_start', 'connection_end')
+), conns AS (
   INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids)
   SELECT p.user_id, array_agg(c.proxy_id), array_agg(c.connection_id)
     FROM (SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')) c
@@ -519,6 +549,9 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 	}
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
+		if args := ConnectionEvents(chosen); args != nil {
+			b.Queue(LogConnectionEvents, args...)
+		}
 		if cp, cc := touchedConnections(chosen); len(cp) > 0 {
 			owners := make([]string, len(cp))
 			for i, p := range cp {
