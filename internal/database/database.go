@@ -44,6 +44,11 @@ func Connect(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, er
 	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
 	cfg.ConnConfig.RuntimeParams["timezone"] = "UTC"
 	cfg.ConnConfig.RuntimeParams["application_name"] = "proxyusage"
+	// One backend per statement: a parallel plan's workers are more
+	// cores for one request, and the heavy-read gate (internal/fairshare)
+	// counts one core a slot. A year-long report over 20,000 proxies ran
+	// with workers taking a whole second core (fairness 8b).
+	cfg.ConnConfig.RuntimeParams["max_parallel_workers_per_gather"] = "0"
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 

@@ -81,3 +81,15 @@ func TestReleaseRollsBack(t *testing.T) {
 		t.Fatal("an open transaction was committed or kept on release")
 	}
 }
+
+// The service's sessions never plan parallel workers: the heavy-read gate
+// counts one core per read (internal/fairshare).
+func TestConnectPlansNoParallelWorkers(t *testing.T) {
+	var workers string
+	if err := onePool(t).QueryRow(context.Background(), `SHOW max_parallel_workers_per_gather`).Scan(&workers); err != nil {
+		t.Fatal(err)
+	}
+	if workers != "0" {
+		t.Fatalf("max_parallel_workers_per_gather = %s, want 0", workers)
+	}
+}
