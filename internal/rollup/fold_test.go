@@ -210,10 +210,8 @@ func TestReadsIncludeRowsOfSeveralUsers(t *testing.T) {
 			}
 			// Its connection events, as migration 18 carries them over
 			// (replicas older than it are stopped before it runs).
-			if args := store.ConnectionEvents(old); args != nil {
-				if _, err := pool.Exec(ctx, store.LogConnectionEvents, args...); err != nil {
-					t.Fatal(err)
-				}
+			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"usage_connection_events"}, store.ConnectionEventColumns, pgx.CopyFromRows(store.ConnectionEventRows(old))); err != nil {
+				t.Fatal(err)
 			}
 			// Its delta row (store.Deltas without ByUser: no user), and its
 			// connection row inserted as it did, naming no user_id.

@@ -32,7 +32,7 @@ var EventColumns = append(slices.Clip(store.EventColumns), "received_at")
 // columns) with binary COPY, as rows mapped the way the ingest writer maps
 // them (store.CopySource), received at receivedAt, and returns the rows
 // copied. Into usage_events, it stores their connection events for
-// pairing too, as the writer does (store.LogConnectionEvents).
+// pairing too, as the writer does (store.ConnectionEventRows).
 func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event, receivedAt time.Time) (int64, error) {
 	ptrs := make([]*ingest.Event, len(events))
 	for i := range events {
@@ -42,8 +42,8 @@ func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event,
 	if err != nil {
 		return n, fmt.Errorf("workload: copy into %s: %w", table, err)
 	}
-	if args := store.ConnectionEvents(ptrs); table == "usage_events" && args != nil {
-		if _, err := db.Exec(ctx, store.LogConnectionEvents, args...); err != nil {
+	if rows := store.ConnectionEventRows(ptrs); table == "usage_events" && len(rows) > 0 {
+		if _, err := db.CopyFrom(ctx, pgx.Identifier{"usage_connection_events"}, store.ConnectionEventColumns, pgx.CopyFromRows(rows)); err != nil {
 			return n, fmt.Errorf("workload: copy connection events: %w", err)
 		}
 	}

@@ -317,30 +317,21 @@ SELECT k.user_id, array_agg(k.proxy_id ORDER BY k.n), array_agg(k.connection_id 
  GROUP BY k.user_id`
 )
 
-// LogConnectionEvents stores connection events ($1 proxies, $2
-// connection ids, $3 times, $4 whether each is a start) where pairing
-// reads them (sql/0018_connection_events.sql), in the transaction that
-// stores them in usage_events.
-const LogConnectionEvents = `
-INSERT INTO usage_connection_events (proxy_id, connection_id, time, is_start)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bool[])`
+// ConnectionEventColumns are the usage_connection_events columns, where
+// pairing reads starts and ends (sql/0018_connection_events.sql).
+var ConnectionEventColumns = []string{"proxy_id", "connection_id", "time", "is_start"}
 
-// ConnectionEvents returns LogConnectionEvents' arguments for the
-// connection events among events, nil when there are none.
-func ConnectionEvents(events []*ingest.Event) []any {
-	var proxies, conns []string
-	var times []time.Time
-	var starts []bool
+// ConnectionEventRows are the usage_connection_events rows of the
+// connection events among events (ConnectionEventColumns order), stored
+// in the transaction that stores the events in usage_events.
+func ConnectionEventRows(events []*ingest.Event) [][]any {
+	var rows [][]any
 	for _, e := range events {
 		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
-			proxies, conns = append(proxies, e.ProxyID), append(conns, e.ConnectionID)
-			times, starts = append(times, e.Time), append(starts, e.Type == ingest.ConnectionStart)
+			rows = append(rows, []any{e.ProxyID, e.ConnectionID, e.Time, e.Type == ingest.ConnectionStart})
 		}
 	}
-	if len(proxies) == 0 {
-		return nil
-	}
-	return []any{proxies, conns, times, starts}
+	return rows
 }
 
 // flushStatement writes a small flush at once: it claims the keys, stores
@@ -546,12 +537,14 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, DeltaColumns, DeltaSource(Deltas(chosen).ByUser(st.owner))); err != nil {
 			return 0, fmt.Errorf("copy rollup deltas: %w", err)
 		}
+		if rows := ConnectionEventRows(chosen); len(rows) > 0 {
+			if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_connection_events"}, ConnectionEventColumns, pgx.CopyFromRows(rows)); err != nil {
+				return 0, fmt.Errorf("copy connection events: %w", err)
+			}
+		}
 	}
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
-		if args := ConnectionEvents(chosen); args != nil {
-			b.Queue(LogConnectionEvents, args...)
-		}
 		if cp, cc := touchedConnections(chosen); len(cp) > 0 {
 			owners := make([]string, len(cp))
 			for i, p := range cp {
