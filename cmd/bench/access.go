@@ -734,7 +734,14 @@ func serverSideGet(a, z map[string]float64, route string) string {
 		return ""
 	}
 	sum := z["proxyusage_http_request_duration_seconds_sum"+key] - a["proxyusage_http_request_duration_seconds_sum"+key]
-	return fmt.Sprintf(" Server side: the service handled %.0f access requests in %.2f ms on average (its own timer).", n, 1000*sum/n)
+	within := func(le string) float64 {
+		k := "proxyusage_http_request_duration_seconds_bucket" + key[:len(key)-1] + `,le="` + le + `"}`
+		return 100 * (z[k] - a[k]) / n
+	}
+	// Where the client's tail is: inside the service's handling, or
+	// before it (accept, scheduling) and after it.
+	return fmt.Sprintf(" Server side: the service handled %.0f access requests in %.2f ms on average (its own timer), %.1f %% of them within 5 ms, %.1f %% within 10 ms, %.1f %% within 25 ms.",
+		n, 1000*sum/n, within("0.005"), within("0.01"), within("0.025"))
 }
 
 // sampleBacklog samples the rollup logs every second for runFor and
