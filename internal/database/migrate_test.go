@@ -415,19 +415,11 @@ func TestConnectionLogByUserMigrationKeepsPendingConnections(t *testing.T) {
 			}
 			const entries = `SELECT u.proxy_id, u.connection_id FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)`
 			const want = `SELECT * FROM (VALUES ('a', 'x'), ('b', 'y'), ('c', 'z'), ('a', 'w'), ('b', 'v')) v(proxy_id, connection_id)`
-			for _, step := range []string{"up", "down and up"} {
-				if step != "up" {
-					if _, err := p.Down(ctx); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if _, err := p.UpByOne(ctx); err != nil {
-					t.Fatal(err)
-				}
+			upDownUp(t, p, nil, func(step string) {
 				if n := count(differing(entries, want)); n != 0 {
 					t.Errorf("after %s: %d entries differ", step, n)
 				}
-			}
+			})
 			if n := count(`SELECT count(*) FROM usage_connection_invalidations`); n != 3 {
 				t.Errorf("%d rows, want 3 (the first split by its two users)", n)
 			}
@@ -437,6 +429,28 @@ func TestConnectionLogByUserMigrationKeepsPendingConnections(t *testing.T) {
 			}
 		})
 	}
+}
+
+// upDownUp applies the next migration and runs check("up"), reverts it
+// and runs afterDown (when set), then applies it again and runs
+// check("down and up"): a migration keeps the data both ways.
+func upDownUp(t *testing.T, p *goose.Provider, afterDown func(), check func(step string)) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := p.UpByOne(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("up")
+	if _, err := p.Down(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if afterDown != nil {
+		afterDown()
+	}
+	if _, err := p.UpByOne(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("down and up")
 }
 
 // countRows returns the count query q answers.
@@ -475,22 +489,15 @@ func TestHistogramBytesMigrationKeepsHistograms(t *testing.T) {
 			const want = `SELECT v.p, v.d::timestamptz, v.b::smallint, v.s::bigint FROM (VALUES
 				('a', '2026-03-01', 0, 2), ('a', '2026-03-01', 118, 1), ('a', '2026-03-01', 350, 4000000000), ('a', '2026-03-01', 812, 1),
 				('a', '2026-03-02', 5, 7)) v(p, d, b, s)`
-			for _, step := range []string{"up", "down and up"} {
-				if step != "up" {
-					if _, err := p.Down(ctx); err != nil {
-						t.Fatal(err)
-					}
-					if n := count(`SELECT count(*) FROM usage_latency_daily_packed WHERE cardinality(samples) <> cardinality(latency_buckets)`); n != 0 {
-						t.Fatalf("after down: %d rows with unequal arrays", n)
-					}
+			upDownUp(t, p, func() {
+				if n := count(`SELECT count(*) FROM usage_latency_daily_packed WHERE cardinality(samples) <> cardinality(latency_buckets)`); n != 0 {
+					t.Fatalf("after down: %d rows with unequal arrays", n)
 				}
-				if _, err := p.UpByOne(ctx); err != nil {
-					t.Fatal(err)
-				}
+			}, func(step string) {
 				if n := count(differing(view, want)); n != 0 {
 					t.Errorf("after %s: %d histogram entries differ", step, n)
 				}
-			}
+			})
 			var hist []byte
 			if err := db.QueryRowContext(ctx, `SELECT histogram FROM usage_latency_daily_packed WHERE proxy_id = 'a' AND bucket = '2026-03-02'`).Scan(&hist); err != nil {
 				t.Fatal(err)
@@ -527,22 +534,15 @@ func TestConnectionEventsMigrationCarriesEvents(t *testing.T) {
 			const want = `SELECT v.p, v.c, v.t::timestamptz, v.s FROM (VALUES
 				('a', 'c1', '2026-03-01 10:00Z', true), ('a', 'c1', '2026-03-01 11:00Z', false), ('a', 'c1', '2026-03-01 11:00Z', false),
 				('b', 'c1', '2026-03-02 00:00Z', true)) v(p, c, t, s)`
-			for _, step := range []string{"up", "down and up"} {
-				if step != "up" {
-					if _, err := p.Down(ctx); err != nil {
-						t.Fatal(err)
-					}
-					if n := count(`SELECT count(*) FROM pg_indexes WHERE indexname = 'usage_events_connection_idx'`); n != 1 {
-						t.Fatalf("after down: %d usage_events_connection_idx", n)
-					}
+			upDownUp(t, p, func() {
+				if n := count(`SELECT count(*) FROM pg_indexes WHERE indexname = 'usage_events_connection_idx'`); n != 1 {
+					t.Fatalf("after down: %d usage_events_connection_idx", n)
 				}
-				if _, err := p.UpByOne(ctx); err != nil {
-					t.Fatal(err)
-				}
+			}, func(step string) {
 				if n := count(differing(carried, want)); n != 0 {
 					t.Errorf("after %s: %d connection events differ", step, n)
 				}
-			}
+			})
 		})
 	}
 }

@@ -1,12 +1,8 @@
 package rollup
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"maps"
-	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -95,9 +91,7 @@ func foldHistograms(ctx context.Context, tx pgx.Tx, ids []int64) error {
 	if len(merged) == 0 {
 		return nil
 	}
-	keys := slices.SortedFunc(maps.Keys(merged), func(a, b DayKey) int {
-		return cmp.Or(strings.Compare(a.ProxyID, b.ProxyID), a.Day.Compare(b.Day))
-	})
+	keys := sortedDays(merged)
 	proxies, days := splitDayKeys(keys)
 	rows, err = tx.Query(ctx, `
 		SELECT p.proxy_id, p.bucket, p.histogram

@@ -485,7 +485,7 @@ func (w *Worker) observeLag(ctx context.Context) {
 	}
 }
 
-func sortedDays(set map[DayKey]bool) []DayKey {
+func sortedDays[V any](set map[DayKey]V) []DayKey {
 	out := make([]DayKey, 0, len(set))
 	for k := range set {
 		out = append(out, k)
