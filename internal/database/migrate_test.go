@@ -546,3 +546,92 @@ func TestConnectionEventsMigrationCarriesEvents(t *testing.T) {
 		})
 	}
 }
+
+// Migration 19 adds an hour level over the peak slots: each hour is its
+// slots' running values from the hour's start (computed here slot by
+// slot), in UTC whatever the session's time zone, and the Down drops it.
+func TestPeakHoursMigrationSumsSlots(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 18); err != nil {
+				t.Fatal(err)
+			}
+			// A half-hour offset: a local hour is not a UTC hour.
+			var name string
+			if err := db.QueryRowContext(ctx, `SELECT current_database()`).Scan(&name); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, fmt.Sprintf(`ALTER DATABASE %q SET timezone = 'Asia/Kolkata'`, name)); err != nil {
+				t.Fatal(err)
+			}
+			db.SetMaxIdleConns(0) // later statements on new sessions, in that zone
+			type slot struct {
+				proxyID  string
+				start    string
+				net, top int
+			}
+			slots := []slot{
+				{"a", "2026-03-01 10:00Z", 2, 2}, {"a", "2026-03-01 10:05Z", -3, 0}, {"a", "2026-03-01 10:55Z", 1, 1},
+				{"a", "2026-03-01 11:30Z", -1, 0}, {"a", "2026-03-01 23:55Z", 4, 5}, {"a", "2026-03-02 00:00Z", -2, -1},
+				{"b", "2026-03-01 10:00Z", 1, 1}, {"b", "2026-03-01 10:25Z", 2, 3}, {"b", "2026-03-01 10:30Z", 5, 6},
+			}
+			type hour struct {
+				proxyID string
+				start   time.Time
+			}
+			type state struct{ net, top int }
+			want := map[hour]state{}
+			for _, s := range slots {
+				if _, err := db.ExecContext(ctx, `INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top) VALUES ($1, $2, $3, $4)`,
+					s.proxyID, s.start, s.net, s.top); err != nil {
+					t.Fatal(err)
+				}
+				at, err := time.Parse("2006-01-02 15:04Z07", s.start)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h := hour{s.proxyID, at.UTC().Truncate(time.Hour)}
+				if w, ok := want[h]; ok {
+					want[h] = state{w.net + s.net, max(w.top, w.net+s.top)}
+				} else {
+					want[h] = state{s.net, s.top}
+				}
+			}
+			check := func(step string) {
+				rows, err := db.QueryContext(ctx, `SELECT proxy_id, hour_start, net, top FROM usage_peak_hours`)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				got := map[hour]state{}
+				for rows.Next() {
+					var h hour
+					var s state
+					if err := rows.Scan(&h.proxyID, &h.start, &s.net, &s.top); err != nil {
+						t.Fatal(err)
+					}
+					h.start = h.start.UTC()
+					got[h] = s
+				}
+				if err := rows.Err(); err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != len(want) {
+					t.Errorf("after %s: %d hours, want %d: %v", step, len(got), len(want), got)
+				}
+				for h, w := range want {
+					if got[h] != w {
+						t.Errorf("after %s: %s %s: %+v, want %+v", step, h.proxyID, h.start.Format(time.RFC3339), got[h], w)
+					}
+				}
+			}
+			upDownUp(t, p, func() {
+				if n := countRows(t, db, `SELECT count(*) FROM pg_tables WHERE tablename = 'usage_peak_hours'`); n != 0 {
+					t.Fatalf("after down: usage_peak_hours still there")
+				}
+			}, check)
+		})
+	}
+}

@@ -423,8 +423,64 @@ func checkStoredPeaks(t *testing.T, pool *pgxpool.Pool) {
 			t.Errorf("%s@%s: no stored peak (intervals give %d)", dk.ProxyID, dk.Day.Format(time.DateOnly), rollup.Peak(ivs, dk.Day))
 		}
 	}
+	checkPeakHours(t, pool)
 	if t.Failed() {
 		t.FailNow()
+	}
+}
+
+// checkPeakHours checks that every hour of peak state is its slots'
+// running values from the hour's start (net: their sum; top: the best of
+// each slot's top offset by the earlier slots' nets), and that an hour row
+// exists exactly when one of its slots does.
+func checkPeakHours(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	type key struct {
+		proxyID string
+		hour    time.Time
+	}
+	type state struct{ net, top int }
+	want := map[key]state{}
+	rows, err := pool.Query(ctx, `SELECT proxy_id, slot_start, net, top FROM usage_peak_slots ORDER BY proxy_id, slot_start`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k key
+	var slot time.Time
+	var net, top int
+	if _, err := pgx.ForEachRow(rows, []any{&k.proxyID, &slot, &net, &top}, func() error {
+		k.hour = slot.UTC().Truncate(time.Hour)
+		if h, ok := want[k]; ok {
+			want[k] = state{h.net + net, max(h.top, h.net+top)}
+		} else {
+			want[k] = state{net, top}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[key]state{}
+	rows, err = pool.Query(ctx, `SELECT proxy_id, hour_start, net, top FROM usage_peak_hours`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&k.proxyID, &k.hour, &net, &top}, func() error {
+		k.hour = k.hour.UTC()
+		got[k] = state{net, top}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			t.Errorf("%s hour %s: stored %+v (present %v), its slots give %+v", k.proxyID, k.hour.Format(time.RFC3339), g, ok, w)
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s hour %s: stored %+v without a slot", k.proxyID, k.hour.Format(time.RFC3339), g)
+		}
 	}
 }
 

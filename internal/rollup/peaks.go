@@ -19,6 +19,32 @@ const slotWidth = 5 * time.Minute
 
 func slotOf(t time.Time) time.Time { return t.UTC().Truncate(slotWidth) }
 
+// hourOf is the usage_peak_hours row a slot is summed into
+// (sql/0019_peak_hours.sql): a day's peak reads at most 24 hours, and a
+// changed slot re-reads at most the 12 slots of its hour.
+func hourOf(t time.Time) time.Time { return t.UTC().Truncate(time.Hour) }
+
+// summary is the peak state of consecutive edges (a slot's, an hour's):
+// the net change of the open count, and the highest running value after
+// an instant's edges, counted from the first edge's start.
+type summary struct{ net, top int32 }
+
+// then is a followed by b.
+func (a summary) then(b summary) summary { return summary{a.net + b.net, max(a.top, a.net+b.top)} }
+
+// foldSummaries folds the summaries of consecutive, non-empty parts in
+// order; ok is false when there are none.
+func foldSummaries(parts []summary) (s summary, ok bool) {
+	for i, p := range parts {
+		if i == 0 {
+			s = p
+			continue
+		}
+		s = s.then(p)
+	}
+	return s, len(parts) > 0
+}
+
 type slotKey struct {
 	ProxyID string
 	Start   time.Time
@@ -117,7 +143,11 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 			spans = append(spans, span{s.ProxyID, s.Start, s.Start.Add(slotWidth)})
 		}
 	}
-	if err := rewriteSlots(ctx, tx, mergeSpans(spans)); err != nil {
+	spans = mergeSpans(spans)
+	if err := rewriteSlots(ctx, tx, spans); err != nil {
+		return nil, err
+	}
+	if err := rewriteHours(ctx, tx, spans); err != nil {
 		return nil, err
 	}
 	return list, writeDayPeaks(ctx, tx, list)
@@ -247,20 +277,79 @@ func rewriteSlots(ctx context.Context, tx pgx.Tx, spans []span) error {
 	return err
 }
 
+// rewriteHours recomputes the hours that spans overlap from their slots,
+// already rewritten: an hour is the fold of its slots, and has no row
+// without one.
+func rewriteHours(ctx context.Context, tx pgx.Tx, spans []span) error {
+	var proxies []string
+	var starts []time.Time
+	seen := map[slotKey]bool{}
+	for _, s := range spans {
+		for h := hourOf(s.Lo); h.Before(s.Hi); h = h.Add(time.Hour) {
+			if k := (slotKey{s.ProxyID, h}); !seen[k] {
+				seen[k] = true
+				proxies, starts = append(proxies, s.ProxyID), append(starts, h)
+			}
+		}
+	}
+	if len(proxies) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT k.proxy_id, k.hour_start, s.net, s.top
+		  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
+		  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+		   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'
+		 ORDER BY k.proxy_id, k.hour_start, s.slot_start`, proxies, starts)
+	if err != nil {
+		return err
+	}
+	hours := map[slotKey]summary{}
+	var k slotKey
+	var v summary
+	if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.Start, &v.net, &v.top}, func() error {
+		k.Start = k.Start.UTC()
+		if h, ok := hours[k]; ok {
+			hours[k] = h.then(v)
+		} else {
+			hours[k] = v
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	var hProxies []string
+	var hStarts []time.Time
+	var nets, tops []int32
+	for k, h := range hours {
+		hProxies, hStarts = append(hProxies, k.ProxyID), append(hStarts, k.Start)
+		nets, tops = append(nets, h.net), append(tops, h.top)
+	}
+	if _, err := tx.Exec(ctx, `
+		DELETE FROM usage_peak_hours h USING unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
+		 WHERE h.proxy_id = k.proxy_id AND h.hour_start = k.hour_start`, proxies, starts); err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO usage_peak_hours (proxy_id, hour_start, net, top)
+		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[])`, hProxies, hStarts, nets, tops)
+	return err
+}
+
 // writeDayPeaks stores the peaks of days from their state: the open count
-// at midnight, or a slot's best running value offset by the count before
-// the slot (open just before midnight plus the earlier slots' nets). Any
+// at midnight, or an hour's best running value offset by the count before
+// the hour (open just before midnight plus the earlier hours' nets). Any
 // instant's count is one of these: after the day's last edge at or before
 // it, or the midnight count if there is none.
 func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 	proxies, dates := splitDayKeys(days)
 	rows, err := tx.Query(ctx, `
-		SELECT d.proxy_id, d.day, d.open_before, d.open_at, s.net, s.top
+		SELECT d.proxy_id, d.day, d.open_before, d.open_at, h.net, h.top
 		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
 		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
-		  LEFT JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
-		   AND s.slot_start >= k.day::timestamp AT TIME ZONE 'UTC' AND s.slot_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'
-		 ORDER BY d.proxy_id, d.day, s.slot_start`, proxies, dates)
+		  LEFT JOIN usage_peak_hours h ON h.proxy_id = k.proxy_id
+		   AND h.hour_start >= k.day::timestamp AT TIME ZONE 'UTC' AND h.hour_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'
+		 ORDER BY d.proxy_id, d.day, h.hour_start`, proxies, dates)
 	if err != nil {
 		return err
 	}
@@ -295,9 +384,10 @@ func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 
 // pendingDayPeaks computes, without writing, the peaks of days as they
 // will be once the pending connections are re-paired (their stored
-// intervals old replaced by fresh), from the stored peak state: only the
-// slots holding an old or new edge are re-read. Days without state yet are
-// returned in missing, for the caller to compute from their intervals.
+// intervals old replaced by fresh), from the stored peak state: a day's
+// hours, and for an hour holding an old or new edge its slots, with the
+// edges of the changed slots re-read. Days without state yet are returned
+// in missing, for the caller to compute from their intervals.
 func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []ConnKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
 	peaks = make(map[DayKey]int, len(days))
 	if len(days) == 0 {
@@ -310,31 +400,31 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 	proxies, dates := splitDayKeys(days)
 	type state struct {
 		before, at int32
-		slots      map[time.Time][2]int32 // net, top
+		hours      map[time.Time]summary
 	}
 	states := map[DayKey]*state{}
 	rows, err := tx.Query(ctx, `
-		SELECT d.proxy_id, d.day, d.open_before, d.open_at, s.slot_start, s.net, s.top
+		SELECT d.proxy_id, d.day, d.open_before, d.open_at, h.hour_start, h.net, h.top
 		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
 		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
-		  LEFT JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
-		   AND s.slot_start >= k.day::timestamp AT TIME ZONE 'UTC' AND s.slot_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
+		  LEFT JOIN usage_peak_hours h ON h.proxy_id = k.proxy_id
+		   AND h.hour_start >= k.day::timestamp AT TIME ZONE 'UTC' AND h.hour_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
 	if err != nil {
 		return nil, nil, err
 	}
 	var dk DayKey
 	var before, at int32
-	var slot *time.Time
+	var hour *time.Time
 	var net, top *int32
-	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &slot, &net, &top}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &hour, &net, &top}, func() error {
 		dk.Day = dk.Day.UTC()
 		st := states[dk]
 		if st == nil {
-			st = &state{before: before, at: at, slots: map[time.Time][2]int32{}}
+			st = &state{before: before, at: at, hours: map[time.Time]summary{}}
 			states[dk] = st
 		}
-		if slot != nil {
-			st.slots[slot.UTC()] = [2]int32{*net, *top}
+		if hour != nil {
+			st.hours[hour.UTC()] = summary{*net, *top}
 		}
 		return nil
 	}); err != nil {
@@ -372,6 +462,36 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 		}
 	})
 	if len(dirty) > 0 {
+		// The slots of the hours with a dirty slot: the stored ones, then
+		// the dirty ones recomputed from their edges.
+		hourSlots := map[slotKey]map[time.Time]summary{}
+		var hProxies []string
+		var hStarts []time.Time
+		for k := range dirty {
+			if h := (slotKey{k.ProxyID, hourOf(k.Start)}); hourSlots[h] == nil {
+				hourSlots[h] = map[time.Time]summary{}
+				hProxies, hStarts = append(hProxies, h.ProxyID), append(hStarts, h.Start)
+			}
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT k.proxy_id, k.hour_start, s.slot_start, s.net, s.top
+			  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
+			  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+			   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'`, hProxies, hStarts)
+		if err != nil {
+			return nil, nil, err
+		}
+		var h slotKey
+		var slot time.Time
+		var v summary
+		if _, err := pgx.ForEachRow(rows, []any{&h.ProxyID, &h.Start, &slot, &v.net, &v.top}, func() error {
+			h.Start = h.Start.UTC()
+			hourSlots[h][slot.UTC()] = v
+			return nil
+		}); err != nil {
+			return nil, nil, err
+		}
+
 		// Edges of the dirty slots: the stored intervals' but the pending
 		// connections', then the pending connections' fresh ones.
 		isPending := make(map[ConnKey]bool, len(pending))
@@ -388,7 +508,7 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 		for i, s := range spans {
 			sp[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
 		}
-		rows, err := tx.Query(ctx, `
+		rows, err = tx.Query(ctx, `
 			SELECT k.proxy_id, c.connection_id, c.start_time, 1
 			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
 			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
@@ -426,9 +546,9 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 			}
 		}
 		for k, es := range dirty {
-			st := states[DayKey{k.ProxyID, Day(k.Start)}]
+			slots := hourSlots[slotKey{k.ProxyID, hourOf(k.Start)}]
 			if len(es) == 0 {
-				delete(st.slots, k.Start)
+				delete(slots, k.Start)
 				continue
 			}
 			sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
@@ -437,27 +557,42 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 				times[i], deltas[i] = x.at, x.delta
 			}
 			n, t := slotNetTop(times, deltas)
-			st.slots[k.Start] = [2]int32{n, t}
+			slots[k.Start] = summary{n, t}
+		}
+		for h, slots := range hourSlots {
+			st := states[DayKey{h.ProxyID, Day(h.Start)}]
+			if sum, ok := foldSummaries(inOrder(slots)); ok {
+				st.hours[h.Start] = sum
+			} else {
+				delete(st.hours, h.Start)
+			}
 		}
 	}
 	for d, st := range states {
 		if !wanted[d] {
 			continue
 		}
-		starts := make([]time.Time, 0, len(st.slots))
-		for s := range st.slots {
-			starts = append(starts, s)
-		}
-		sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
-		peak, run := max(st.at, 0), st.before
-		for _, s := range starts {
-			v := st.slots[s]
-			peak = max(peak, run+v[1])
-			run += v[0]
+		peak := max(st.at, 0)
+		if sum, ok := foldSummaries(inOrder(st.hours)); ok {
+			peak = max(peak, st.before+sum.top)
 		}
 		peaks[d] = int(peak)
 	}
 	return peaks, missing, nil
+}
+
+// inOrder returns the summaries of parts by their start time.
+func inOrder(parts map[time.Time]summary) []summary {
+	starts := make([]time.Time, 0, len(parts))
+	for s := range parts {
+		starts = append(starts, s)
+	}
+	sort.Slice(starts, func(i, j int) bool { return starts[i].Before(starts[j]) })
+	out := make([]summary, len(starts))
+	for i, s := range starts {
+		out[i] = parts[s]
+	}
+	return out
 }
 
 // slotNetTop is a slot's state from its edges sorted by time: the net

@@ -267,7 +267,7 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 			return err
 		}
 		for _, q := range []string{`DELETE FROM usage_connections`, `DELETE FROM usage_connection_invalidations`,
-			`DELETE FROM usage_peak_slots`, `DELETE FROM usage_peak_days`} {
+			`DELETE FROM usage_peak_slots`, `DELETE FROM usage_peak_hours`, `DELETE FROM usage_peak_days`} {
 			if _, err := tx.Exec(ctx, q); err != nil {
 				return err
 			}
