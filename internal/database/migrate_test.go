@@ -635,3 +635,52 @@ func TestPeakHoursMigrationSumsSlots(t *testing.T) {
 		})
 	}
 }
+
+// Migration 20 gives each peak slot its edges and drops the peak state
+// (the worker refills it from the stored intervals); its Down does the
+// same without the column.
+func TestPeakSlotEdgesMigrationDropsState(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 19); err != nil {
+				t.Fatal(err)
+			}
+			fill := func(withEdges bool) {
+				t.Helper()
+				slot := `INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top) VALUES ('a', '2026-03-01 10:00Z', 1, 1)`
+				if withEdges {
+					slot = `INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top, edges) VALUES ('a', '2026-03-01 10:00Z', 1, 1, '\x0000000000000001'::bytea || '\x01'::bytea)`
+				}
+				for _, q := range []string{slot,
+					`INSERT INTO usage_peak_hours (proxy_id, hour_start, net, top) VALUES ('a', '2026-03-01 10:00Z', 1, 1)`,
+					`INSERT INTO usage_peak_days (proxy_id, day, open_before, open_at) VALUES ('a', '2026-03-01', 0, 0)`} {
+					if _, err := db.ExecContext(ctx, q); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			fill(false)
+			state := `SELECT (SELECT count(*) FROM usage_peak_slots) + (SELECT count(*) FROM usage_peak_hours) + (SELECT count(*) FROM usage_peak_days)`
+			column := `SELECT count(*) FROM information_schema.columns WHERE table_name = 'usage_peak_slots' AND column_name = 'edges'`
+			upDownUp(t, p, func() {
+				if n := countRows(t, db, column); n != 0 {
+					t.Fatalf("after down: edges column still there")
+				}
+				fill(false)
+			}, func(step string) {
+				if n := countRows(t, db, state); n != 0 {
+					t.Errorf("after %s: %d rows of peak state kept", step, n)
+				}
+				if n := countRows(t, db, column); n != 1 {
+					t.Errorf("after %s: no edges column", step)
+				}
+				fill(true)
+				if _, err := db.ExecContext(ctx, `DELETE FROM usage_peak_slots; DELETE FROM usage_peak_hours; DELETE FROM usage_peak_days`); err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}

@@ -1,7 +1,9 @@
 package rollup_test
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -424,6 +426,7 @@ func checkStoredPeaks(t *testing.T, pool *pgxpool.Pool) {
 		}
 	}
 	checkPeakHours(t, pool)
+	checkSlotEdges(t, pool)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -706,5 +709,80 @@ func TestPeakSlots(t *testing.T) {
 				checkStoredPeaks(t, pool)
 			}
 		})
+	}
+}
+
+// checkSlotEdges checks that every peak slot keeps exactly the edges of
+// the stored intervals that fall in it (9 bytes each: unix microseconds,
+// big-endian, then +1 for a start or -1 for an end; sql/0020), in order,
+// and that a slot holding such an edge has a row.
+func checkSlotEdges(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	type key struct {
+		proxyID string
+		slot    time.Time
+	}
+	type edge struct {
+		at    int64
+		delta int8
+	}
+	want := map[key][]edge{}
+	rows, err := pool.Query(ctx, `SELECT proxy_id, start_time, end_time FROM usage_connections WHERE start_time < end_time`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p string
+	var s, e time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&p, &s, &e}, func() error {
+		for _, x := range []struct {
+			at    time.Time
+			delta int8
+		}{{s, 1}, {e, -1}} {
+			k := key{p, x.at.UTC().Truncate(5 * time.Minute)}
+			want[k] = append(want[k], edge{x.at.UnixMicro(), x.delta})
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[key][]edge{}
+	rows, err = pool.Query(ctx, `SELECT proxy_id, slot_start, edges FROM usage_peak_slots`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k key
+	var b []byte
+	if _, err := pgx.ForEachRow(rows, []any{&k.proxyID, &k.slot, &b}, func() error {
+		k.slot = k.slot.UTC()
+		if len(b)%9 != 0 {
+			t.Errorf("%s slot %s: %d bytes of edges", k.proxyID, k.slot.Format(time.RFC3339), len(b))
+		}
+		for i := 0; i+9 <= len(b); i += 9 {
+			got[k] = append(got[k], edge{int64(binary.BigEndian.Uint64(b[i:])), int8(b[i+8])})
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	less := func(a, b edge) int {
+		if a.at != b.at {
+			return cmp.Compare(a.at, b.at)
+		}
+		return cmp.Compare(a.delta, b.delta)
+	}
+	for k, es := range want {
+		slices.SortFunc(es, less)
+		if g := got[k]; !slices.Equal(g, es) {
+			t.Errorf("%s slot %s: stored edges %v, the intervals give %v", k.proxyID, k.slot.Format(time.RFC3339), g, es)
+		}
+	}
+	for k, g := range got {
+		if !slices.IsSortedFunc(g, less) {
+			t.Errorf("%s slot %s: stored edges out of order: %v", k.proxyID, k.slot.Format(time.RFC3339), g)
+		}
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s slot %s: stored edges %v, the intervals give none", k.proxyID, k.slot.Format(time.RFC3339), g)
+		}
 	}
 }

@@ -9,12 +9,11 @@ import (
 )
 
 // slotWidth is the span of a usage_peak_slots row (sql/0013_peak_slots.sql,
-// sql/0016). A re-paired connection re-reads the edges of the slots its old
-// and new start and end fall in; a day's peak reads its slots. Under live
-// ingest the first is the larger cost (a busy proxy's current slot holds
-// thousands of edges), so 5 minutes: a 288th of a day's edges per slot,
-// at most 288 rows a day. Changing it needs a migration that drops the
-// slot state (like 0016).
+// sql/0016, sql/0020). A re-paired connection rewrites the slots its old
+// and new start and end fall in, each with all its edges (a busy proxy's
+// current slot holds thousands); a changed slot re-reads the slots of its
+// hour (sql/0019). 5 minutes: at most 12 slots an hour, 288 a day.
+// Changing it needs a migration that drops the slot state (like 0016).
 const slotWidth = 5 * time.Minute
 
 func slotOf(t time.Time) time.Time { return t.UTC().Truncate(slotWidth) }
@@ -58,13 +57,13 @@ type span struct {
 // updatePeaks brings the peak state of the intervals that changed (old
 // replaced by fresh, already stored) up to date and stores the peaks of
 // every day they touch, which it returns. For a proxy-day with state it
-// re-reads only the slots whose edges change (changedSlots) and adds ±1 to the
-// midnight counts the intervals cross; a day without state yet is filled
-// whole from the stored intervals, once.
+// applies the changed edges (edgeChanges) to the slots they fall in, then
+// their hours, and adds ±1 to the midnight counts the intervals cross; a
+// day without state yet is filled whole from the stored intervals, once.
 func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interval) ([]DayKey, error) {
 	days := map[DayKey]bool{}
 	dBefore, dAt := map[DayKey]int32{}, map[DayKey]int32{}
-	slots := changedSlots(old, fresh)
+	changes := edgeChanges(old, fresh)
 	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
 		for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
 			dk := DayKey{proxyID, m}
@@ -136,15 +135,36 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 		}
 	}
 
-	// Slots: re-read the edges of the dirty slots of days with state and of
-	// the whole of days without.
-	for s := range slots {
-		if have[DayKey{s.ProxyID, Day(s.Start)}] {
-			spans = append(spans, span{s.ProxyID, s.Start, s.Start.Add(slotWidth)})
+	// Slots: a day with state applies the changes to the edges its slots
+	// keep; a day without (or a slot that does not match the intervals) is
+	// read from the stored intervals.
+	var dirty []slotKey
+	for k := range changes {
+		if have[DayKey{k.ProxyID, Day(k.Start)}] {
+			dirty = append(dirty, k)
+		}
+	}
+	stored, err := readSlotEdges(ctx, tx, dirty)
+	if err != nil {
+		return nil, err
+	}
+	slots := make(map[slotKey][]edge, len(dirty))
+	written := make([]span, 0, len(spans)+len(dirty))
+	for _, k := range dirty {
+		s := span{k.ProxyID, k.Start, k.Start.Add(slotWidth)}
+		written = append(written, s)
+		if es, ok := applyChanges(stored[k], changes[k]); ok {
+			slots[k] = es
+		} else {
+			spans = append(spans, s)
 		}
 	}
 	spans = mergeSpans(spans)
-	if err := rewriteSlots(ctx, tx, spans); err != nil {
+	if err := readIntervalEdges(ctx, tx, spans, nil, slots); err != nil {
+		return nil, err
+	}
+	spans = mergeSpans(append(written, spans...))
+	if err := writeSlots(ctx, tx, spans, slots); err != nil {
 		return nil, err
 	}
 	if err := rewriteHours(ctx, tx, spans); err != nil {
@@ -171,30 +191,6 @@ func eachChange(old, fresh map[ConnKey][]Interval, fn func(sign int32, proxyID s
 	}
 }
 
-// changedSlots returns the slots whose multiset of edges changes when the
-// intervals old are replaced by fresh. Only those need their edges
-// re-read: a re-paired connection usually keeps its start (a late end
-// moves only the end), and a slot's state depends only on its edges.
-func changedSlots(old, fresh map[ConnKey][]Interval) map[slotKey]bool {
-	type edgeKey struct {
-		slot  slotKey
-		at    int64
-		delta int32
-	}
-	diff := map[edgeKey]int32{}
-	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
-		diff[edgeKey{slotKey{proxyID, slotOf(s)}, s.UnixNano(), 1}] += sign
-		diff[edgeKey{slotKey{proxyID, slotOf(e)}, e.UnixNano(), -1}] += sign
-	})
-	out := map[slotKey]bool{}
-	for k, n := range diff {
-		if n != 0 {
-			out[k.slot] = true
-		}
-	}
-	return out
-}
-
 // mergeSpans sorts spans and merges those that overlap or touch, so no
 // edge is read twice.
 func mergeSpans(spans []span) []span {
@@ -213,68 +209,6 @@ func mergeSpans(spans []span) []span {
 		out = append(out, s)
 	}
 	return out
-}
-
-// rewriteSlots recomputes the slots within spans from the edges of the
-// stored intervals in them (an index range scan on start and one on end).
-func rewriteSlots(ctx context.Context, tx pgx.Tx, spans []span) error {
-	if len(spans) == 0 {
-		return nil
-	}
-	proxies := make([]string, len(spans))
-	los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
-	for i, s := range spans {
-		proxies[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
-	}
-	rows, err := tx.Query(ctx, `
-		SELECT k.proxy_id, c.start_time, 1
-		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
-		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
-		 WHERE c.start_time < c.end_time
-		UNION ALL
-		SELECT k.proxy_id, c.end_time, -1
-		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
-		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time >= k.lo AND c.end_time < k.hi
-		 WHERE c.start_time < c.end_time`, proxies, los, his)
-	if err != nil {
-		return err
-	}
-	type edge struct {
-		at    time.Time
-		delta int32
-	}
-	edges := map[slotKey][]edge{}
-	var p string
-	var e edge
-	if _, err := pgx.ForEachRow(rows, []any{&p, &e.at, &e.delta}, func() error {
-		k := slotKey{p, slotOf(e.at)}
-		edges[k] = append(edges[k], e)
-		return nil
-	}); err != nil {
-		return err
-	}
-	var sProxies []string
-	var sStarts []time.Time
-	var nets, tops []int32
-	for k, es := range edges {
-		sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
-		times, deltas := make([]time.Time, len(es)), make([]int32, len(es))
-		for i, x := range es {
-			times[i], deltas[i] = x.at, x.delta
-		}
-		net, top := slotNetTop(times, deltas)
-		sProxies, sStarts = append(sProxies, k.ProxyID), append(sStarts, k.Start)
-		nets, tops = append(nets, net), append(tops, top)
-	}
-	if _, err := tx.Exec(ctx, `
-		DELETE FROM usage_peak_slots s USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
-		 WHERE s.proxy_id = k.proxy_id AND s.slot_start >= k.lo AND s.slot_start < k.hi`, proxies, los, his); err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `
-		INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top)
-		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[])`, sProxies, sStarts, nets, tops)
-	return err
 }
 
 // rewriteHours recomputes the hours that spans overlap from their slots,
@@ -386,9 +320,10 @@ func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 // will be once the pending connections are re-paired (their stored
 // intervals old replaced by fresh), from the stored peak state: a day's
 // hours, and for an hour holding an old or new edge its slots, with the
-// edges of the changed slots re-read. Days without state yet are returned
-// in missing, for the caller to compute from their intervals.
-func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []ConnKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
+// changes applied to the stored edges of the changed slots. Days without
+// state yet are returned in missing, for the caller to compute from their
+// intervals.
+func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
 	peaks = make(map[DayKey]int, len(days))
 	if len(days) == 0 {
 		return peaks, nil, nil
@@ -437,14 +372,11 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 	}
 
 	// The changes: midnight counts and dirty slots, within stateful days.
-	type edge struct {
-		at    time.Time
-		delta int32
-	}
-	dirty := map[slotKey][]edge{}
-	for k := range changedSlots(old, fresh) {
+	changes := edgeChanges(old, fresh)
+	var dirty []slotKey
+	for k := range changes {
 		if states[DayKey{k.ProxyID, Day(k.Start)}] != nil {
-			dirty[k] = nil
+			dirty = append(dirty, k)
 		}
 	}
 	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
@@ -463,11 +395,11 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 	})
 	if len(dirty) > 0 {
 		// The slots of the hours with a dirty slot: the stored ones, then
-		// the dirty ones recomputed from their edges.
+		// the dirty ones with the changes applied to their edges.
 		hourSlots := map[slotKey]map[time.Time]summary{}
 		var hProxies []string
 		var hStarts []time.Time
-		for k := range dirty {
+		for _, k := range dirty {
 			if h := (slotKey{k.ProxyID, hourOf(k.Start)}); hourSlots[h] == nil {
 				hourSlots[h] = map[time.Time]summary{}
 				hProxies, hStarts = append(hProxies, h.ProxyID), append(hStarts, h.Start)
@@ -491,76 +423,33 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, pending []Co
 		}); err != nil {
 			return nil, nil, err
 		}
-
-		// Edges of the dirty slots: the stored intervals' but the pending
-		// connections', then the pending connections' fresh ones.
-		isPending := make(map[ConnKey]bool, len(pending))
-		for _, k := range pending {
-			isPending[k] = true
-		}
-		spans := make([]span, 0, len(dirty))
-		for k := range dirty {
-			spans = append(spans, span{k.ProxyID, k.Start, k.Start.Add(slotWidth)})
-		}
-		spans = mergeSpans(spans)
-		sp := make([]string, len(spans))
-		los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
-		for i, s := range spans {
-			sp[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
-		}
-		rows, err = tx.Query(ctx, `
-			SELECT k.proxy_id, c.connection_id, c.start_time, 1
-			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
-			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
-			 WHERE c.start_time < c.end_time
-			UNION ALL
-			SELECT k.proxy_id, c.connection_id, c.end_time, -1
-			  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
-			  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time >= k.lo AND c.end_time < k.hi
-			 WHERE c.start_time < c.end_time`, sp, los, his)
+		stored, err := readSlotEdges(ctx, tx, dirty)
 		if err != nil {
 			return nil, nil, err
 		}
-		var ck ConnKey
-		var e edge
-		if _, err := pgx.ForEachRow(rows, []any{&ck.ProxyID, &ck.ConnectionID, &e.at, &e.delta}, func() error {
-			if !isPending[ck] {
-				k := slotKey{ck.ProxyID, slotOf(e.at)}
-				dirty[k] = append(dirty[k], e)
+		for _, k := range dirty {
+			dk := DayKey{k.ProxyID, Day(k.Start)}
+			if states[dk] == nil {
+				continue
 			}
-			return nil
-		}); err != nil {
-			return nil, nil, err
-		}
-		for k, ivs := range fresh {
-			for _, iv := range ivs {
-				if !iv.Start.Before(iv.End) {
-					continue
-				}
-				for _, x := range []edge{{iv.Start.UTC(), 1}, {iv.End.UTC(), -1}} {
-					sk := slotKey{k.ProxyID, slotOf(x.at)}
-					if es, ok := dirty[sk]; ok {
-						dirty[sk] = append(es, x)
-					}
-				}
+			es, ok := applyChanges(stored[k], changes[k])
+			if !ok { // the slot does not match the intervals: compute the day from them
+				delete(states, dk)
+				missing = append(missing, dk)
+				continue
 			}
-		}
-		for k, es := range dirty {
 			slots := hourSlots[slotKey{k.ProxyID, hourOf(k.Start)}]
 			if len(es) == 0 {
 				delete(slots, k.Start)
-				continue
+			} else {
+				slots[k.Start] = slotSummary(es)
 			}
-			sort.Slice(es, func(i, j int) bool { return es[i].at.Before(es[j].at) })
-			times, deltas := make([]time.Time, len(es)), make([]int32, len(es))
-			for i, x := range es {
-				times[i], deltas[i] = x.at, x.delta
-			}
-			n, t := slotNetTop(times, deltas)
-			slots[k.Start] = summary{n, t}
 		}
 		for h, slots := range hourSlots {
 			st := states[DayKey{h.ProxyID, Day(h.Start)}]
+			if st == nil {
+				continue
+			}
 			if sum, ok := foldSummaries(inOrder(slots)); ok {
 				st.hours[h.Start] = sum
 			} else {
@@ -593,21 +482,4 @@ func inOrder(parts map[time.Time]summary) []summary {
 		out[i] = parts[s]
 	}
 	return out
-}
-
-// slotNetTop is a slot's state from its edges sorted by time: the net
-// change and the highest running value after an instant's edges (between
-// them the running sum is no instant's count).
-func slotNetTop(times []time.Time, deltas []int32) (net, top int32) {
-	first := true
-	for i, d := range deltas {
-		net += d
-		if i+1 < len(times) && times[i+1].Equal(times[i]) {
-			continue
-		}
-		if first || net > top {
-			top, first = net, false
-		}
-	}
-	return net, top
 }

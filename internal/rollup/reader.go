@@ -420,7 +420,7 @@ func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, t
 		}
 		// Days with stored peak state re-read only the slots of the
 		// pending connections' edges; the others all their intervals.
-		fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, pending, stored, fresh)
+		fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, stored, fresh)
 		if err != nil {
 			return err
 		}

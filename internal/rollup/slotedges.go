@@ -1,0 +1,251 @@
+package rollup
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// A slot keeps its edges (the starts and ends of the stored intervals that
+// fall in it) in usage_peak_slots.edges (sql/0020_peak_slot_edges.sql), so
+// that a change is applied to them instead of re-reading the slot's
+// intervals: a live proxy's current slot holds every edge of its elapsed
+// part, and was re-read on every run that touched it.
+
+// edge is a start (delta +1) or an end (delta -1) of an interval, at an
+// instant in unix microseconds (PostgreSQL's precision).
+type edge struct {
+	at    int64
+	delta int32
+}
+
+// edgeBytes is the size of an edge in usage_peak_slots.edges: the instant
+// (int8, big-endian) and the delta (int1). Edges are stored in order of
+// instant, then delta.
+const edgeBytes = 9
+
+func encodeEdges(es []edge) []byte {
+	out := make([]byte, 0, len(es)*edgeBytes)
+	for _, e := range es {
+		out = binary.BigEndian.AppendUint64(out, uint64(e.at))
+		out = append(out, byte(int8(e.delta)))
+	}
+	return out
+}
+
+var errEdgeBytes = errors.New("rollup: usage_peak_slots.edges is not a whole number of edges")
+
+func decodeEdges(b []byte) ([]edge, error) {
+	if len(b)%edgeBytes != 0 {
+		return nil, errEdgeBytes
+	}
+	out := make([]edge, len(b)/edgeBytes)
+	for i := range out {
+		x := b[i*edgeBytes:]
+		out[i] = edge{int64(binary.BigEndian.Uint64(x)), int32(int8(x[8]))}
+	}
+	return out, nil
+}
+
+func sortEdges(es []edge) {
+	slices.SortFunc(es, func(a, b edge) int {
+		if a.at != b.at {
+			if a.at < b.at {
+				return -1
+			}
+			return 1
+		}
+		return int(a.delta - b.delta)
+	})
+}
+
+// slotSummary is the state of edges sorted by instant: the net change and
+// the highest running value after an instant's edges (between them the
+// running sum is no instant's count).
+func slotSummary(es []edge) summary {
+	var s summary
+	first := true
+	for i, e := range es {
+		s.net += e.delta
+		if i+1 < len(es) && es[i+1].at == e.at {
+			continue
+		}
+		if first || s.net > s.top {
+			s.top, first = s.net, false
+		}
+	}
+	return s
+}
+
+// edgeCount is a change to a slot's multiset of edges: count copies of the
+// edge added (count > 0) or removed (count < 0).
+type edgeCount struct {
+	edge
+	count int32
+}
+
+// edgeChanges returns, per slot, how its multiset of edges changes when
+// the intervals old are replaced by fresh. Slots whose edges stay the same
+// are left out: a re-paired connection usually keeps its start (a late end
+// moves only the end), and a slot's state depends only on its edges.
+func edgeChanges(old, fresh map[ConnKey][]Interval) map[slotKey][]edgeCount {
+	type edgeKey struct {
+		slot slotKey
+		edge
+	}
+	diff := map[edgeKey]int32{}
+	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
+		diff[edgeKey{slotKey{proxyID, slotOf(s)}, edge{s.UnixMicro(), 1}}] += sign
+		diff[edgeKey{slotKey{proxyID, slotOf(e)}, edge{e.UnixMicro(), -1}}] += sign
+	})
+	out := map[slotKey][]edgeCount{}
+	for k, n := range diff {
+		if n != 0 {
+			out[k.slot] = append(out[k.slot], edgeCount{k.edge, n})
+		}
+	}
+	return out
+}
+
+// applyChanges returns the sorted edges es with changes applied; ok is
+// false when an edge to remove is not there, i.e. the stored slot does not
+// match the stored intervals (the caller re-reads the slot from them).
+func applyChanges(es []edge, changes []edgeCount) (out []edge, ok bool) {
+	counts := make(map[edge]int32, len(changes))
+	for _, c := range changes {
+		counts[c.edge] += c.count
+	}
+	out = make([]edge, 0, len(es)+len(changes))
+	for _, e := range es {
+		if n := counts[e]; n < 0 {
+			counts[e] = n + 1 // removed
+			continue
+		}
+		out = append(out, e)
+	}
+	for e, n := range counts {
+		if n < 0 {
+			return nil, false
+		}
+		for range n {
+			out = append(out, e)
+		}
+	}
+	sortEdges(out)
+	return out, true
+}
+
+// readSlotEdges reads the stored edges of slots; a slot without a row has
+// none.
+func readSlotEdges(ctx context.Context, tx pgx.Tx, slots []slotKey) (map[slotKey][]edge, error) {
+	out := make(map[slotKey][]edge, len(slots))
+	if len(slots) == 0 {
+		return out, nil
+	}
+	proxies, starts := make([]string, len(slots)), make([]time.Time, len(slots))
+	for i, k := range slots {
+		proxies[i], starts[i] = k.ProxyID, k.Start
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT s.proxy_id, s.slot_start, s.edges
+		  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, slot_start)
+		  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id AND s.slot_start = k.slot_start`, proxies, starts)
+	if err != nil {
+		return nil, err
+	}
+	var k slotKey
+	var b []byte
+	_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.Start, &b}, func() error {
+		es, err := decodeEdges(b)
+		k.Start = k.Start.UTC()
+		out[k] = es
+		return err
+	})
+	return out, err
+}
+
+// readIntervalEdges adds to slots the edges of the stored intervals within
+// spans (an index range scan on start and one on end), each slot's sorted;
+// skip leaves out the intervals of some connections.
+func readIntervalEdges(ctx context.Context, tx pgx.Tx, spans []span, skip map[ConnKey]bool, slots map[slotKey][]edge) error {
+	if len(spans) == 0 {
+		return nil
+	}
+	proxies := make([]string, len(spans))
+	los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+	for i, s := range spans {
+		proxies[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
+	}
+	rows, err := tx.Query(ctx, `
+		SELECT k.proxy_id, c.connection_id, c.start_time, 1
+		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.start_time >= k.lo AND c.start_time < k.hi
+		 WHERE c.start_time < c.end_time
+		UNION ALL
+		SELECT k.proxy_id, c.connection_id, c.end_time, -1
+		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time >= k.lo AND c.end_time < k.hi
+		 WHERE c.start_time < c.end_time`, proxies, los, his)
+	if err != nil {
+		return err
+	}
+	touched := map[slotKey]bool{}
+	var ck ConnKey
+	var at time.Time
+	var delta int32
+	if _, err := pgx.ForEachRow(rows, []any{&ck.ProxyID, &ck.ConnectionID, &at, &delta}, func() error {
+		if !skip[ck] {
+			k := slotKey{ck.ProxyID, slotOf(at)}
+			slots[k] = append(slots[k], edge{at.UnixMicro(), delta})
+			touched[k] = true
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for k := range touched {
+		sortEdges(slots[k])
+	}
+	return nil
+}
+
+// writeSlots replaces the stored slots within spans by slots (those with
+// edges; the others are deleted).
+func writeSlots(ctx context.Context, tx pgx.Tx, spans []span, slots map[slotKey][]edge) error {
+	if len(spans) == 0 {
+		return nil
+	}
+	proxies := make([]string, len(spans))
+	los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+	for i, s := range spans {
+		proxies[i], los[i], his[i] = s.ProxyID, s.Lo, s.Hi
+	}
+	if _, err := tx.Exec(ctx, `
+		DELETE FROM usage_peak_slots s USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		 WHERE s.proxy_id = k.proxy_id AND s.slot_start >= k.lo AND s.slot_start < k.hi`, proxies, los, his); err != nil {
+		return err
+	}
+	var sProxies []string
+	var sStarts []time.Time
+	var nets, tops []int32
+	var edges [][]byte
+	for k, es := range slots {
+		if len(es) == 0 {
+			continue
+		}
+		s := slotSummary(es)
+		sProxies, sStarts = append(sProxies, k.ProxyID), append(sStarts, k.Start)
+		nets, tops, edges = append(nets, s.net), append(tops, s.top), append(edges, encodeEdges(es))
+	}
+	if len(sProxies) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `
+		INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top, edges)
+		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[], $5::bytea[])`, sProxies, sStarts, nets, tops, edges)
+	return err
+}
