@@ -167,7 +167,7 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 	if err := writeSlots(ctx, tx, spans, slots); err != nil {
 		return nil, err
 	}
-	if err := rewriteHours(ctx, tx, spans); err != nil {
+	if err := rewriteHours(ctx, tx, spans, slots); err != nil {
 		return nil, err
 	}
 	return list, writeDayPeaks(ctx, tx, list)
@@ -212,45 +212,76 @@ func mergeSpans(spans []span) []span {
 }
 
 // rewriteHours recomputes the hours that spans overlap from their slots,
-// already rewritten: an hour is the fold of its slots, and has no row
-// without one.
-func rewriteHours(ctx context.Context, tx pgx.Tx, spans []span) error {
-	var proxies []string
-	var starts []time.Time
+// already rewritten (slots holds the new edges of every slot within
+// spans): an hour is the fold of its slots, and has no row without one.
+// An hour inside a span is folded from slots; only an hour a span covers
+// in part (a changed slot of a day with state) reads its other slots.
+func rewriteHours(ctx context.Context, tx pgx.Tx, spans []span, slots map[slotKey][]edge) error {
+	if len(spans) == 0 {
+		return nil
+	}
+	hours := map[slotKey]summary{}
+	var partProxies []string
+	var partStarts []time.Time
 	seen := map[slotKey]bool{}
 	for _, s := range spans {
 		for h := hourOf(s.Lo); h.Before(s.Hi); h = h.Add(time.Hour) {
-			if k := (slotKey{s.ProxyID, h}); !seen[k] {
-				seen[k] = true
-				proxies, starts = append(proxies, s.ProxyID), append(starts, h)
+			k := slotKey{s.ProxyID, h}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if h.Before(s.Lo) || h.Add(time.Hour).After(s.Hi) {
+				partProxies, partStarts = append(partProxies, s.ProxyID), append(partStarts, h)
+				continue
+			}
+			var parts []summary
+			for t := h; t.Before(h.Add(time.Hour)); t = t.Add(slotWidth) {
+				if es := slots[slotKey{s.ProxyID, t}]; len(es) > 0 {
+					parts = append(parts, slotSummary(es))
+				}
+			}
+			if sum, ok := foldSummaries(parts); ok {
+				hours[k] = sum
 			}
 		}
 	}
-	if len(proxies) == 0 {
-		return nil
-	}
-	rows, err := tx.Query(ctx, `
-		SELECT k.proxy_id, k.hour_start, s.net, s.top
-		  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
-		  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
-		   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'
-		 ORDER BY k.proxy_id, k.hour_start, s.slot_start`, proxies, starts)
-	if err != nil {
-		return err
-	}
-	hours := map[slotKey]summary{}
-	var k slotKey
-	var v summary
-	if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.Start, &v.net, &v.top}, func() error {
-		k.Start = k.Start.UTC()
-		if h, ok := hours[k]; ok {
-			hours[k] = h.then(v)
-		} else {
-			hours[k] = v
+	if len(partProxies) > 0 {
+		rows, err := tx.Query(ctx, `
+			SELECT k.proxy_id, k.hour_start, s.net, s.top
+			  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
+			  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+			   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'
+			 ORDER BY k.proxy_id, k.hour_start, s.slot_start`, partProxies, partStarts)
+		if err != nil {
+			return err
 		}
-		return nil
-	}); err != nil {
+		var k slotKey
+		var v summary
+		if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.Start, &v.net, &v.top}, func() error {
+			k.Start = k.Start.UTC()
+			if h, ok := hours[k]; ok {
+				hours[k] = h.then(v)
+			} else {
+				hours[k] = v
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	proxies := make([]string, len(spans))
+	los, his := make([]time.Time, len(spans)), make([]time.Time, len(spans))
+	for i, s := range spans {
+		proxies[i], los[i], his[i] = s.ProxyID, hourOf(s.Lo), s.Hi
+	}
+	if _, err := tx.Exec(ctx, `
+		DELETE FROM usage_peak_hours h USING unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
+		 WHERE h.proxy_id = k.proxy_id AND h.hour_start >= k.lo AND h.hour_start < k.hi`, proxies, los, his); err != nil {
 		return err
+	}
+	if len(hours) == 0 {
+		return nil
 	}
 	var hProxies []string
 	var hStarts []time.Time
@@ -259,12 +290,7 @@ func rewriteHours(ctx context.Context, tx pgx.Tx, spans []span) error {
 		hProxies, hStarts = append(hProxies, k.ProxyID), append(hStarts, k.Start)
 		nets, tops = append(nets, h.net), append(tops, h.top)
 	}
-	if _, err := tx.Exec(ctx, `
-		DELETE FROM usage_peak_hours h USING unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
-		 WHERE h.proxy_id = k.proxy_id AND h.hour_start = k.hour_start`, proxies, starts); err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `
+	_, err := tx.Exec(ctx, `
 		INSERT INTO usage_peak_hours (proxy_id, hour_start, net, top)
 		SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[])`, hProxies, hStarts, nets, tops)
 	return err
