@@ -154,9 +154,23 @@ func (b *bench) live(ctx context.Context, be database.Backend) error {
 	warmup := min(time.Minute, b.opt.liveFor/4)
 	half := maxRate / 2
 	step("(12) %s: ingest paced at half the maximum (%s events/s) for %s, readers every %s", be, rate(half), b.opt.liveFor, b.opt.liveReadEvery)
+	// A CPU profile of the service once the warm-up is over: where a read
+	// under steady ingest spends the service's time.
+	profiles := make(chan *profile, 1)
+	profTimer := time.AfterFunc(warmup, func() {
+		profiles <- b.profileService("live-"+string(be), int(max(time.Second, min(time.Minute, b.opt.liveFor/4)).Seconds()))
+	})
 	paced, err := l.run(ctx, clients, b.opt.liveFor, half)
+	profTimer.Stop()
 	if err != nil {
 		return err
+	}
+	var profTop string
+	select {
+	case p := <-profiles:
+		top, perr := p.wait()
+		profTop = cmp.Or(top, fmt.Sprint("profile failed: ", perr))
+	default:
 	}
 	drain2, err := l.drain(ctx)
 	if err != nil {
@@ -206,6 +220,9 @@ func (b *bench) live(ctx context.Context, be database.Backend) error {
 	ev := fmt.Sprintf("Readers: one client per endpoint, a request every %s as a random one of the 10 users (metrics-range of one of their proxies). Lag is `proxyusage_rollup_lag_seconds`, pending `proxyusage_rollup_pending_invalidations`, both read from the service's /metrics at the end of each row, with how long before it the worker last finished a run (`proxyusage_rollup_last_success_timestamp_seconds`): the service refreshes both gauges when a run ends, so a value repeated over rows is that old. Reads are p50 / p99 of the row's requests (n in brackets). Pacing is open-loop: batch k is due k × %d / rate seconds after the start, and a client behind schedule sends at once, so a service that cannot keep the pace runs at full rate (the events/s column shows it).\n\n",
 		b.opt.liveReadEvery, b.opt.batchSize)
 	ev += fmt.Sprintf("Paced at %s events/s (%s):\n\n%s\nFull rate (%s):\n\n%s", rate(half), id("b"), l.table(paced), id("d"), l.table(full))
+	if profTop != "" {
+		ev += "\nService CPU profile after the warm-up of " + id("b") + " (`go tool pprof -top`, " + b.opt.profDir + "/live-" + string(be) + ".cpu.pprof):\n\n```\n" + profTop + "\n```\n"
+	}
 	ev += "\nServer time per statement over the whole of (12) on this backend (`pg_stat_statements`):\n\n" + topStatements(ctx, pool, 10)
 	b.addEvidence(fmt.Sprintf("(12) rollups under sustained ingest on %s", be), ev)
 	return nil

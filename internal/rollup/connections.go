@@ -50,6 +50,51 @@ func freshIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.
 	return out, nil
 }
 
+// pendingIntervals selects, in one statement, what a read needs of the
+// connections of proxies $1 that wait to be re-paired: their stored
+// intervals (usage_connections, is_event false) and their start and end
+// events (usage_connection_events, is_event true, the instant in both time
+// columns and is_start in the last). The pending keys are found once, by
+// the log rows of the proxies' owners (pendingRows).
+const pendingIntervals = `
+WITH pending AS MATERIALIZED (
+  SELECT DISTINCT u.proxy_id, u.connection_id
+    FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)
+   WHERE ` + pendingRows + ` AND u.proxy_id = ANY($1)
+)
+SELECT p.proxy_id, p.connection_id, false, c.start_time, c.end_time, c.paired
+  FROM pending p JOIN usage_connections c ON c.proxy_id = p.proxy_id AND c.connection_id = p.connection_id
+UNION ALL
+SELECT p.proxy_id, p.connection_id, true, e.time, e.time, e.is_start
+  FROM pending p JOIN usage_connection_events e ON e.proxy_id = p.proxy_id AND e.connection_id = p.connection_id`
+
+// scanPendingIntervals reads pendingIntervals' rows: the stored intervals
+// of the pending connections and their intervals once re-paired (Pair of
+// their events). A pending key without rows has neither, and changes
+// nothing.
+func scanPendingIntervals(rows pgx.Rows, maxAge time.Duration) (stored, fresh map[ConnKey][]Interval, err error) {
+	stored = map[ConnKey][]Interval{}
+	events := map[ConnKey][]ConnEvent{}
+	var k ConnKey
+	var isEvent bool
+	var iv Interval
+	if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &isEvent, &iv.Start, &iv.End, &iv.Paired}, func() error {
+		if isEvent {
+			events[k] = append(events[k], ConnEvent{Time: iv.Start, Start: iv.Paired})
+		} else {
+			stored[k] = append(stored[k], iv)
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	fresh = make(map[ConnKey][]Interval, len(events))
+	for k, evs := range events {
+		fresh[k] = Pair(evs, maxAge)
+	}
+	return stored, fresh, nil
+}
+
 // storedIntervals returns the intervals usage_connections holds for keys.
 func storedIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey) (map[ConnKey][]Interval, error) {
 	out := make(map[ConnKey][]Interval, len(keys))

@@ -346,9 +346,10 @@ func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 // will be once the pending connections are re-paired (their stored
 // intervals old replaced by fresh), from the stored peak state: a day's
 // hours, and for an hour holding an old or new edge its slots, with the
-// changes applied to the stored edges of the changed slots. Days without
-// state yet are returned in missing, for the caller to compute from their
-// intervals.
+// changes applied to the stored edges of the changed slots. The three
+// reads go in one round trip. Days without state yet, or with a changed
+// slot that does not match the intervals, are returned in missing, for the
+// caller to compute from their intervals.
 func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
 	peaks = make(map[DayKey]int, len(days))
 	if len(days) == 0 {
@@ -358,37 +359,91 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh m
 	for _, d := range days {
 		wanted[d] = true
 	}
-	proxies, dates := splitDayKeys(days)
+	// The changed slots of the requested days, and their hours.
+	changes := edgeChanges(old, fresh)
+	var dirty []slotKey
+	hourSlots := map[slotKey]map[time.Time]summary{}
+	var hProxies []string
+	var hStarts []time.Time
+	for k := range changes {
+		if !wanted[DayKey{k.ProxyID, Day(k.Start)}] {
+			continue
+		}
+		dirty = append(dirty, k)
+		if h := (slotKey{k.ProxyID, hourOf(k.Start)}); hourSlots[h] == nil {
+			hourSlots[h] = map[time.Time]summary{}
+			hProxies, hStarts = append(hProxies, h.ProxyID), append(hStarts, h.Start)
+		}
+	}
+
 	type state struct {
 		before, at int32
 		hours      map[time.Time]summary
 	}
 	states := map[DayKey]*state{}
-	rows, err := tx.Query(ctx, `
+	stored := make(map[slotKey][]edge, len(dirty))
+	proxies, dates := splitDayKeys(days)
+	b := &pgx.Batch{}
+	b.Queue(`
 		SELECT d.proxy_id, d.day, d.open_before, d.open_at, h.hour_start, h.net, h.top
 		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
 		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
 		  LEFT JOIN usage_peak_hours h ON h.proxy_id = k.proxy_id
 		   AND h.hour_start >= k.day::timestamp AT TIME ZONE 'UTC' AND h.hour_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
-	if err != nil {
-		return nil, nil, err
+	if len(dirty) > 0 {
+		b.Queue(`
+			SELECT k.proxy_id, k.hour_start, s.slot_start, s.net, s.top
+			  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
+			  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
+			   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'`, hProxies, hStarts)
+		sProxies, sStarts := splitSlotKeys(dirty)
+		b.Queue(slotEdges, sProxies, sStarts)
 	}
-	var dk DayKey
-	var before, at int32
-	var hour *time.Time
-	var net, top *int32
-	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &hour, &net, &top}, func() error {
-		dk.Day = dk.Day.UTC()
-		st := states[dk]
-		if st == nil {
-			st = &state{before: before, at: at, hours: map[time.Time]summary{}}
-			states[dk] = st
+	err = sendBatch(ctx, tx, b, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
+		if err != nil {
+			return err
 		}
-		if hour != nil {
-			st.hours[hour.UTC()] = summary{*net, *top}
+		var dk DayKey
+		var before, at int32
+		var hour *time.Time
+		var net, top *int32
+		if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &before, &at, &hour, &net, &top}, func() error {
+			dk.Day = dk.Day.UTC()
+			st := states[dk]
+			if st == nil {
+				st = &state{before: before, at: at, hours: map[time.Time]summary{}}
+				states[dk] = st
+			}
+			if hour != nil {
+				st.hours[hour.UTC()] = summary{*net, *top}
+			}
+			return nil
+		}); err != nil {
+			return err
 		}
-		return nil
-	}); err != nil {
+		if len(dirty) == 0 {
+			return nil
+		}
+		if rows, err = br.Query(); err != nil {
+			return err
+		}
+		var h slotKey
+		var slot time.Time
+		var v summary
+		if _, err := pgx.ForEachRow(rows, []any{&h.ProxyID, &h.Start, &slot, &v.net, &v.top}, func() error {
+			h.Start = h.Start.UTC()
+			hourSlots[h][slot.UTC()] = v
+			return nil
+		}); err != nil {
+			return err
+		}
+		if rows, err = br.Query(); err != nil {
+			return err
+		}
+		return scanSlotEdges(rows, stored)
+	})
+	if err != nil {
 		return nil, nil, err
 	}
 	for _, d := range days {
@@ -398,13 +453,6 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh m
 	}
 
 	// The changes: midnight counts and dirty slots, within stateful days.
-	changes := edgeChanges(old, fresh)
-	var dirty []slotKey
-	for k := range changes {
-		if states[DayKey{k.ProxyID, Day(k.Start)}] != nil {
-			dirty = append(dirty, k)
-		}
-	}
 	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
 		for m := Day(s); !m.After(e); m = m.AddDate(0, 0, 1) {
 			st := states[DayKey{proxyID, m}]
@@ -419,68 +467,33 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh m
 			}
 		}
 	})
-	if len(dirty) > 0 {
-		// The slots of the hours with a dirty slot: the stored ones, then
-		// the dirty ones with the changes applied to their edges.
-		hourSlots := map[slotKey]map[time.Time]summary{}
-		var hProxies []string
-		var hStarts []time.Time
-		for _, k := range dirty {
-			if h := (slotKey{k.ProxyID, hourOf(k.Start)}); hourSlots[h] == nil {
-				hourSlots[h] = map[time.Time]summary{}
-				hProxies, hStarts = append(hProxies, h.ProxyID), append(hStarts, h.Start)
-			}
+	for _, k := range dirty {
+		dk := DayKey{k.ProxyID, Day(k.Start)}
+		if states[dk] == nil {
+			continue
 		}
-		rows, err := tx.Query(ctx, `
-			SELECT k.proxy_id, k.hour_start, s.slot_start, s.net, s.top
-			  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
-			  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
-			   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'`, hProxies, hStarts)
-		if err != nil {
-			return nil, nil, err
+		es, ok := applyChanges(stored[k], changes[k])
+		if !ok { // the slot does not match the intervals: compute the day from them
+			delete(states, dk)
+			missing = append(missing, dk)
+			continue
 		}
-		var h slotKey
-		var slot time.Time
-		var v summary
-		if _, err := pgx.ForEachRow(rows, []any{&h.ProxyID, &h.Start, &slot, &v.net, &v.top}, func() error {
-			h.Start = h.Start.UTC()
-			hourSlots[h][slot.UTC()] = v
-			return nil
-		}); err != nil {
-			return nil, nil, err
+		slots := hourSlots[slotKey{k.ProxyID, hourOf(k.Start)}]
+		if len(es) == 0 {
+			delete(slots, k.Start)
+		} else {
+			slots[k.Start] = slotSummary(es)
 		}
-		stored, err := readSlotEdges(ctx, tx, dirty)
-		if err != nil {
-			return nil, nil, err
+	}
+	for h, slots := range hourSlots {
+		st := states[DayKey{h.ProxyID, Day(h.Start)}]
+		if st == nil {
+			continue
 		}
-		for _, k := range dirty {
-			dk := DayKey{k.ProxyID, Day(k.Start)}
-			if states[dk] == nil {
-				continue
-			}
-			es, ok := applyChanges(stored[k], changes[k])
-			if !ok { // the slot does not match the intervals: compute the day from them
-				delete(states, dk)
-				missing = append(missing, dk)
-				continue
-			}
-			slots := hourSlots[slotKey{k.ProxyID, hourOf(k.Start)}]
-			if len(es) == 0 {
-				delete(slots, k.Start)
-			} else {
-				slots[k.Start] = slotSummary(es)
-			}
-		}
-		for h, slots := range hourSlots {
-			st := states[DayKey{h.ProxyID, Day(h.Start)}]
-			if st == nil {
-				continue
-			}
-			if sum, ok := foldSummaries(inOrder(slots)); ok {
-				st.hours[h.Start] = sum
-			} else {
-				delete(st.hours, h.Start)
-			}
+		if sum, ok := foldSummaries(inOrder(slots)); ok {
+			st.hours[h.Start] = sum
+		} else {
+			delete(st.hours, h.Start)
 		}
 	}
 	for d, st := range states {
@@ -494,6 +507,17 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh m
 		peaks[d] = int(peak)
 	}
 	return peaks, missing, nil
+}
+
+// sendBatch sends b in tx in one round trip and lets read consume its
+// results in order.
+func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch, read func(pgx.BatchResults) error) error {
+	br := tx.SendBatch(ctx, b)
+	if err := read(br); err != nil {
+		_ = br.Close()
+		return err
+	}
+	return br.Close()
 }
 
 // inOrder returns the summaries of parts by their start time.

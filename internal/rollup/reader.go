@@ -111,32 +111,67 @@ func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time
 	return out, nil
 }
 
-// slowTotals answers any request in one snapshot: the sums and histograms
-// as fastTotals reads them, and the peaks of days whose connections are
-// being re-paired recomputed.
+// slowTotals answers any request in one snapshot and at most four round
+// trips (BEGIN; the sums, histograms, stored peaks and the pending
+// connections' intervals and events; their days' peak state; COMMIT), and
+// one more when a day has no peak state yet: the peaks of days whose
+// connections are being re-paired are recomputed.
 func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
 	out := map[Key]*Totals{}
 	args := []any{proxies, from, to, from, to.AddDate(0, 0, 1)}
 	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
 		clear(out) // a run on a standby may have failed part way (database.ReadOnly)
-		for _, q := range []struct {
-			sql  string
-			scan func(pgx.Rows, Group, map[Key]*Totals) error
-		}{
-			{rollupSums, scanDailyRows},
-			{pendingSums, scanDailyRows},
-			{fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), scanFastHistograms},
-			{pendingHistograms, scanPendingHistograms},
-		} {
-			rows, err := tx.Query(ctx, q.sql, args...)
+		perDay := map[DayKey]int{}
+		var stored, fresh map[ConnKey][]Interval
+		b := &pgx.Batch{}
+		b.Queue(rollupSums, args...)
+		b.Queue(pendingSums, args...)
+		b.Queue(fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), args...)
+		b.Queue(pendingHistograms, args...)
+		b.Queue(storedPeaks, args[:3]...)
+		b.Queue(pendingIntervals, proxies)
+		err := sendBatch(ctx, tx, b, func(br pgx.BatchResults) error {
+			for _, scan := range []func(pgx.Rows, Group, map[Key]*Totals) error{scanDailyRows, scanDailyRows, scanFastHistograms, scanPendingHistograms} {
+				rows, err := br.Query()
+				if err != nil {
+					return err
+				}
+				if err := scan(rows, by, out); err != nil {
+					return err
+				}
+			}
+			rows, err := br.Query()
 			if err != nil {
 				return err
 			}
-			if err := q.scan(rows, by, out); err != nil {
+			var dk DayKey
+			var peak int
+			if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
+				perDay[DayKey{dk.ProxyID, dk.Day.UTC()}] = peak
+				return nil
+			}); err != nil {
 				return err
 			}
+			if rows, err = br.Query(); err != nil {
+				return err
+			}
+			stored, fresh, err = scanPendingIntervals(rows, r.maxAge)
+			return err
+		})
+		if err != nil {
+			return err
 		}
-		return r.peaks(ctx, tx, proxies, from, to, by, out)
+		if err := r.repairedPeaks(ctx, tx, from, to, stored, fresh, perDay); err != nil {
+			return err
+		}
+		for d, p := range perDay {
+			if p == 0 {
+				continue
+			}
+			t := groupKey(by, d.ProxyID, d.Day).totals(out)
+			t.Peak = max(t.Peak, p)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rollup: read totals: %w", err)
@@ -352,109 +387,70 @@ func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, qu
 	return clean, err
 }
 
-// peaks reads stored daily peaks and recomputes those of the days whose
-// connections wait to be re-paired, from the stored intervals with the
-// pending connections re-paired.
-func (r *Reader) peaks(ctx context.Context, tx pgx.Tx, proxies []string, from, to time.Time, by Group, out map[Key]*Totals) error {
-	perDay := map[DayKey]int{}
-	rows, err := tx.Query(ctx, `
-		SELECT proxy_id, day, peak FROM usage_daily_peak
-		 WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0`, proxies, from, to)
-	if err != nil {
-		return err
-	}
-	var dk DayKey
-	var peak int
-	if _, err := pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
-		dk.Day = dk.Day.UTC()
-		perDay[dk] = peak
-		return nil
-	}); err != nil {
-		return err
-	}
-
-	pending, err := pendingConnections(ctx, tx, proxies)
-	if err != nil {
-		return err
-	}
+// repairedPeaks replaces, in perDay (the stored peaks), the peaks of the
+// days from..to that the pending connections' intervals touch, as they
+// will be once stored is replaced by fresh: from the days' peak state, or
+// from their stored intervals where a day has none.
+func (r *Reader) repairedPeaks(ctx context.Context, tx pgx.Tx, from, to time.Time, stored, fresh map[ConnKey][]Interval, perDay map[DayKey]int) error {
 	recompute := map[DayKey]bool{}
 	// Fresh intervals of pending connections, filed under each requested
 	// day they cover: the work is the intervals' days within the range,
 	// never pending connections × days.
 	freshByDay := map[DayKey][]Interval{}
-	var stored, fresh map[ConnKey][]Interval
-	if len(pending) > 0 {
-		if stored, err = storedIntervals(ctx, tx, pending); err != nil {
-			return err
-		}
-		if fresh, err = freshIntervals(ctx, tx, pending, r.maxAge); err != nil {
-			return err
-		}
-		for k, ivs := range stored {
-			for _, iv := range ivs {
-				for d := range iv.daysWithin(from, to) {
-					recompute[DayKey{k.ProxyID, d}] = true
-				}
+	for k, ivs := range stored {
+		for _, iv := range ivs {
+			for d := range iv.daysWithin(from, to) {
+				recompute[DayKey{k.ProxyID, d}] = true
 			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	for k, ivs := range fresh {
+		for _, iv := range ivs {
+			for d := range iv.daysWithin(from, to) {
+				dk := DayKey{k.ProxyID, d}
+				recompute[dk] = true
+				freshByDay[dk] = append(freshByDay[dk], iv)
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if len(recompute) == 0 {
+		return nil
+	}
+	days := make([]DayKey, 0, len(recompute))
+	for d := range recompute {
+		days = append(days, d)
+	}
+	// Days with stored peak state re-read only the slots of the pending
+	// connections' edges; the others all their intervals.
+	fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, stored, fresh)
+	if err != nil {
+		return err
+	}
+	maps.Copy(perDay, fromSlots)
+	open, err := overlapping(ctx, tx, missing)
+	if err != nil {
+		return err
+	}
+	for i, d := range missing {
+		if i%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 		}
-		for k, ivs := range fresh {
-			for _, iv := range ivs {
-				for d := range iv.daysWithin(from, to) {
-					dk := DayKey{k.ProxyID, d}
-					recompute[dk] = true
-					freshByDay[dk] = append(freshByDay[dk], iv)
-				}
-			}
-			if err := ctx.Err(); err != nil {
-				return err
+		var ivs []Interval
+		for _, ki := range open[d] {
+			// A pending connection's stored intervals are replaced by its fresh ones.
+			if _, ok := stored[ConnKey{d.ProxyID, ki.ConnectionID}]; !ok {
+				ivs = append(ivs, ki.Interval)
 			}
 		}
-	}
-	if len(recompute) > 0 {
-		days := make([]DayKey, 0, len(recompute))
-		for d := range recompute {
-			days = append(days, d)
-		}
-		// Days with stored peak state re-read only the slots of the
-		// pending connections' edges; the others all their intervals.
-		fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, stored, fresh)
-		if err != nil {
-			return err
-		}
-		maps.Copy(perDay, fromSlots)
-		days = missing
-		open, err := overlapping(ctx, tx, days)
-		if err != nil {
-			return err
-		}
-		isPending := make(map[ConnKey]bool, len(pending))
-		for _, k := range pending {
-			isPending[k] = true
-		}
-		for i, d := range days {
-			if i%1024 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
-			var ivs []Interval
-			for _, ki := range open[d] {
-				if !isPending[ConnKey{d.ProxyID, ki.ConnectionID}] {
-					ivs = append(ivs, ki.Interval)
-				}
-			}
-			perDay[d] = Peak(append(ivs, freshByDay[d]...), d.Day)
-		}
-	}
-	for d, p := range perDay {
-		if p == 0 {
-			continue
-		}
-		t := groupKey(by, d.ProxyID, d.Day).totals(out)
-		t.Peak = max(t.Peak, p)
+		perDay[d] = Peak(append(ivs, freshByDay[d]...), d.Day)
 	}
 	return nil
 }

@@ -146,26 +146,38 @@ func readSlotEdges(ctx context.Context, tx pgx.Tx, slots []slotKey) (map[slotKey
 	if len(slots) == 0 {
 		return out, nil
 	}
-	proxies, starts := make([]string, len(slots)), make([]time.Time, len(slots))
-	for i, k := range slots {
-		proxies[i], starts[i] = k.ProxyID, k.Start
-	}
-	rows, err := tx.Query(ctx, `
-		SELECT s.proxy_id, s.slot_start, s.edges
-		  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, slot_start)
-		  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id AND s.slot_start = k.slot_start`, proxies, starts)
+	proxies, starts := splitSlotKeys(slots)
+	rows, err := tx.Query(ctx, slotEdges, proxies, starts)
 	if err != nil {
 		return nil, err
 	}
+	return out, scanSlotEdges(rows, out)
+}
+
+// slotEdges selects the stored edges of slots ($1 proxies, $2 slot starts).
+const slotEdges = `
+SELECT s.proxy_id, s.slot_start, s.edges
+  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, slot_start)
+  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id AND s.slot_start = k.slot_start`
+
+func scanSlotEdges(rows pgx.Rows, out map[slotKey][]edge) error {
 	var k slotKey
 	var b []byte
-	_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.Start, &b}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.Start, &b}, func() error {
 		es, err := decodeEdges(b)
 		k.Start = k.Start.UTC()
 		out[k] = es
 		return err
 	})
-	return out, err
+	return err
+}
+
+func splitSlotKeys(slots []slotKey) ([]string, []time.Time) {
+	proxies, starts := make([]string, len(slots)), make([]time.Time, len(slots))
+	for i, k := range slots {
+		proxies[i], starts[i] = k.ProxyID, k.Start
+	}
+	return proxies, starts
 }
 
 // readIntervalEdges adds to slots the edges of the stored intervals within
