@@ -2,6 +2,7 @@ package database
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,7 +14,9 @@ import (
 //
 //   - Writes of several statements: pgx.BeginFunc, which rolls back (or
 //     closes the connection) on error.
-//   - Reads that need one snapshot across round trips: ReadOnly.
+//   - Reads that need one snapshot across round trips: ReadOnly, or
+//     ReadPipelined when they go in batches (a round trip per batch, the
+//     BEGIN in the first, the end of the transaction not waited for).
 //   - Work that must cost one round trip queues BEGIN, its statements and
 //     COMMIT in a pipeline on a connection taken from the pool, and gives
 //     it back with Release: reads through ReadSnapshot, the ingest
@@ -86,9 +89,74 @@ func ReadSnapshot(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch
 	return snapshotOn(ctx, conn, queue, read)
 }
 
+// beginSnapshot starts the read-only repeatable-read transaction of
+// ReadSnapshot and ReadPipelined.
+const beginSnapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+// Pipe is a read-only repeatable-read transaction on one connection whose
+// statements are sent in batches, each one round trip: the first batch
+// carries the BEGIN (ReadPipelined).
+type Pipe struct {
+	conn  *pgx.Conn
+	begun bool
+}
+
+// Batch sends the statements queue adds in one round trip, and read
+// consumes their results in order.
+func (p *Pipe) Batch(ctx context.Context, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
+	b := &pgx.Batch{}
+	begin := !p.begun
+	if begin {
+		b.Queue(beginSnapshot)
+	}
+	queue(b)
+	br := p.conn.SendBatch(ctx, b)
+	if begin {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+		p.begun = true
+	}
+	if err := read(br); err != nil {
+		_ = br.Close()
+		return err
+	}
+	return br.Close()
+}
+
+// Query runs one statement in the transaction, which a Batch has begun.
+func (p *Pipe) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if !p.begun {
+		return nil, errors.New("database: Pipe.Query before the first Batch")
+	}
+	return p.conn.Query(ctx, sql, args...)
+}
+
+// ReadPipelined runs fn on a Pipe: a read of one snapshot that costs a
+// round trip per Batch and no more. The transaction wrote nothing, so it
+// is ended (by Release) after fn returns without the caller waiting for
+// it. It is routed as ReadOnly is: fn may run twice, and must build its
+// results afresh each time.
+func ReadPipelined(ctx context.Context, pool *pgxpool.Pool, fn func(*Pipe) error) error {
+	if r := routeFrom(ctx); r != nil {
+		if fallback, err := r.onStandby(ctx, func(c *pgxpool.Conn) error {
+			return fn(&Pipe{conn: c.Conn()})
+		}); !fallback {
+			return err
+		}
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { go Release(conn) }()
+	return fn(&Pipe{conn: conn.Conn()})
+}
+
 func snapshotOn(ctx context.Context, conn *pgxpool.Conn, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
 	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+	b.Queue(beginSnapshot)
 	queue(b)
 	b.Queue("COMMIT")
 	br := conn.SendBatch(ctx, b)

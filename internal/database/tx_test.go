@@ -61,6 +61,98 @@ func TestReadSnapshotFailureLeavesNoTransaction(t *testing.T) {
 	}
 }
 
+// ReadPipelined reads one read-only snapshot across its batches and
+// queries (a row committed between them is not seen), and its connection
+// goes back to the pool outside any transaction, still open, after a
+// success and after a failure alike.
+func TestReadPipelinedOneSnapshot(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDB(t, database.Postgres)
+	pool, err := database.Connect(ctx, url, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	writer, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = writer.Close(ctx) })
+	if _, err := writer.Exec(ctx, `CREATE TABLE seen (x int); INSERT INTO seen VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	count := func(row pgx.Row) int {
+		var n int
+		if err := row.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	var pid int
+	err = database.ReadPipelined(ctx, pool, func(p *database.Pipe) error {
+		if _, err := p.Query(ctx, `SELECT 1`); err == nil {
+			t.Error("a query before the first batch ran outside the transaction")
+		}
+		if err := p.Batch(ctx, func(b *pgx.Batch) {
+			b.Queue(`SELECT pg_backend_pid()`)
+			b.Queue(`SELECT count(*) FROM seen`)
+		}, func(br pgx.BatchResults) error {
+			if err := br.QueryRow().Scan(&pid); err != nil {
+				return err
+			}
+			if n := count(br.QueryRow()); n != 1 {
+				t.Errorf("first batch saw %d rows, want 1", n)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if _, err := writer.Exec(ctx, `INSERT INTO seen VALUES (2)`); err != nil {
+			return err
+		}
+		if err := p.Batch(ctx, func(b *pgx.Batch) {
+			b.Queue(`SELECT count(*) FROM seen`)
+		}, func(br pgx.BatchResults) error {
+			if n := count(br.QueryRow()); n != 1 {
+				t.Errorf("second batch saw %d rows, want the first batch's snapshot (1)", n)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		rows, err := p.Query(ctx, `SELECT count(*) FROM seen`)
+		if err != nil {
+			return err
+		}
+		if n, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[int]); err != nil || n != 1 {
+			t.Errorf("query saw %d rows (%v), want 1", n, err)
+		}
+		// Read-only: a write fails.
+		return p.Batch(ctx, func(b *pgx.Batch) { b.Queue(`INSERT INTO seen VALUES (3)`) }, func(br pgx.BatchResults) error {
+			_, err := br.Exec()
+			return err
+		})
+	})
+	if !database.HasCode(err, "25006") { // read_only_sql_transaction
+		t.Fatalf("write in the pipelined read: %v, want read_only_sql_transaction", err)
+	}
+	// The connection comes back (released in the background) idle and open.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if database.InTransaction(conn.Conn()) {
+		t.Fatal("connection returned inside a transaction")
+	}
+	if again := count(conn.QueryRow(ctx, `SELECT pg_backend_pid()`)); again != pid {
+		t.Fatalf("session %d was closed (now %d): the transaction should be rolled back, not the connection lost", pid, again)
+	}
+	if n := count(conn.QueryRow(ctx, `SELECT count(*) FROM seen`)); n != 2 {
+		t.Fatalf("%d rows after the read, want 2 (the write inside it must not land)", n)
+	}
+}
+
 // Release rolls back whatever a caller left open, committed or not.
 func TestReleaseRollsBack(t *testing.T) {
 	ctx := context.Background()

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"proxyusage/internal/database"
 )
 
 // ConnKey identifies one connection id on one proxy.
@@ -122,7 +124,7 @@ func storedIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey) (map[ConnKe
 // with their connection ids. It reads each proxy's intervals once, over the
 // span from its first to its last requested day: a scan per day would read
 // every interval ending after that day, again for each later day.
-func overlapping(ctx context.Context, tx pgx.Tx, days []DayKey) (map[DayKey][]keyedInterval, error) {
+func overlapping(ctx context.Context, p *database.Pipe, days []DayKey) (map[DayKey][]keyedInterval, error) {
 	out := make(map[DayKey][]keyedInterval, len(days))
 	if len(days) == 0 {
 		return out, nil
@@ -143,7 +145,7 @@ func overlapping(ctx context.Context, tx pgx.Tx, days []DayKey) (map[DayKey][]ke
 	for p, s := range spans {
 		proxies, los, his = append(proxies, p), append(los, s.lo), append(his, s.hi.AddDate(0, 0, 1))
 	}
-	rows, err := tx.Query(ctx, `
+	rows, err := p.Query(ctx, `
 		SELECT c.proxy_id, c.connection_id, c.start_time, c.end_time
 		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
 		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time > k.lo AND c.start_time < k.hi`, proxies, los, his)

@@ -5,15 +5,19 @@ import (
 	"time"
 )
 
-// FastTotals and SlowTotals expose the reader's two paths to tests.
+// FastTotals says whether a read took stored peaks as they are (ok) or
+// recomputed those of days with connections waiting to be re-paired.
 func (r *Reader) FastTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, bool, error) {
-	out := map[Key]*Totals{}
-	ok, err := r.fastTotals(ctx, proxies, Day(from), Day(to), by, out)
-	return out, ok, err
+	out, repaired, err := r.totals(ctx, proxies, Day(from), Day(to), by, false)
+	return out, !repaired, err
 }
 
+// SlowTotals reads as Totals does, but computes every day's peak from the
+// stored intervals (with the pending connections re-paired), ignoring the
+// stored peaks and the peak state.
 func (r *Reader) SlowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
-	return r.slowTotals(ctx, proxies, Day(from), Day(to), by)
+	out, _, err := r.totals(ctx, proxies, Day(from), Day(to), by, true)
+	return out, err
 }
 
 // AggregateColumns and RollupColumns expose the daily aggregate's Go-side

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"proxyusage/internal/database"
 )
 
 // slotWidth is the span of a usage_peak_slots row (sql/0013_peak_slots.sql,
@@ -350,7 +352,7 @@ func writeDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey) error {
 // reads go in one round trip. Days without state yet, or with a changed
 // slot that does not match the intervals, are returned in missing, for the
 // caller to compute from their intervals.
-func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
+func pendingDayPeaks(ctx context.Context, p *database.Pipe, days []DayKey, old, fresh map[ConnKey][]Interval) (peaks map[DayKey]int, missing []DayKey, err error) {
 	peaks = make(map[DayKey]int, len(days))
 	if len(days) == 0 {
 		return peaks, nil, nil
@@ -383,23 +385,23 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh m
 	states := map[DayKey]*state{}
 	stored := make(map[slotKey][]edge, len(dirty))
 	proxies, dates := splitDayKeys(days)
-	b := &pgx.Batch{}
-	b.Queue(`
+	err = p.Batch(ctx, func(b *pgx.Batch) {
+		b.Queue(`
 		SELECT d.proxy_id, d.day, d.open_before, d.open_at, h.hour_start, h.net, h.top
 		  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
 		  JOIN usage_peak_days d ON d.proxy_id = k.proxy_id AND d.day = k.day
 		  LEFT JOIN usage_peak_hours h ON h.proxy_id = k.proxy_id
 		   AND h.hour_start >= k.day::timestamp AT TIME ZONE 'UTC' AND h.hour_start < (k.day + 1)::timestamp AT TIME ZONE 'UTC'`, proxies, dates)
-	if len(dirty) > 0 {
-		b.Queue(`
+		if len(dirty) > 0 {
+			b.Queue(`
 			SELECT k.proxy_id, k.hour_start, s.slot_start, s.net, s.top
 			  FROM unnest($1::text[], $2::timestamptz[]) AS k(proxy_id, hour_start)
 			  JOIN usage_peak_slots s ON s.proxy_id = k.proxy_id
 			   AND s.slot_start >= k.hour_start AND s.slot_start < k.hour_start + interval '1 hour'`, hProxies, hStarts)
-		sProxies, sStarts := splitSlotKeys(dirty)
-		b.Queue(slotEdges, sProxies, sStarts)
-	}
-	err = sendBatch(ctx, tx, b, func(br pgx.BatchResults) error {
+			sProxies, sStarts := splitSlotKeys(dirty)
+			b.Queue(slotEdges, sProxies, sStarts)
+		}
+	}, func(br pgx.BatchResults) error {
 		rows, err := br.Query()
 		if err != nil {
 			return err
@@ -507,17 +509,6 @@ func pendingDayPeaks(ctx context.Context, tx pgx.Tx, days []DayKey, old, fresh m
 		peaks[d] = int(peak)
 	}
 	return peaks, missing, nil
-}
-
-// sendBatch sends b in tx in one round trip and lets read consume its
-// results in order.
-func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch, read func(pgx.BatchResults) error) error {
-	br := tx.SendBatch(ctx, b)
-	if err := read(br); err != nil {
-		_ = br.Close()
-		return err
-	}
-	return br.Close()
 }
 
 // inOrder returns the summaries of parts by their start time.

@@ -63,21 +63,8 @@ func NewReader(ctx context.Context, pool *pgxpool.Pool, backend database.Backend
 // Totals aggregates the events of proxies on the UTC days from..to
 // (inclusive), grouped by by.
 func (r *Reader) Totals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
-	out := map[Key]*Totals{}
-	if len(proxies) == 0 {
-		return out, nil
-	}
-	from, to = Day(from), Day(to)
-	// Unless a connection of the proxies waits to be re-paired: one round
-	// trip.
-	ok, err := r.fastTotals(ctx, proxies, from, to, by, out)
-	if err != nil {
-		return nil, fmt.Errorf("rollup: read totals: %w", err)
-	}
-	if ok {
-		return out, nil
-	}
-	return r.slowTotals(ctx, proxies, from, to, by)
+	out, _, err := r.totals(ctx, proxies, Day(from), Day(to), by, false)
+	return out, err
 }
 
 // DailyBytes returns the bytes sent plus received of proxies per UTC day
@@ -111,26 +98,31 @@ func (r *Reader) DailyBytes(ctx context.Context, proxies []string, from, to time
 	return out, nil
 }
 
-// slowTotals answers any request in one snapshot and at most four round
-// trips (BEGIN; the sums, histograms, stored peaks and the pending
-// connections' intervals and events; their days' peak state; COMMIT), and
-// one more when a day has no peak state yet: the peaks of days whose
-// connections are being re-paired are recomputed.
-func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time.Time, by Group) (map[Key]*Totals, error) {
-	out := map[Key]*Totals{}
+// totals answers a request in one snapshot: the daily rollups plus the
+// pending deltas, the stored peaks, and what the request's connections
+// waiting to be re-paired hold (stored intervals and events) in one round
+// trip; when there are such connections (repaired), the peaks of the days
+// they touch are recomputed, in one more round trip (two when a day has
+// no peak state yet). With fromIntervals (tests), every day's peak is
+// computed from the stored intervals instead, as for a day without state.
+func (r *Reader) totals(ctx context.Context, proxies []string, from, to time.Time, by Group, fromIntervals bool) (out map[Key]*Totals, repaired bool, err error) {
+	out = map[Key]*Totals{}
+	if len(proxies) == 0 {
+		return out, false, nil
+	}
 	args := []any{proxies, from, to, from, to.AddDate(0, 0, 1)}
-	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
-		clear(out) // a run on a standby may have failed part way (database.ReadOnly)
+	err = database.ReadPipelined(ctx, r.pool, func(p *database.Pipe) error {
+		clear(out) // a run on a standby may have failed part way (database.ReadPipelined)
 		perDay := map[DayKey]int{}
 		var stored, fresh map[ConnKey][]Interval
-		b := &pgx.Batch{}
-		b.Queue(rollupSums, args...)
-		b.Queue(pendingSums, args...)
-		b.Queue(fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), args...)
-		b.Queue(pendingHistograms, args...)
-		b.Queue(storedPeaks, args[:3]...)
-		b.Queue(pendingIntervals, proxies)
-		err := sendBatch(ctx, tx, b, func(br pgx.BatchResults) error {
+		err := p.Batch(ctx, func(b *pgx.Batch) {
+			b.Queue(rollupSums, args...)
+			b.Queue(pendingSums, args...)
+			b.Queue(fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), args...)
+			b.Queue(pendingHistograms, args...)
+			b.Queue(storedPeaks, args[:3]...)
+			b.Queue(pendingIntervals, proxies)
+		}, func(br pgx.BatchResults) error {
 			for _, scan := range []func(pgx.Rows, Group, map[Key]*Totals) error{scanDailyRows, scanDailyRows, scanFastHistograms, scanPendingHistograms} {
 				rows, err := br.Query()
 				if err != nil {
@@ -161,22 +153,34 @@ func (r *Reader) slowTotals(ctx context.Context, proxies []string, from, to time
 		if err != nil {
 			return err
 		}
-		if err := r.repairedPeaks(ctx, tx, from, to, stored, fresh, perDay); err != nil {
-			return err
+		repaired = len(stored) > 0 || len(fresh) > 0
+		var all []DayKey
+		if fromIntervals {
+			clear(perDay)
+			for _, id := range proxies {
+				for d := from; !d.After(to); d = d.AddDate(0, 0, 1) {
+					all = append(all, DayKey{id, d})
+				}
+			}
 		}
-		for d, p := range perDay {
-			if p == 0 {
+		if repaired || fromIntervals {
+			if err := r.repairedPeaks(ctx, p, from, to, stored, fresh, all, perDay); err != nil {
+				return err
+			}
+		}
+		for d, peak := range perDay {
+			if peak == 0 {
 				continue
 			}
 			t := groupKey(by, d.ProxyID, d.Day).totals(out)
-			t.Peak = max(t.Peak, p)
+			t.Peak = max(t.Peak, peak)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("rollup: read totals: %w", err)
+		return nil, false, fmt.Errorf("rollup: read totals: %w", err)
 	}
-	return out, nil
+	return out, repaired, nil
 }
 
 func groupKey(by Group, proxyID string, day time.Time) Key {
@@ -303,11 +307,9 @@ SELECT u.proxy_id, u.day, u.event_count, u.connection_count, u.success_count, u.
 SELECT %s, histogram
   FROM usage_latency_daily_packed
  WHERE proxy_id = ANY($1) AND bucket >= $4 AND bucket < $5 AND $2::date <= $3::date`
-	// Stored peaks are final unless a connection of the proxies waits to
-	// be re-paired: then the first query says so and the read takes the
-	// path that recomputes them.
-	connectionsClean = `SELECT NOT EXISTS (SELECT 1 FROM usage_connection_invalidations l WHERE ` + pendingRows + ` AND l.proxy_ids && $1)`
-	storedPeaks      = `
+	// storedPeaks are final unless a connection of the proxies waits to
+	// be re-paired (pendingIntervals).
+	storedPeaks = `
 SELECT proxy_id, day, peak FROM usage_daily_peak
  WHERE proxy_id = ANY($1) AND day BETWEEN $2 AND $3 AND peak > 0`
 	// dailyBytes is DailyBytes' statement.
@@ -333,65 +335,12 @@ SELECT h.proxy_id, h.day, h.latency_bucket, h.samples
        usage_rollup_delta_histograms_for(l.proxy_ids, l.days, l.latency_entries, l.latency_buckets, l.latency_samples, $1, $2, $3) h
  WHERE ` + pendingRows + ` AND $4::timestamptz < $5::timestamptz`
 
-// fastTotals answers in one round trip (BEGIN, the queries and COMMIT
-// pipelined) when no connection of the proxies waits to be re-paired. ok
-// is false otherwise: the caller takes the full path.
-func (r *Reader) fastTotals(ctx context.Context, proxies []string, from, to time.Time, by Group, out map[Key]*Totals) (ok bool, err error) {
-	args := []any{proxies, from, to, from, to.AddDate(0, 0, 1)}
-	return r.snapshot(ctx, connectionsClean, args[:1], func(b *pgx.Batch) {
-		b.Queue(rollupSums, args...)
-		b.Queue(pendingSums, args...)
-		b.Queue(fmt.Sprintf(rollupHistograms, histogramKeyColumns(by)), args...)
-		b.Queue(pendingHistograms, args...)
-		b.Queue(storedPeaks, args[:3]...)
-	}, func(br pgx.BatchResults) error {
-		clear(out) // a run on a standby may have failed part way (database.ReadSnapshot)
-		for _, scan := range []func(pgx.Rows, Group, map[Key]*Totals) error{scanDailyRows, scanDailyRows, scanFastHistograms, scanPendingHistograms} {
-			rows, err := br.Query()
-			if err != nil {
-				return err
-			}
-			if err := scan(rows, by, out); err != nil {
-				return err
-			}
-		}
-		rows, err := br.Query()
-		if err != nil {
-			return err
-		}
-		var dk DayKey
-		var peak int
-		_, err = pgx.ForEachRow(rows, []any{&dk.ProxyID, &dk.Day, &peak}, func() error {
-			t := groupKey(by, dk.ProxyID, dk.Day.UTC()).totals(out)
-			t.Peak = max(t.Peak, peak)
-			return nil
-		})
-		return err
-	})
-}
-
-// snapshot runs, in one round trip, a read-only repeatable-read
-// transaction (database.ReadSnapshot): the clean check (a query returning
-// one boolean) and the reads queue adds. read consumes the reads' results
-// in order; clean says whether they can be trusted.
-func (r *Reader) snapshot(ctx context.Context, check string, checkArgs []any, queue func(*pgx.Batch), read func(pgx.BatchResults) error) (clean bool, err error) {
-	err = database.ReadSnapshot(ctx, r.pool, func(b *pgx.Batch) {
-		b.Queue(check, checkArgs...)
-		queue(b)
-	}, func(br pgx.BatchResults) error {
-		if err := br.QueryRow().Scan(&clean); err != nil {
-			return err
-		}
-		return read(br)
-	})
-	return clean, err
-}
-
 // repairedPeaks replaces, in perDay (the stored peaks), the peaks of the
 // days from..to that the pending connections' intervals touch, as they
 // will be once stored is replaced by fresh: from the days' peak state, or
-// from their stored intervals where a day has none.
-func (r *Reader) repairedPeaks(ctx context.Context, tx pgx.Tx, from, to time.Time, stored, fresh map[ConnKey][]Interval, perDay map[DayKey]int) error {
+// from their stored intervals where a day has none. Days in fromIntervals
+// are computed from their stored intervals whatever their state.
+func (r *Reader) repairedPeaks(ctx context.Context, p *database.Pipe, from, to time.Time, stored, fresh map[ConnKey][]Interval, fromIntervals []DayKey, perDay map[DayKey]int) error {
 	recompute := map[DayKey]bool{}
 	// Fresh intervals of pending connections, filed under each requested
 	// day they cover: the work is the intervals' days within the range,
@@ -419,21 +368,25 @@ func (r *Reader) repairedPeaks(ctx context.Context, tx pgx.Tx, from, to time.Tim
 			return err
 		}
 	}
-	if len(recompute) == 0 {
+	missing := fromIntervals
+	if len(fromIntervals) == 0 && len(recompute) > 0 {
+		days := make([]DayKey, 0, len(recompute))
+		for d := range recompute {
+			days = append(days, d)
+		}
+		// Days with stored peak state re-read only the slots of the
+		// pending connections' edges; the others all their intervals.
+		fromSlots, without, err := pendingDayPeaks(ctx, p, days, stored, fresh)
+		if err != nil {
+			return err
+		}
+		maps.Copy(perDay, fromSlots)
+		missing = without
+	}
+	if len(missing) == 0 {
 		return nil
 	}
-	days := make([]DayKey, 0, len(recompute))
-	for d := range recompute {
-		days = append(days, d)
-	}
-	// Days with stored peak state re-read only the slots of the pending
-	// connections' edges; the others all their intervals.
-	fromSlots, missing, err := pendingDayPeaks(ctx, tx, days, stored, fresh)
-	if err != nil {
-		return err
-	}
-	maps.Copy(perDay, fromSlots)
-	open, err := overlapping(ctx, tx, missing)
+	open, err := overlapping(ctx, p, missing)
 	if err != nil {
 		return err
 	}
