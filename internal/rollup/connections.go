@@ -21,35 +21,27 @@ type DayKey struct {
 	Day     time.Time // UTC midnight
 }
 
-// freshIntervals pairs the start/end events of each key
-// (usage_connection_events: one index probe a key on both backends).
-func freshIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.Duration) (map[ConnKey][]Interval, error) {
-	out := make(map[ConnKey][]Interval, len(keys))
+// repairIntervals returns, in one statement, the intervals
+// usage_connections holds for keys (old) and those their start and end
+// events pair into (fresh; usage_connection_events, one index probe a key
+// on both backends).
+func repairIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.Duration) (old, fresh map[ConnKey][]Interval, err error) {
 	if len(keys) == 0 {
-		return out, nil
+		return map[ConnKey][]Interval{}, map[ConnKey][]Interval{}, nil
 	}
 	proxies, conns := splitConnKeys(keys)
 	rows, err := tx.Query(ctx, `
-		SELECT e.proxy_id, e.connection_id, e.time, e.is_start
+		SELECT c.proxy_id, c.connection_id, false, c.start_time, c.end_time, c.paired
+		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id
+		UNION ALL
+		SELECT e.proxy_id, e.connection_id, true, e.time, e.time, e.is_start
 		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
 		  JOIN usage_connection_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id`, proxies, conns)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	events := make(map[ConnKey][]ConnEvent, len(keys))
-	var k ConnKey
-	var ev ConnEvent
-	_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &ev.Time, &ev.Start}, func() error {
-		events[k] = append(events[k], ev)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, key := range keys {
-		out[key] = Pair(events[key], maxAge)
-	}
-	return out, nil
+	return scanPendingIntervals(rows, maxAge)
 }
 
 // pendingIntervals selects, in one statement, what a read needs of the
@@ -95,29 +87,6 @@ func scanPendingIntervals(rows pgx.Rows, maxAge time.Duration) (stored, fresh ma
 		fresh[k] = Pair(evs, maxAge)
 	}
 	return stored, fresh, nil
-}
-
-// storedIntervals returns the intervals usage_connections holds for keys.
-func storedIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey) (map[ConnKey][]Interval, error) {
-	out := make(map[ConnKey][]Interval, len(keys))
-	if len(keys) == 0 {
-		return out, nil
-	}
-	proxies, conns := splitConnKeys(keys)
-	rows, err := tx.Query(ctx, `
-		SELECT c.proxy_id, c.connection_id, c.start_time, c.end_time, c.paired
-		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
-		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`, proxies, conns)
-	if err != nil {
-		return nil, err
-	}
-	var k ConnKey
-	var iv Interval
-	_, err = pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &iv.Start, &iv.End, &iv.Paired}, func() error {
-		out[k] = append(out[k], iv)
-		return nil
-	})
-	return out, err
 }
 
 // overlapping returns, for each proxy-day, the stored intervals open on it

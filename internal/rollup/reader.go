@@ -408,62 +408,49 @@ func (r *Reader) repairedPeaks(ctx context.Context, p *database.Pipe, from, to t
 	return nil
 }
 
-func pendingConnections(ctx context.Context, tx pgx.Tx, proxies []string) ([]ConnKey, error) {
-	rows, err := tx.Query(ctx, `
-		SELECT DISTINCT u.proxy_id, u.connection_id
-		  FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)
-		 WHERE `+pendingRows+` AND u.proxy_id = ANY($1)`, proxies)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ConnKey, error) {
-		var k ConnKey
-		err := row.Scan(&k.ProxyID, &k.ConnectionID)
-		return k, err
-	})
-}
-
 // OpenConnections counts the proxy's connections open at now: starts with
 // no paired end whose start + MAX_CONNECTION_AGE is still in the future.
+// One round trip: the stored unpaired intervals, and the pending
+// connections' stored intervals and events (theirs replace the stored).
 func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.Time) (int, error) {
 	var n int
-	err := database.ReadOnly(ctx, r.pool, func(tx pgx.Tx) error {
-		n = 0 // a run on a standby may have failed part way (database.ReadOnly)
-		pending, err := pendingConnections(ctx, tx, []string{proxyID})
-		if err != nil {
-			return err
-		}
-		isPending := make(map[string]bool, len(pending))
-		for _, k := range pending {
-			isPending[k.ConnectionID] = true
-		}
-		rows, err := tx.Query(ctx, `
-			SELECT connection_id FROM usage_connections
-			 WHERE proxy_id = $1 AND NOT paired AND end_time > $2`, proxyID, now)
-		if err != nil {
-			return err
-		}
-		var cid string
-		if _, err := pgx.ForEachRow(rows, []any{&cid}, func() error {
-			if !isPending[cid] {
-				n++
+	err := database.ReadPipelined(ctx, r.pool, func(p *database.Pipe) error {
+		n = 0 // a run on a standby may have failed part way (database.ReadPipelined)
+		return p.Batch(ctx, func(b *pgx.Batch) {
+			b.Queue(pendingIntervals, []string{proxyID})
+			b.Queue(`
+				SELECT connection_id FROM usage_connections
+				 WHERE proxy_id = $1 AND NOT paired AND end_time > $2`, proxyID, now)
+		}, func(br pgx.BatchResults) error {
+			rows, err := br.Query()
+			if err != nil {
+				return err
 			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		fresh, err := freshIntervals(ctx, tx, pending, r.maxAge)
-		if err != nil {
-			return err
-		}
-		for _, ivs := range fresh {
-			for _, iv := range ivs {
-				if !iv.Paired && iv.End.After(now) {
+			stored, fresh, err := scanPendingIntervals(rows, r.maxAge)
+			if err != nil {
+				return err
+			}
+			if rows, err = br.Query(); err != nil {
+				return err
+			}
+			var cid string
+			if _, err := pgx.ForEachRow(rows, []any{&cid}, func() error {
+				if _, pending := stored[ConnKey{proxyID, cid}]; !pending {
 					n++
 				}
+				return nil
+			}); err != nil {
+				return err
 			}
-		}
-		return nil
+			for _, ivs := range fresh {
+				for _, iv := range ivs {
+					if !iv.Paired && iv.End.After(now) {
+						n++
+					}
+				}
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("rollup: open connections: %w", err)

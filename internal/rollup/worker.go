@@ -440,10 +440,7 @@ func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey) (old, f
 	if len(conns) == 0 {
 		return nil, nil, nil
 	}
-	if old, err = storedIntervals(ctx, tx, conns); err != nil {
-		return nil, nil, err
-	}
-	if fresh, err = freshIntervals(ctx, tx, conns, w.cfg.MaxConnectionAge); err != nil {
+	if old, fresh, err = repairIntervals(ctx, tx, conns, w.cfg.MaxConnectionAge); err != nil {
 		return nil, nil, err
 	}
 	proxies, ids := splitConnKeys(conns)
