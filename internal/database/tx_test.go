@@ -23,6 +23,30 @@ func onePool(t *testing.T) *pgxpool.Pool {
 	return pool
 }
 
+// sameSession takes pool's one connection and checks that it came back
+// outside any transaction and still open: session pid, rolled back rather
+// than closed. The connection is released when the test ends.
+func sameSession(t *testing.T, pool *pgxpool.Pool, pid int) *pgxpool.Conn {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Release)
+	if database.InTransaction(conn.Conn()) {
+		t.Fatal("connection returned inside a transaction")
+	}
+	var again int
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&again); err != nil {
+		t.Fatal(err)
+	}
+	if again != pid {
+		t.Fatalf("session %d was closed (now %d): a read's transaction should be rolled back, not its connection lost", pid, again)
+	}
+	return conn
+}
+
 // A pipelined snapshot that fails between its BEGIN and COMMIT hands its
 // connection back outside any transaction: rolled back and reused, not
 // left for the pool to find (the pool has one connection, so the next
@@ -44,21 +68,7 @@ func TestReadSnapshotFailureLeavesNoTransaction(t *testing.T) {
 	if err == nil {
 		t.Fatal("division by zero succeeded")
 	}
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	if database.InTransaction(conn.Conn()) {
-		t.Fatal("connection returned inside a transaction")
-	}
-	var again int
-	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&again); err != nil {
-		t.Fatal(err)
-	}
-	if again != pid {
-		t.Fatalf("session %d was closed (now %d): a failed snapshot should roll back, not lose its connection", pid, again)
-	}
+	sameSession(t, pool, pid)
 }
 
 // ReadPipelined reads one read-only snapshot across its batches and
@@ -137,17 +147,7 @@ func TestReadPipelinedOneSnapshot(t *testing.T) {
 		t.Fatalf("write in the pipelined read: %v, want read_only_sql_transaction", err)
 	}
 	// The connection comes back (released in the background) idle and open.
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	if database.InTransaction(conn.Conn()) {
-		t.Fatal("connection returned inside a transaction")
-	}
-	if again := count(conn.QueryRow(ctx, `SELECT pg_backend_pid()`)); again != pid {
-		t.Fatalf("session %d was closed (now %d): the transaction should be rolled back, not the connection lost", pid, again)
-	}
+	conn := sameSession(t, pool, pid)
 	if n := count(conn.QueryRow(ctx, `SELECT count(*) FROM seen`)); n != 2 {
 		t.Fatalf("%d rows after the read, want 2 (the write inside it must not land)", n)
 	}

@@ -21,52 +21,50 @@ type DayKey struct {
 	Day     time.Time // UTC midnight
 }
 
+// intervalsAndEvents selects, for the connections a preceding CTE
+// keys(proxy_id, connection_id) names, their stored intervals
+// (usage_connections, is_event false) and their start and end events
+// (usage_connection_events, is_event true, the instant in both time
+// columns and is_start in the last): one index probe a key and table on
+// both backends. scanIntervals reads its rows.
+const intervalsAndEvents = `
+SELECT k.proxy_id, k.connection_id, false, c.start_time, c.end_time, c.paired
+  FROM keys k JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id
+UNION ALL
+SELECT k.proxy_id, k.connection_id, true, e.time, e.time, e.is_start
+  FROM keys k JOIN usage_connection_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id`
+
 // repairIntervals returns, in one statement, the intervals
-// usage_connections holds for keys (old) and those their start and end
-// events pair into (fresh; usage_connection_events, one index probe a key
-// on both backends).
+// usage_connections holds for keys (old) and those their events pair
+// into (fresh).
 func repairIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.Duration) (old, fresh map[ConnKey][]Interval, err error) {
 	if len(keys) == 0 {
 		return map[ConnKey][]Interval{}, map[ConnKey][]Interval{}, nil
 	}
 	proxies, conns := splitConnKeys(keys)
 	rows, err := tx.Query(ctx, `
-		SELECT c.proxy_id, c.connection_id, false, c.start_time, c.end_time, c.paired
-		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
-		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id
-		UNION ALL
-		SELECT e.proxy_id, e.connection_id, true, e.time, e.time, e.is_start
-		  FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
-		  JOIN usage_connection_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id`, proxies, conns)
+		WITH keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id))`+intervalsAndEvents, proxies, conns)
 	if err != nil {
 		return nil, nil, err
 	}
-	return scanPendingIntervals(rows, maxAge)
+	return scanIntervals(rows, maxAge)
 }
 
-// pendingIntervals selects, in one statement, what a read needs of the
-// connections of proxies $1 that wait to be re-paired: their stored
-// intervals (usage_connections, is_event false) and their start and end
-// events (usage_connection_events, is_event true, the instant in both time
-// columns and is_start in the last). The pending keys are found once, by
-// the log rows of the proxies' owners (pendingRows).
+// pendingIntervals is intervalsAndEvents for the connections of proxies
+// $1 that wait to be re-paired: what a read needs of them. The pending
+// keys are found once, by the log rows of the proxies' owners
+// (pendingRows).
 const pendingIntervals = `
-WITH pending AS MATERIALIZED (
+WITH keys AS MATERIALIZED (
   SELECT DISTINCT u.proxy_id, u.connection_id
     FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)
    WHERE ` + pendingRows + ` AND u.proxy_id = ANY($1)
-)
-SELECT p.proxy_id, p.connection_id, false, c.start_time, c.end_time, c.paired
-  FROM pending p JOIN usage_connections c ON c.proxy_id = p.proxy_id AND c.connection_id = p.connection_id
-UNION ALL
-SELECT p.proxy_id, p.connection_id, true, e.time, e.time, e.is_start
-  FROM pending p JOIN usage_connection_events e ON e.proxy_id = p.proxy_id AND e.connection_id = p.connection_id`
+)` + intervalsAndEvents
 
-// scanPendingIntervals reads pendingIntervals' rows: the stored intervals
-// of the pending connections and their intervals once re-paired (Pair of
-// their events). A pending key without rows has neither, and changes
-// nothing.
-func scanPendingIntervals(rows pgx.Rows, maxAge time.Duration) (stored, fresh map[ConnKey][]Interval, err error) {
+// scanIntervals reads intervalsAndEvents' rows: the connections' stored
+// intervals and their intervals once re-paired (Pair of their events). A
+// key without rows has neither, and changes nothing.
+func scanIntervals(rows pgx.Rows, maxAge time.Duration) (stored, fresh map[ConnKey][]Interval, err error) {
 	stored = map[ConnKey][]Interval{}
 	events := map[ConnKey][]ConnEvent{}
 	var k ConnKey

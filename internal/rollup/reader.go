@@ -147,7 +147,7 @@ func (r *Reader) totals(ctx context.Context, proxies []string, from, to time.Tim
 			if rows, err = br.Query(); err != nil {
 				return err
 			}
-			stored, fresh, err = scanPendingIntervals(rows, r.maxAge)
+			stored, fresh, err = scanIntervals(rows, r.maxAge)
 			return err
 		})
 		if err != nil {
@@ -426,7 +426,7 @@ func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.T
 			if err != nil {
 				return err
 			}
-			stored, fresh, err := scanPendingIntervals(rows, r.maxAge)
+			stored, fresh, err := scanIntervals(rows, r.maxAge)
 			if err != nil {
 				return err
 			}
