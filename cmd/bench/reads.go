@@ -131,7 +131,7 @@ func (b *bench) rollUp(ctx context.Context, pool *pgxpool.Pool) (time.Duration, 
 		if err != nil {
 			return 0, err
 		}
-		progress("pending: %s proxy-days, %s connections  (%.0f s)", count(days), count(conns), time.Since(t0).Seconds())
+		progress("pending: %s proxy-days, %s connection events  (%.0f s)", count(days), count(conns), time.Since(t0).Seconds())
 		if days+conns == 0 {
 			break
 		}

@@ -198,11 +198,10 @@ func (c Config) Validate() error {
 	if c.DatabaseURL == "" && c.DataDir == "" {
 		errs = append(errs, errors.New("DATABASE_URL or DATA_DIR must be set"))
 	}
-	// A late connection event is paired with the raw start and end events
-	// of its connection, up to LATE_DATA_WINDOW old: retention must not
-	// drop raw events that can still be paired.
+	// The raw events are the record a day's rollups are checked and
+	// recomputed against: a day still open to late events keeps them.
 	if c.RawRetention > 0 && c.RawRetention < c.LateDataWindow {
-		errs = append(errs, fmt.Errorf("RAW_RETENTION (%s) must be at least LATE_DATA_WINDOW (%s): late connection events are paired with the raw events of their connection", c.RawRetention, c.LateDataWindow))
+		errs = append(errs, fmt.Errorf("RAW_RETENTION (%s) must be at least LATE_DATA_WINDOW (%s): a day still open to late events keeps its raw events", c.RawRetention, c.LateDataWindow))
 	}
 	// A read waits this long before the primary answers it instead; longer
 	// waits would only hold requests that the primary can serve now.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
@@ -19,6 +20,7 @@ import (
 	"proxyusage/internal/ingest"
 	"proxyusage/internal/ingest/store"
 	"proxyusage/internal/pgtest"
+	"proxyusage/internal/rollup"
 	"proxyusage/internal/telemetry"
 )
 
@@ -681,6 +683,109 @@ func TestPeakSlotEdgesMigrationDropsState(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
+		})
+	}
+}
+
+// Migration 21 moves the connection events into the connection log and
+// keeps unmatched ends in usage_connections: a settled connection's
+// events beyond its intervals become its unmatched ends, a waiting one's
+// (or one holding a start no interval has) become log entries of its
+// owner, a waiting one with nothing new leaves the log; its Down brings
+// back the events from usage_events. The worker then pairs every
+// connection as pairing all of its events does.
+func TestConnectionLogEventsMigrationKeepsEveryEvent(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			url, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 20); err != nil {
+				t.Fatal(err)
+			}
+			exec := func(q string) {
+				t.Helper()
+				if _, err := db.ExecContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Raw events as (proxy, connection, time, start), in both tables.
+			const events = `(VALUES
+				('a', 'c1', '2026-03-01 10:00Z', true), ('a', 'c1', '2026-03-01 11:00Z', false), ('a', 'c1', '2026-03-01 11:00Z', false),
+				('a', 'c2', '2026-03-01 09:00Z', false),
+				('a', 'c3', '2026-03-01 14:00Z', true), ('a', 'c3', '2026-03-01 15:00Z', false),
+				('a', 'c4', '2026-03-01 16:00Z', true),
+				('b', 'c1', '2026-03-01 12:00Z', true), ('b', 'c1', '2026-03-01 13:00Z', false), ('b', 'c1', '2026-03-01 08:00Z', false)
+			) v(p, c, t, s)`
+			exec(`INSERT INTO users (id) VALUES ('u'), ('v');
+				INSERT INTO proxies (id, user_id) VALUES ('a', 'u'), ('b', 'v');
+				INSERT INTO usage_events (time, proxy_id, event_type, connection_id)
+				SELECT v.t::timestamptz, v.p, CASE WHEN v.s THEN 'connection_start' ELSE 'connection_end' END, v.c FROM ` + events + `;
+				INSERT INTO usage_connection_events SELECT v.p, v.c, v.t::timestamptz, v.s FROM ` + events + `;
+				-- a/c1, a/c3 settled (c1's second end unmatched), b/c1 paired
+				-- before its end arrived and waiting, as is a/c3.
+				INSERT INTO usage_connections VALUES
+				  ('a', 'c1', '2026-03-01 10:00Z', '2026-03-01 11:00Z', true), ('a', 'c3', '2026-03-01 14:00Z', '2026-03-01 15:00Z', true),
+				  ('b', 'c1', '2026-03-01 12:00Z', '2026-03-01 18:00Z', false);
+				INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids, logged_at) VALUES
+				  ('v', '{b}', '{c1}', '2026-03-01 20:00Z'), ('u', '{a}', '{c3}', '2026-03-01 20:05Z')`)
+			const stored = `SELECT proxy_id, connection_id, start_time, end_time, paired FROM usage_connections`
+			const logged = `SELECT l.user_id, u.p, u.c, u.t, u.s, l.logged_at
+				FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids, l.times, l.is_starts) AS u(p, c, t, s)`
+			rows := func(values string) string {
+				return `SELECT v.p, v.c, v.s::timestamptz, v.e::timestamptz, v.paired FROM (VALUES ` + values + `) v(p, c, s, e, paired)`
+			}
+			wantStored := rows(`('a', 'c1', '2026-03-01 10:00Z', '2026-03-01 11:00Z', true), ('a', 'c1', NULL, '2026-03-01 11:00Z', false),
+				('a', 'c2', NULL, '2026-03-01 09:00Z', false), ('a', 'c3', '2026-03-01 14:00Z', '2026-03-01 15:00Z', true),
+				('b', 'c1', '2026-03-01 12:00Z', '2026-03-01 18:00Z', false)`)
+			const wantLogged = `SELECT v.u, v.p, v.c, v.t::timestamptz, v.s, '2026-03-01 20:00Z'::timestamptz FROM (VALUES
+				('v', 'b', 'c1', '2026-03-01 13:00Z', false), ('v', 'b', 'c1', '2026-03-01 08:00Z', false),
+				('u', 'a', 'c4', '2026-03-01 16:00Z', true)) v(u, p, c, t, s)`
+			upDownUp(t, p, func() {
+				if n := countRows(t, db, `SELECT count(*) FROM usage_connections WHERE start_time IS NULL`); n != 0 {
+					t.Fatalf("after down: %d unmatched ends kept", n)
+				}
+				if n := countRows(t, db, differing(`SELECT proxy_id, connection_id, time, is_start FROM usage_connection_events`,
+					`SELECT v.p, v.c, v.t::timestamptz, v.s FROM `+events)); n != 0 {
+					t.Fatalf("after down: %d connection events differ from the raw events", n)
+				}
+			}, func(step string) {
+				if n := countRows(t, db, differing(stored, wantStored)); n != 0 {
+					t.Errorf("after %s: %d stored rows differ", step, n)
+				}
+				if n := countRows(t, db, differing(logged, wantLogged)); n != 0 {
+					t.Errorf("after %s: %d log entries differ", step, n)
+				}
+				if n := countRows(t, db, `SELECT count(*) FROM information_schema.tables WHERE table_name = 'usage_connection_events'`); n != 0 {
+					t.Errorf("after %s: usage_connection_events kept", step)
+				}
+			})
+
+			pool, err := pgxpool.New(ctx, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			w, err := rollup.NewWorker(rollup.WorkerConfig{Pool: pool, Backend: b, Metrics: telemetry.New(),
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxConnectionAge: 6 * time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				s, err := w.RunOnce(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(s.Days)+len(s.Connections) == 0 {
+					break
+				}
+			}
+			paired := rows(`('a', 'c1', '2026-03-01 10:00Z', '2026-03-01 11:00Z', true), ('a', 'c1', NULL, '2026-03-01 11:00Z', false),
+				('a', 'c2', NULL, '2026-03-01 09:00Z', false), ('a', 'c3', '2026-03-01 14:00Z', '2026-03-01 15:00Z', true),
+				('a', 'c4', '2026-03-01 16:00Z', '2026-03-01 22:00Z', false),
+				('b', 'c1', '2026-03-01 12:00Z', '2026-03-01 13:00Z', true), ('b', 'c1', NULL, '2026-03-01 08:00Z', false)`)
+			if n := countRows(t, db, differing(stored, paired)); n != 0 {
+				t.Errorf("after the worker: %d stored rows differ from pairing every event", n)
+			}
 		})
 	}
 }

@@ -24,6 +24,15 @@ type Interval struct {
 // end at or after it; a start left without an end closes at start + maxAge;
 // ends without a start are ignored.
 func Pair(events []ConnEvent, maxAge time.Duration) []Interval {
+	out, _ := PairEnds(events, maxAge)
+	return out
+}
+
+// PairEnds is Pair that also returns the ends no start paired with. A
+// connection's stored intervals and unmatched ends are all its events
+// (usage_connections, sql/0021_connection_log_events.sql): a late event
+// is paired with them, not with every event read again.
+func PairEnds(events []ConnEvent, maxAge time.Duration) (out []Interval, unmatched []time.Time) {
 	var starts, ends []time.Time
 	for _, e := range events {
 		if e.Start {
@@ -34,11 +43,12 @@ func Pair(events []ConnEvent, maxAge time.Duration) []Interval {
 	}
 	sortTimes(starts)
 	sortTimes(ends)
-	out := make([]Interval, 0, len(starts))
+	out = make([]Interval, 0, len(starts))
 	j := 0
 	for _, s := range starts {
 		// Ends before this start can never pair with it or any later start.
 		for j < len(ends) && ends[j].Before(s) {
+			unmatched = append(unmatched, ends[j])
 			j++
 		}
 		if j < len(ends) {
@@ -48,7 +58,16 @@ func Pair(events []ConnEvent, maxAge time.Duration) []Interval {
 		}
 		out = append(out, Interval{Start: s, End: s.Add(maxAge), Paired: false})
 	}
-	return out
+	return out, append(unmatched, ends[j:]...)
+}
+
+// events lists the events iv stands for: its start, and its end when
+// paired (an unpaired end is synthetic).
+func (iv Interval) events() []ConnEvent {
+	if iv.Paired {
+		return []ConnEvent{{Time: iv.Start, Start: true}, {Time: iv.End}}
+	}
+	return []ConnEvent{{Time: iv.Start, Start: true}}
 }
 
 func sortTimes(ts []time.Time) {

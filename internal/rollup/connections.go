@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"proxyusage/internal/database"
 )
@@ -21,67 +22,110 @@ type DayKey struct {
 	Day     time.Time // UTC midnight
 }
 
-// intervalsAndEvents selects, for the connections a preceding CTE
-// keys(proxy_id, connection_id) names, their stored intervals
-// (usage_connections, is_event false) and their start and end events
-// (usage_connection_events, is_event true, the instant in both time
-// columns and is_start in the last): one index probe a key and table on
-// both backends. scanIntervals reads its rows.
-const intervalsAndEvents = `
+// storedRows selects the usage_connections rows of the connections a
+// preceding CTE keys(proxy_id, connection_id) names, in scanPairing's
+// columns: their intervals and unmatched ends (start_time NULL), is_event
+// false. With the events of their pending log entries they are all of the
+// connections' events (sql/0021_connection_log_events.sql).
+const storedRows = `
 SELECT k.proxy_id, k.connection_id, false, c.start_time, c.end_time, c.paired
-  FROM keys k JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id
-UNION ALL
-SELECT k.proxy_id, k.connection_id, true, e.time, e.time, e.is_start
-  FROM keys k JOIN usage_connection_events e ON e.proxy_id = k.proxy_id AND e.connection_id = k.connection_id`
+  FROM keys k JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`
 
-// repairIntervals returns, in one statement, the intervals
-// usage_connections holds for keys (old) and those their events pair
-// into (fresh).
-func repairIntervals(ctx context.Context, tx pgx.Tx, keys []ConnKey, maxAge time.Duration) (old, fresh map[ConnKey][]Interval, err error) {
-	if len(keys) == 0 {
-		return map[ConnKey][]Interval{}, map[ConnKey][]Interval{}, nil
+// repairIntervals returns the intervals usage_connections holds for the
+// connections of events (old), and what pairing them with their new
+// events gives (fresh: intervals, and ends no start paired with).
+func repairIntervals(ctx context.Context, tx pgx.Tx, events map[ConnKey][]ConnEvent, maxAge time.Duration) (old map[ConnKey][]Interval, fresh map[ConnKey]paired, err error) {
+	if len(events) == 0 {
+		return map[ConnKey][]Interval{}, map[ConnKey]paired{}, nil
 	}
-	proxies, conns := splitConnKeys(keys)
+	proxies, conns := make([]string, 0, len(events)), make([]string, 0, len(events))
+	for k := range events {
+		proxies, conns = append(proxies, k.ProxyID), append(conns, k.ConnectionID)
+	}
 	rows, err := tx.Query(ctx, `
-		WITH keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id))`+intervalsAndEvents, proxies, conns)
+		WITH keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id))`+storedRows, proxies, conns)
 	if err != nil {
 		return nil, nil, err
 	}
-	return scanIntervals(rows, maxAge)
+	all, old, err := scanPairing(rows)
+	if err != nil {
+		return nil, nil, err
+	}
+	fresh = make(map[ConnKey]paired, len(events))
+	for k, evs := range events {
+		fresh[k] = pair(append(all[k], evs...), maxAge)
+	}
+	return old, fresh, nil
 }
 
-// pendingIntervals is intervalsAndEvents for the connections of proxies
-// $1 that wait to be re-paired: what a read needs of them. The pending
-// keys are found once, by the log rows of the proxies' owners
-// (pendingRows).
+// pendingIntervals selects, for the proxies $1, the stored rows and the
+// logged events of their connections that wait to be re-paired: what a
+// read needs of them. The pending entries are found once, by the log rows
+// of the proxies' owners (pendingRows).
 const pendingIntervals = `
-WITH keys AS MATERIALIZED (
-  SELECT DISTINCT u.proxy_id, u.connection_id
-    FROM usage_connection_invalidations l, unnest(l.proxy_ids, l.connection_ids) AS u(proxy_id, connection_id)
+WITH logged AS MATERIALIZED (
+  SELECT u.proxy_id, u.connection_id, u.time, u.is_start
+    FROM usage_connection_invalidations l,
+         unnest(l.proxy_ids, l.connection_ids, l.times, l.is_starts) AS u(proxy_id, connection_id, time, is_start)
    WHERE ` + pendingRows + ` AND u.proxy_id = ANY($1)
-)` + intervalsAndEvents
+), keys AS (
+  SELECT DISTINCT proxy_id, connection_id FROM logged
+)` + storedRows + `
+UNION ALL
+SELECT proxy_id, connection_id, true, time, time, is_start FROM logged`
 
-// scanIntervals reads intervalsAndEvents' rows: the connections' stored
-// intervals and their intervals once re-paired (Pair of their events). A
-// key without rows has neither, and changes nothing.
-func scanIntervals(rows pgx.Rows, maxAge time.Duration) (stored, fresh map[ConnKey][]Interval, err error) {
+// paired is a connection's intervals and the ends no start paired with.
+type paired struct {
+	Intervals []Interval
+	Unmatched []time.Time
+}
+
+func pair(events []ConnEvent, maxAge time.Duration) paired {
+	ivs, ends := PairEnds(events, maxAge)
+	return paired{ivs, ends}
+}
+
+// scanPairing reads storedRows' rows, and pendingIntervals' logged events
+// (is_event true: the instant in both time columns, is_start in the
+// last): every event of each connection (all), and its stored intervals
+// (stored; a connection with only unmatched ends has an empty entry).
+func scanPairing(rows pgx.Rows) (all map[ConnKey][]ConnEvent, stored map[ConnKey][]Interval, err error) {
+	all = map[ConnKey][]ConnEvent{}
 	stored = map[ConnKey][]Interval{}
-	events := map[ConnKey][]ConnEvent{}
 	var k ConnKey
-	var isEvent bool
-	var iv Interval
-	if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &isEvent, &iv.Start, &iv.End, &iv.Paired}, func() error {
-		if isEvent {
-			events[k] = append(events[k], ConnEvent{Time: iv.Start, Start: iv.Paired})
-		} else {
+	var isEvent, flag bool
+	var start pgtype.Timestamptz
+	var end time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&k.ProxyID, &k.ConnectionID, &isEvent, &start, &end, &flag}, func() error {
+		switch {
+		case isEvent:
+			all[k] = append(all[k], ConnEvent{Time: end, Start: flag})
+		case !start.Valid: // an unmatched end
+			all[k] = append(all[k], ConnEvent{Time: end})
+			if _, ok := stored[k]; !ok {
+				stored[k] = nil
+			}
+		default:
+			iv := Interval{Start: start.Time, End: end, Paired: flag}
+			all[k] = append(all[k], iv.events()...)
 			stored[k] = append(stored[k], iv)
 		}
 		return nil
 	}); err != nil {
 		return nil, nil, err
 	}
-	fresh = make(map[ConnKey][]Interval, len(events))
-	for k, evs := range events {
+	return all, stored, nil
+}
+
+// pendingPairing reads pendingIntervals' rows: the pending connections'
+// stored intervals, and their intervals once re-paired.
+func pendingPairing(rows pgx.Rows, maxAge time.Duration) (stored, fresh map[ConnKey][]Interval, err error) {
+	all, stored, err := scanPairing(rows)
+	if err != nil {
+		return nil, nil, err
+	}
+	fresh = make(map[ConnKey][]Interval, len(all))
+	for k, evs := range all {
 		fresh[k] = Pair(evs, maxAge)
 	}
 	return stored, fresh, nil

@@ -147,7 +147,7 @@ func (r *Reader) totals(ctx context.Context, proxies []string, from, to time.Tim
 			if rows, err = br.Query(); err != nil {
 				return err
 			}
-			stored, fresh, err = scanIntervals(rows, r.maxAge)
+			stored, fresh, err = pendingPairing(rows, r.maxAge)
 			return err
 		})
 		if err != nil {
@@ -420,13 +420,13 @@ func (r *Reader) OpenConnections(ctx context.Context, proxyID string, now time.T
 			b.Queue(pendingIntervals, []string{proxyID})
 			b.Queue(`
 				SELECT connection_id FROM usage_connections
-				 WHERE proxy_id = $1 AND NOT paired AND end_time > $2`, proxyID, now)
+				 WHERE proxy_id = $1 AND NOT paired AND end_time > $2 AND start_time IS NOT NULL`, proxyID, now)
 		}, func(br pgx.BatchResults) error {
 			rows, err := br.Query()
 			if err != nil {
 				return err
 			}
-			stored, fresh, err := scanIntervals(rows, r.maxAge)
+			stored, fresh, err := pendingPairing(rows, r.maxAge)
 			if err != nil {
 				return err
 			}

@@ -169,8 +169,7 @@ func (w *Worker) loop(ctx context.Context, leads bool, run func(context.Context,
 }
 
 // applyRetention sets the raw-event retention policy to RAW_RETENTION,
-// and the daily job that forgets connection events as old
-// (sql/0018_connection_events.sql), once per process.
+// once per process.
 func (w *Worker) applyRetention(ctx context.Context) {
 	w.retention.Do(func() {
 		err := pgx.BeginFunc(ctx, w.cfg.Pool, func(tx pgx.Tx) error {
@@ -181,8 +180,6 @@ func (w *Worker) applyRetention(ctx context.Context) {
 			}{
 				{`SELECT remove_retention_policy('usage_events', if_exists => true)`, nil},
 				{`SELECT add_retention_policy('usage_events', $1::interval)`, []any{retention}},
-				{`SELECT delete_job(job_id) FROM timescaledb_information.jobs WHERE proc_name = 'usage_prune_connection_events'`, nil},
-				{`SELECT add_job('usage_prune_connection_events', '1 day', config => jsonb_build_object('retention', $1::text))`, []any{retention}},
 			} {
 				if _, err := tx.Exec(ctx, q.sql, q.args...); err != nil {
 					return err
@@ -262,7 +259,7 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RunTimeout)
 	defer cancel()
 	defer w.finish(ctx, &w.lastPair, &stats, &err)
-	ids, conns, full, err := w.readConnLog(ctx, batch)
+	ids, events, full, err := w.readConnLog(ctx, batch)
 	if err != nil || len(ids) == 0 {
 		return RunStats{Full: full}, err
 	}
@@ -271,7 +268,7 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 		if err := claimLogRows(ctx, tx, database.LockRollupPair, "usage_connection_invalidations", ids); err != nil {
 			return err
 		}
-		old, fresh, err := w.repair(ctx, tx, conns)
+		old, fresh, err := w.repair(ctx, tx, events)
 		if err != nil {
 			return err
 		}
@@ -287,7 +284,7 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 	if err != nil {
 		return RunStats{}, fmt.Errorf("rollup: pair: %w", err)
 	}
-	return RunStats{PeakDays: peakDays, Connections: conns, Full: full}, nil
+	return RunStats{PeakDays: peakDays, Connections: sortedConnKeys(events), Full: full}, nil
 }
 
 // finish records a run's outcome and the lag after it. The last-success
@@ -368,25 +365,33 @@ func (w *Worker) readDeltaLog(ctx context.Context, batch int) ([]int64, []DayKey
 	return ids, sortedDays(set), full, nil
 }
 
-// readConnLog is readDeltaLog for the connection log.
-func (w *Worker) readConnLog(ctx context.Context, batch int) ([]int64, []ConnKey, bool, error) {
-	set := map[ConnKey]bool{}
+// readConnLog is readDeltaLog for the connection log: the events of up to
+// batch connections, by connection.
+func (w *Worker) readConnLog(ctx context.Context, batch int) ([]int64, map[ConnKey][]ConnEvent, bool, error) {
+	events := map[ConnKey][]ConnEvent{}
 	var proxies, conns []string
-	ids, full, err := w.readLog(ctx, batch, `SELECT id, proxy_ids, connection_ids FROM usage_connection_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
-		[]any{&proxies, &conns}, func() (int, error) {
-			if len(proxies) != len(conns) {
-				return 0, errors.New("malformed connection invalidation row")
+	var times []time.Time
+	var starts []bool
+	ids, full, err := w.readLog(ctx, batch, `SELECT id, proxy_ids, connection_ids, times, is_starts FROM usage_connection_invalidations WHERE id > $2 ORDER BY id LIMIT $1`,
+		[]any{&proxies, &conns, &times, &starts}, func() (int, error) {
+			if len(proxies) != len(conns) || len(times) != len(conns) || len(starts) != len(conns) {
+				return 0, errors.New("malformed connection log row")
 			}
 			for i, p := range proxies {
-				set[ConnKey{ProxyID: p, ConnectionID: conns[i]}] = true
+				k := ConnKey{ProxyID: p, ConnectionID: conns[i]}
+				events[k] = append(events[k], ConnEvent{Time: times[i], Start: starts[i]})
 			}
-			return len(set), nil
+			return len(events), nil
 		})
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("rollup: read connection invalidations: %w", err)
+		return nil, nil, false, fmt.Errorf("rollup: read connection log: %w", err)
 	}
-	keys := make([]ConnKey, 0, len(set))
-	for k := range set {
+	return ids, events, full, nil
+}
+
+func sortedConnKeys[V any](m map[ConnKey]V) []ConnKey {
+	keys := make([]ConnKey, 0, len(m))
+	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool {
@@ -395,7 +400,7 @@ func (w *Worker) readConnLog(ctx context.Context, batch int) ([]int64, []ConnKey
 		}
 		return keys[i].ConnectionID < keys[j].ConnectionID
 	})
-	return ids, keys, full, nil
+	return keys
 }
 
 // readLog scans log rows (id first, then dest) oldest first, calling add
@@ -434,26 +439,35 @@ func (w *Worker) readLog(ctx context.Context, batch int, query string, dest []an
 	return ids, true, nil
 }
 
-// repair re-pairs the connections and replaces their stored intervals. It
-// returns their old and new intervals.
-func (w *Worker) repair(ctx context.Context, tx pgx.Tx, conns []ConnKey) (old, fresh map[ConnKey][]Interval, err error) {
-	if len(conns) == 0 {
+// repair pairs the connections' new events with their stored intervals
+// and unmatched ends, and replaces those. It returns their old and new
+// intervals.
+func (w *Worker) repair(ctx context.Context, tx pgx.Tx, events map[ConnKey][]ConnEvent) (old, fresh map[ConnKey][]Interval, err error) {
+	if len(events) == 0 {
 		return nil, nil, nil
 	}
-	if old, fresh, err = repairIntervals(ctx, tx, conns, w.cfg.MaxConnectionAge); err != nil {
+	old, repaired, err := repairIntervals(ctx, tx, events, w.cfg.MaxConnectionAge)
+	if err != nil {
 		return nil, nil, err
 	}
-	proxies, ids := splitConnKeys(conns)
+	keys := sortedConnKeys(repaired)
+	proxies, ids := splitConnKeys(keys)
+	var rows [][]any
+	fresh = make(map[ConnKey][]Interval, len(repaired))
+	for _, k := range keys {
+		p := repaired[k]
+		fresh[k] = p.Intervals
+		for _, iv := range p.Intervals {
+			rows = append(rows, []any{k.ProxyID, k.ConnectionID, iv.Start, iv.End, iv.Paired})
+		}
+		for _, end := range p.Unmatched {
+			rows = append(rows, []any{k.ProxyID, k.ConnectionID, nil, end, false})
+		}
+	}
 	if _, err := tx.Exec(ctx, `
 		DELETE FROM usage_connections c USING unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
 		 WHERE c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`, proxies, ids); err != nil {
 		return nil, nil, err
-	}
-	var rows [][]any
-	for _, k := range conns {
-		for _, iv := range fresh[k] {
-			rows = append(rows, []any{k.ProxyID, k.ConnectionID, iv.Start, iv.End, iv.Paired})
-		}
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_connections"},
 		[]string{"proxy_id", "connection_id", "start_time", "end_time", "paired"}, pgx.CopyFromRows(rows)); err != nil {

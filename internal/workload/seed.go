@@ -31,8 +31,7 @@ var EventColumns = append(slices.Clip(store.EventColumns), "received_at")
 // CopyEvents copies events into table (usage_events, or a table with its
 // columns) with binary COPY, as rows mapped the way the ingest writer maps
 // them (store.CopySource), received at receivedAt, and returns the rows
-// copied. Into usage_events, it stores their connection events for
-// pairing too, as the writer does (store.ConnectionEventRows).
+// copied.
 func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event, receivedAt time.Time) (int64, error) {
 	ptrs := make([]*ingest.Event, len(events))
 	for i := range events {
@@ -42,27 +41,19 @@ func CopyEvents(ctx context.Context, db DB, table string, events []ingest.Event,
 	if err != nil {
 		return n, fmt.Errorf("workload: copy into %s: %w", table, err)
 	}
-	if rows := store.ConnectionEventRows(ptrs); table == "usage_events" && len(rows) > 0 {
-		if _, err := db.CopyFrom(ctx, pgx.Identifier{"usage_connection_events"}, store.ConnectionEventColumns, pgx.CopyFromRows(rows)); err != nil {
-			return n, fmt.Errorf("workload: copy connection events: %w", err)
-		}
-	}
 	return n, nil
 }
 
 // LogInvalidations logs what events add to the rollups, as the ingest
 // writer does: their rollup deltas (store.Deltas) to usage_rollup_deltas
-// and the (proxy, connection) of starts and ends to
-// usage_connection_invalidations, so the rollup worker rolls them up.
+// and their starts and ends to usage_connection_invalidations, so the
+// rollup worker rolls them up.
 func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 	deltas := &store.DeltaRow{}
-	conns := map[rollup.ConnKey]struct{}{}
+	ptrs := make([]*ingest.Event, len(events))
 	for i := range events {
-		e := &events[i]
-		deltas.Add(e)
-		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
-			conns[rollup.ConnKey{ProxyID: e.ProxyID, ConnectionID: e.ConnectionID}] = struct{}{}
-		}
+		deltas.Add(&events[i])
+		ptrs[i] = &events[i]
 	}
 	owners := map[string]string{}
 	for i := range events {
@@ -84,14 +75,13 @@ func LogInvalidations(ctx context.Context, db DB, events []ingest.Event) error {
 	if _, err := db.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, store.DeltaColumns, store.DeltaSource(logRows)); err != nil {
 		return fmt.Errorf("workload: log rollup deltas: %w", err)
 	}
-	cp, cc, cu := make([]string, 0, len(conns)), make([]string, 0, len(conns)), make([]string, 0, len(conns))
-	for k := range conns {
-		cp, cc, cu = append(cp, k.ProxyID), append(cc, k.ConnectionID), append(cu, owners[k.ProxyID])
-	}
-	for lo := 0; lo < len(cp); lo += logRowEntries {
-		hi := min(lo+logRowEntries, len(cp))
-		if _, err := db.Exec(ctx, store.LogConnections, cp[lo:hi], cc[lo:hi], cu[lo:hi]); err != nil {
-			return fmt.Errorf("workload: log connection invalidations: %w", err)
+	ce := store.ConnectionEventsOf(ptrs, func(p string) string { return owners[p] })
+	for lo := 0; lo < len(ce.ProxyIDs); lo += logRowEntries {
+		hi := min(lo+logRowEntries, len(ce.ProxyIDs))
+		part := store.ConnectionEvents{ProxyIDs: ce.ProxyIDs[lo:hi], ConnectionIDs: ce.ConnectionIDs[lo:hi],
+			Times: ce.Times[lo:hi], IsStarts: ce.IsStarts[lo:hi], Owners: ce.Owners[lo:hi]}
+		if _, err := db.Exec(ctx, store.LogConnections, part.Args()...); err != nil {
+			return fmt.Errorf("workload: log connection events: %w", err)
 		}
 	}
 	return nil
@@ -172,8 +162,9 @@ func SeedAccounts(ctx context.Context, db DB, g *Generator, today time.Time) err
 }
 
 // PairAll is the worker's connection re-pairing for a whole bulk-seeded
-// database at once: it streams every start and end event in one pass,
-// pairs each connection with rollup.Pair, replaces usage_connections,
+// database at once: it streams every start and end event (the stored
+// intervals' and unmatched ends', and the logged ones) in one pass,
+// pairs each connection with rollup.PairEnds, replaces usage_connections,
 // stores the peak (rollup.Peak) of every (proxy, day) an interval covers
 // and empties usage_connection_invalidations. The worker
 // would do the same connection by connection; on TimescaleDB it looks each
@@ -187,8 +178,9 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 	}
 	defer reader.Release()
 	type interval struct {
-		key rollup.ConnKey
-		iv  rollup.Interval
+		key       rollup.ConnKey
+		iv        rollup.Interval
+		unmatched bool // an end no start paired with, at iv.End
 	}
 	ch := make(chan interval, 4096)
 	// Rows come ordered by proxy: each proxy's intervals are complete when
@@ -212,7 +204,14 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 	go func() {
 		defer close(ch)
 		rows, err := reader.Query(rctx, `
-			SELECT proxy_id, connection_id, time, is_start FROM usage_connection_events ORDER BY proxy_id, connection_id`)
+			SELECT u.proxy_id, u.connection_id, u.time, u.is_start
+			  FROM usage_connection_invalidations l,
+			       unnest(l.proxy_ids, l.connection_ids, l.times, l.is_starts) AS u(proxy_id, connection_id, time, is_start)
+			UNION ALL
+			SELECT proxy_id, connection_id, start_time, true FROM usage_connections WHERE start_time IS NOT NULL
+			UNION ALL
+			SELECT proxy_id, connection_id, end_time, false FROM usage_connections WHERE paired OR start_time IS NULL
+			 ORDER BY 1, 2`)
 		if err != nil {
 			readErr <- err
 			return
@@ -229,12 +228,20 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 				finishProxy()
 				peakProxy = cur.ProxyID
 			}
-			for _, iv := range rollup.Pair(events, maxAge) {
+			ivs, ends := rollup.PairEnds(events, maxAge)
+			for _, iv := range ivs {
 				for _, d := range iv.Days() {
 					proxyByDay[d] = append(proxyByDay[d], iv)
 				}
 				select {
-				case ch <- interval{cur, iv}:
+				case ch <- interval{key: cur, iv: iv}:
+				case <-rctx.Done():
+					return false
+				}
+			}
+			for _, end := range ends {
+				select {
+				case ch <- interval{key: cur, iv: rollup.Interval{End: end}, unmatched: true}:
 				case <-rctx.Done():
 					return false
 				}
@@ -277,6 +284,9 @@ func PairAll(ctx context.Context, pool *pgxpool.Pool, maxAge time.Duration, prog
 			var ok bool
 			if cur, ok = <-ch; !ok {
 				return nil, nil
+			}
+			if cur.unmatched {
+				return []any{cur.key.ProxyID, cur.key.ConnectionID, nil, cur.iv.End, false}, nil
 			}
 			return []any{cur.key.ProxyID, cur.key.ConnectionID, cur.iv.Start, cur.iv.End, cur.iv.Paired}, nil
 		})

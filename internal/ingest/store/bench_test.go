@@ -44,7 +44,7 @@ func BenchmarkFlushPrepare(b *testing.B) {
 		for _, row := range Deltas(st.ev).ByUser(func(p string) string { return p[:2] }) {
 			row.CopyRow()
 		}
-		touchedConnections(st.ev)
+		ConnectionEventsOf(st.ev, func(p string) string { return p[:2] })
 	}
 }
 

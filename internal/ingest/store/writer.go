@@ -304,35 +304,22 @@ SELECT key, now() FROM unnest($1::uuid[]) AS k(key)`
 ON CONFLICT DO NOTHING
 RETURNING key`
 
-	// LogConnections appends touched connections ($1 proxies, $2
-	// connection ids, $3 the proxies' owners) to the connection log, a row
-	// per user with the entries as parallel arrays (a row per entry costs
-	// several times more; a row per user lets a read find its own,
+	// LogConnections appends connection events ($1 proxies, $2
+	// connection ids, $3 instants, $4 is-start flags, $5 the proxies'
+	// owners) to the connection log, where pairing reads them
+	// (sql/0021_connection_log_events.sql): a row per user with the
+	// entries as parallel arrays (a row per entry costs several times
+	// more; a row per user lets a read find its own,
 	// sql/0015_connection_log_by_user.sql). The rollup deltas are COPYed,
 	// a row per user too (DeltaRow.CopyRow).
 	LogConnections = `
-INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids)
-SELECT k.user_id, array_agg(k.proxy_id ORDER BY k.n), array_agg(k.connection_id ORDER BY k.n)
-  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(proxy_id, connection_id, user_id, n)
+INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids, times, is_starts)
+SELECT k.user_id, array_agg(k.proxy_id ORDER BY k.n), array_agg(k.connection_id ORDER BY k.n),
+       array_agg(k.time ORDER BY k.n), array_agg(k.is_start ORDER BY k.n)
+  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::boolean[], $5::text[]) WITH ORDINALITY
+       AS k(proxy_id, connection_id, time, is_start, user_id, n)
  GROUP BY k.user_id`
 )
-
-// ConnectionEventColumns are the usage_connection_events columns, where
-// pairing reads starts and ends (sql/0018_connection_events.sql).
-var ConnectionEventColumns = []string{"proxy_id", "connection_id", "time", "is_start"}
-
-// ConnectionEventRows are the usage_connection_events rows of the
-// connection events among events (ConnectionEventColumns order), stored
-// in the transaction that stores the events in usage_events.
-func ConnectionEventRows(events []*ingest.Event) [][]any {
-	var rows [][]any
-	for _, e := range events {
-		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
-			rows = append(rows, []any{e.ProxyID, e.ConnectionID, e.Time, e.Type == ingest.ConnectionStart})
-		}
-	}
-	return rows
-}
 
 // flushStatement writes a small flush at once: it claims the keys, stores
 // the events without a key or with a fresh one, logs the rollup deltas and
@@ -351,15 +338,11 @@ WITH fresh AS (` + claimKeysReturning + `
 ), stored AS (
   INSERT INTO usage_events (` + strings.Join(EventColumns, ", ") + `)
   SELECT ` + strings.Join(EventColumns, ", ") + ` FROM chosen
-), ` + deltaCTEs + `, conn_events AS (
-  INSERT INTO usage_connection_events (proxy_id, connection_id, time, is_start)
-  SELECT proxy_id, connection_id, time, event_type = 'connection_start' FROM chosen
-   WHERE event_type IN ('connection_start', 'connection_end')
-), conns AS (
-  INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids)
-  SELECT p.user_id, array_agg(c.proxy_id), array_agg(c.connection_id)
-    FROM (SELECT DISTINCT proxy_id, connection_id FROM chosen WHERE event_type IN ('connection_start', 'connection_end')) c
-    JOIN proxies p ON p.id = c.proxy_id
+), ` + deltaCTEs + `, conns AS (
+  INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids, times, is_starts)
+  SELECT p.user_id, array_agg(c.proxy_id), array_agg(c.connection_id), array_agg(c.time), array_agg(c.event_type = 'connection_start')
+    FROM chosen c JOIN proxies p ON p.id = c.proxy_id
+   WHERE c.event_type IN ('connection_start', 'connection_end')
    GROUP BY p.user_id
 )
 SELECT req, count(*)::int FROM chosen GROUP BY req`
@@ -537,20 +520,11 @@ func (st *flushState) writeLarge(ctx context.Context, c *pgx.Conn) (int, error) 
 		if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_rollup_deltas"}, DeltaColumns, DeltaSource(Deltas(chosen).ByUser(st.owner))); err != nil {
 			return 0, fmt.Errorf("copy rollup deltas: %w", err)
 		}
-		if rows := ConnectionEventRows(chosen); len(rows) > 0 {
-			if _, err := c.CopyFrom(ctx, pgx.Identifier{"usage_connection_events"}, ConnectionEventColumns, pgx.CopyFromRows(rows)); err != nil {
-				return 0, fmt.Errorf("copy connection events: %w", err)
-			}
-		}
 	}
 	b := &pgx.Batch{}
 	if len(chosen) > 0 {
-		if cp, cc := touchedConnections(chosen); len(cp) > 0 {
-			owners := make([]string, len(cp))
-			for i, p := range cp {
-				owners[i] = st.owner(p)
-			}
-			b.Queue(LogConnections, cp, cc, owners)
+		if ce := ConnectionEventsOf(chosen, st.owner); len(ce.ProxyIDs) > 0 {
+			b.Queue(LogConnections, ce.Args()...)
 		}
 	}
 	b.Queue("COMMIT")
@@ -659,22 +633,34 @@ func EventKey(proxyID, eventID string) [16]byte {
 	return k
 }
 
-// touchedConnections lists the distinct (proxy, connection) of the starts
-// and ends among events.
-func touchedConnections(events []*ingest.Event) (connProxies, conns []string) {
-	type conn struct{ p, c string }
-	seenConns := map[conn]struct{}{}
+// ConnectionEvents are the starts and ends among a flush's events, as
+// LogConnections' parallel arrays.
+type ConnectionEvents struct {
+	ProxyIDs, ConnectionIDs []string
+	Times                   []time.Time
+	IsStarts                []bool
+	Owners                  []string
+}
+
+// ConnectionEventsOf lists the starts and ends among events, each with its
+// proxy's owner.
+func ConnectionEventsOf(events []*ingest.Event, owner func(proxyID string) string) ConnectionEvents {
+	var ce ConnectionEvents
 	for _, e := range events {
 		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
-			k := conn{e.ProxyID, e.ConnectionID}
-			if _, ok := seenConns[k]; !ok {
-				seenConns[k] = struct{}{}
-				connProxies = append(connProxies, e.ProxyID)
-				conns = append(conns, e.ConnectionID)
-			}
+			ce.ProxyIDs = append(ce.ProxyIDs, e.ProxyID)
+			ce.ConnectionIDs = append(ce.ConnectionIDs, e.ConnectionID)
+			ce.Times = append(ce.Times, e.Time)
+			ce.IsStarts = append(ce.IsStarts, e.Type == ingest.ConnectionStart)
+			ce.Owners = append(ce.Owners, owner(e.ProxyID))
 		}
 	}
-	return connProxies, conns
+	return ce
+}
+
+// Args are LogConnections' arguments.
+func (ce ConnectionEvents) Args() []any {
+	return []any{ce.ProxyIDs, ce.ConnectionIDs, ce.Times, ce.IsStarts, ce.Owners}
 }
 
 // unavailable reports whether err means the database cannot be reached,
