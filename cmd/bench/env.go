@@ -583,7 +583,7 @@ func topStatements(ctx context.Context, pool *pgxpool.Pool, n int) string {
 	}
 	if all > 0 {
 		var parts []string
-		for _, p := range []string{"ingest", "rollup worker", "reads", "other"} {
+		for _, p := range []string{"ingest", "rollup worker", "reads", "benchmark's checks", "other"} {
 			if byPart[p] > 0 {
 				parts = append(parts, fmt.Sprintf("%s %.1f s (%.0f %%)", p, byPart[p]/1000, 100*byPart[p]/all))
 			}
@@ -598,6 +598,10 @@ func topStatements(ctx context.Context, pool *pgxpool.Pool, n int) string {
 func partOf(q string) string {
 	l := strings.ToLower(q)
 	switch {
+	case strings.Contains(l, "with logged as materialized"): // the reads' pending connections (rollup.pendingIntervals)
+		return "reads"
+	case strings.Contains(l, "with ev as ("): // cmd/bench's own plain-SQL check (12e)
+		return "benchmark's checks"
 	case strings.Contains(l, "refresh_continuous_aggregate"), strings.Contains(l, "usage_connections"),
 		strings.Contains(l, "usage_daily_peak (proxy_id, day, peak)"), strings.Contains(l, "delete from usage_"),
 		strings.Contains(l, "insert into usage_daily"), strings.Contains(l, "insert into usage_latency_daily"),
@@ -606,7 +610,8 @@ func partOf(q string) string {
 		strings.Contains(l, "e.event_type = $3 from unnest"), strings.Contains(l, "retention_policy"):
 		return "rollup worker"
 	case strings.Contains(l, "usage_event_keys"), strings.Contains(l, "copy \"usage_events\""),
-		strings.Contains(l, "insert into usage_rollup_deltas"), strings.Contains(l, "from proxies where id = any"),
+		strings.Contains(l, "insert into usage_rollup_deltas"), strings.Contains(l, "copy \"usage_rollup_deltas\""),
+		strings.Contains(l, "insert into usage_connection_invalidations"), strings.Contains(l, "from proxies where id = any"),
 		l == "begin", l == "commit", l == "savepoint claim", strings.Contains(l, "rollback"):
 		return "ingest"
 	case strings.Contains(l, "_materialized_hypertable"), strings.Contains(l, "from usage_daily"), strings.Contains(l, "usage_latency_daily"),

@@ -152,8 +152,11 @@ func (b *bench) live(ctx context.Context, be database.Backend) error {
 		fmt.Sprintf("%s events/s; the worker then took %s to absorb the burst", rate(maxRate), drain1), "measured", ""})
 
 	warmup := min(time.Minute, b.opt.liveFor/4)
-	half := maxRate / 2
-	step("(12) %s: ingest paced at half the maximum (%s events/s) for %s, readers every %s", be, rate(half), b.opt.liveFor, b.opt.liveReadEvery)
+	half, paceText := maxRate/2, "half the maximum"
+	if b.opt.livePace > 0 {
+		half, paceText = b.opt.livePace, "a fixed rate (-live-pace), not half the maximum,"
+	}
+	step("(12) %s: ingest paced at %s (%s events/s) for %s, readers every %s", be, paceText, rate(half), b.opt.liveFor, b.opt.liveReadEvery)
 	// A CPU profile of the service once the warm-up is over: where a read
 	// under steady ingest spends the service's time.
 	profiles := make(chan *profile, 1)
@@ -192,7 +195,7 @@ func (b *bench) live(ctx context.Context, be database.Backend) error {
 
 	// Paced: lag after the warm-up, and every window's reads.
 	lagMax, lagOK := maxLag(paced, warmup)
-	b.add(result{id("b"), fmt.Sprintf("%s: rollup lag, ingest paced at half the maximum (%s events/s) for %s", be, rate(half), b.opt.liveFor),
+	b.add(result{id("b"), fmt.Sprintf("%s: rollup lag, ingest paced at %s (%s events/s) for %s", be, paceText, rate(half), b.opt.liveFor),
 		fmt.Sprintf("highest lag after the first %s **%s**; ingest %s events/s on average; highest pending %s; after the run the worker needed %s to empty its logs",
 			warmup, lagText(lagMax, lagOK), rate(avgRate(paced)), pendingText(paced), drain2),
 		"lag ≤ 10 s at every sample after the first minute", okIf(lagOK, lagMax <= 10)})

@@ -84,6 +84,7 @@ type options struct {
 	liveFullFor       time.Duration
 	liveMaxFor        time.Duration
 	liveReadEvery     time.Duration
+	livePace          float64
 
 	keysSeeded, keysEvents int
 }
@@ -124,6 +125,7 @@ func main() {
 	flag.DurationVar(&o.liveFullFor, "live-full-duration", 3*time.Minute, "ingest at full rate, per backend (12)")
 	flag.DurationVar(&o.liveMaxFor, "live-max-duration", 30*time.Second, "measurement of the maximum batch ingest rate, per backend (12)")
 	flag.DurationVar(&o.liveReadEvery, "live-read-interval", 250*time.Millisecond, "interval between requests of each reader (12)")
+	flag.Float64Var(&o.livePace, "live-pace", 0, "events/s of the paced run (12) instead of half the measured maximum: compares runs of code whose maximum differs")
 	flag.IntVar(&o.keysSeeded, "keys-seeded", 50_000_000, "remembered idempotency keys seeded before the second run, per backend (13)")
 	flag.IntVar(&o.keysEvents, "keys-events", 1_000_000, "events of each batch-ingest run, and of the columnstore measurement (13)")
 	idleAttacker := flag.String("idle-attacker", "", "internal: run as the attacker process of (8c) against this host:port")

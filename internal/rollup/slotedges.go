@@ -51,17 +51,7 @@ func decodeEdges(b []byte) ([]edge, error) {
 	return out, nil
 }
 
-func sortEdges(es []edge) {
-	slices.SortFunc(es, func(a, b edge) int {
-		if a.at != b.at {
-			if a.at < b.at {
-				return -1
-			}
-			return 1
-		}
-		return int(a.delta - b.delta)
-	})
-}
+func sortEdges(es []edge) { slices.SortFunc(es, compareEdges) }
 
 // slotSummary is the state of edges sorted by instant: the net change and
 // the highest running value after an instant's edges (between them the
@@ -93,19 +83,22 @@ type edgeCount struct {
 // are left out: a re-paired connection usually keeps its start (a late end
 // moves only the end), and a slot's state depends only on its edges.
 func edgeChanges(old, fresh map[ConnKey][]Interval) map[slotKey][]edgeCount {
+	// Keyed by proxy and edge only (the slot follows from the instant):
+	// hashing a time.Time per edge was a visible part of a read's CPU.
 	type edgeKey struct {
-		slot slotKey
+		proxyID string
 		edge
 	}
 	diff := map[edgeKey]int32{}
 	eachChange(old, fresh, func(sign int32, proxyID string, s, e time.Time) {
-		diff[edgeKey{slotKey{proxyID, slotOf(s)}, edge{s.UnixMicro(), 1}}] += sign
-		diff[edgeKey{slotKey{proxyID, slotOf(e)}, edge{e.UnixMicro(), -1}}] += sign
+		diff[edgeKey{proxyID, edge{s.UnixMicro(), 1}}] += sign
+		diff[edgeKey{proxyID, edge{e.UnixMicro(), -1}}] += sign
 	})
 	out := map[slotKey][]edgeCount{}
 	for k, n := range diff {
 		if n != 0 {
-			out[k.slot] = append(out[k.slot], edgeCount{k.edge, n})
+			slot := slotKey{k.proxyID, slotOf(time.UnixMicro(k.at))}
+			out[slot] = append(out[slot], edgeCount{k.edge, n})
 		}
 	}
 	return out
@@ -114,29 +107,52 @@ func edgeChanges(old, fresh map[ConnKey][]Interval) map[slotKey][]edgeCount {
 // applyChanges returns the sorted edges es with changes applied; ok is
 // false when an edge to remove is not there, i.e. the stored slot does not
 // match the stored intervals (the caller re-reads the slot from them).
+// A merge of two sorted lists: a slot holds up to thousands of edges and
+// reads apply changes to many slots, so no edge is hashed or re-sorted.
 func applyChanges(es []edge, changes []edgeCount) (out []edge, ok bool) {
-	counts := make(map[edge]int32, len(changes))
+	sorted := slices.Clone(changes)
+	slices.SortFunc(sorted, func(a, b edgeCount) int { return compareEdges(a.edge, b.edge) })
+	changes = sorted[:0] // copies of one edge as one change
+	adds := 0
+	for _, c := range sorted {
+		if n := len(changes); n > 0 && changes[n-1].edge == c.edge {
+			changes[n-1].count += c.count
+		} else {
+			changes = append(changes, c)
+		}
+		adds += int(max(c.count, 0))
+	}
+	out = make([]edge, 0, len(es)+adds)
+	i := 0
 	for _, c := range changes {
-		counts[c.edge] += c.count
-	}
-	out = make([]edge, 0, len(es)+len(changes))
-	for _, e := range es {
-		if n := counts[e]; n < 0 {
-			counts[e] = n + 1 // removed
-			continue
+		j := i
+		for j < len(es) && compareEdges(es[j], c.edge) < 0 {
+			j++
 		}
-		out = append(out, e)
-	}
-	for e, n := range counts {
-		if n < 0 {
-			return nil, false
+		out, i = append(out, es[i:j]...), j
+		for k := c.count; k < 0; k++ {
+			if i == len(es) || es[i] != c.edge {
+				return nil, false
+			}
+			i++
 		}
-		for range n {
-			out = append(out, e)
+		for range c.count {
+			out = append(out, c.edge)
 		}
 	}
-	sortEdges(out)
-	return out, true
+	return append(out, es[i:]...), true
+}
+
+// compareEdges orders edges by instant, then delta (an end before a start
+// at the same instant), as they are stored.
+func compareEdges(a, b edge) int {
+	switch {
+	case a.at < b.at:
+		return -1
+	case a.at > b.at:
+		return 1
+	}
+	return int(a.delta - b.delta)
 }
 
 // readSlotEdges reads the stored edges of slots; a slot without a row has

@@ -1,6 +1,7 @@
 package rollup
 
 import (
+	"math/rand/v2"
 	"slices"
 	"testing"
 )
@@ -33,4 +34,50 @@ func TestSlotEdgeChanges(t *testing.T) {
 	if s := slotSummary(append(want, edge{20, -1})); s != (summary{net: 2, top: 3}) {
 		t.Errorf("summary %+v", s)
 	}
+}
+
+// applyChanges (a merge) agrees with applying the changes as a multiset
+// by counting, on random slots and changes with repeated instants.
+func TestApplyChangesMatchesCounting(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	randomEdge := func() edge { return edge{int64(rng.IntN(12)), int32(2*rng.IntN(2) - 1)} }
+	for range 5000 {
+		es := make([]edge, rng.IntN(20))
+		for i := range es {
+			es[i] = randomEdge()
+		}
+		sortEdges(es)
+		changes := make([]edgeCount, rng.IntN(6))
+		for i := range changes {
+			changes[i] = edgeCount{randomEdge(), int32(rng.IntN(5) - 2)}
+		}
+		got, ok := applyChanges(es, changes)
+		want, wantOK := countChanges(es, changes)
+		if ok != wantOK || ok && !slices.Equal(got, want) {
+			t.Fatalf("applyChanges(%v, %v) = %v, %v; want %v, %v", es, changes, got, ok, want, wantOK)
+		}
+	}
+}
+
+// countChanges is the reference: count each edge, add the changes, refuse
+// a negative count, list the edges again in order.
+func countChanges(es []edge, changes []edgeCount) ([]edge, bool) {
+	counts := map[edge]int32{}
+	for _, e := range es {
+		counts[e]++
+	}
+	for _, c := range changes {
+		counts[c.edge] += c.count
+	}
+	var out []edge
+	for e, n := range counts {
+		if n < 0 {
+			return nil, false
+		}
+		for range n {
+			out = append(out, e)
+		}
+	}
+	sortEdges(out)
+	return out, true
 }
