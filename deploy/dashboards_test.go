@@ -265,6 +265,7 @@ func TestServiceHealthCoverage(t *testing.T) {
 		"proxyusage_ingest_flushes_total",                  // flushes by result
 		"proxyusage_ingest_queue_depth",                    // queue depth
 		"proxyusage_ingest_shed_total",                     // load shedding
+		"proxyusage_ingest_held_back_seconds_total",        // backpressure from rollup lag
 		"proxyusage_http_shed_total",                       //
 		"proxyusage_rollup_lag_seconds",                    // rollup lag
 		"proxyusage_rollup_pending_invalidations",          //

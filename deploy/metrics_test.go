@@ -156,6 +156,7 @@ var documented = map[string]struct {
 	"proxyusage_ingest_flush_events":                   {dto.MetricType_HISTOGRAM, nil},
 	"proxyusage_ingest_queue_depth":                    {dto.MetricType_GAUGE, nil},
 	"proxyusage_ingest_shed_total":                     {dto.MetricType_COUNTER, nil},
+	"proxyusage_ingest_held_back_seconds_total":        {dto.MetricType_COUNTER, nil},
 	"proxyusage_rollup_runs_total":                     {dto.MetricType_COUNTER, []string{"result"}},
 	"proxyusage_rollup_lag_seconds":                    {dto.MetricType_GAUGE, nil},
 	"proxyusage_rollup_pending_invalidations":          {dto.MetricType_GAUGE, nil},

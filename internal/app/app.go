@@ -120,6 +120,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Writer, err = store.NewWriter(ctx, store.WriterConfig{
 		PoolConfig: m.Pool.Config(), Metrics: m.Metrics, Logger: m.Logger,
 		Writers: int(m.Config.IngestWriters),
+		RollupLag: func(ctx context.Context) (time.Duration, error) {
+			lag, _, err := rollup.Backlog(ctx, m.Pool)
+			return lag, err
+		},
+		LagBound: m.Config.IngestMaxRollupLag,
 	})
 	if err != nil {
 		return err

@@ -64,6 +64,9 @@ type Config struct {
 	// default, 2). Two let one flush's COPY overlap the next one's
 	// preparation.
 	IngestWriters int64
+	// IngestMaxRollupLag is the rollup lag past which ingest flushes wait
+	// (backpressure): ingest never starves the rollup worker.
+	IngestMaxRollupLag time.Duration
 	// HeavyReadSlots is how many reads heavier than HeavyReadThreshold
 	// run at once, at most one per caller (0: GOMAXPROCS).
 	HeavyReadSlots int64
@@ -99,6 +102,7 @@ const (
 	DefaultMaxConnectionAge = 24 * time.Hour
 	DefaultRawRetention     = 400 * 24 * time.Hour
 	DefaultAlertInterval    = 10 * time.Second
+	DefaultMaxRollupLag     = 5 * time.Second
 	DefaultReadFenceTimeout = 200 * time.Millisecond
 	MaxReadFenceTimeout     = 5 * time.Second // half the default READ_TIMEOUT
 	MaxAlertInterval        = time.Minute
@@ -121,27 +125,28 @@ func FromEnv() (Config, error) {
 		return d
 	}
 	c := Config{
-		DatabaseURL:      os.Getenv("DATABASE_URL"),
-		ReadDatabaseURL:  os.Getenv("READ_DATABASE_URL"),
-		ReadFenceTimeout: dur("READ_FENCE_TIMEOUT", DefaultReadFenceTimeout),
-		DataDir:          cmp.Or(os.Getenv("DATA_DIR"), DefaultDataDir),
-		HTTPAddr:         cmp.Or(os.Getenv("HTTP_ADDR"), DefaultHTTPAddr),
-		Backend:          cmp.Or(os.Getenv("BACKEND"), DefaultBackend),
-		DatabasePoolSize: DefaultDatabasePoolSize,
-		PprofAddr:        os.Getenv("PPROF_ADDR"),
-		JWTSecret:        os.Getenv("JWT_SECRET"),
-		JWTJWKSURL:       os.Getenv("JWT_JWKS_URL"),
-		JWTIssuer:        os.Getenv("JWT_ISSUER"),
-		JWTAudience:      os.Getenv("JWT_AUDIENCE"),
-		DedupWindow:      dur("DEDUP_WINDOW", DefaultDedupWindow),
-		LateDataWindow:   dur("LATE_DATA_WINDOW", DefaultLateDataWindow),
-		MaxFutureSkew:    DefaultMaxFutureSkew,
-		MaxConnectionAge: dur("MAX_CONNECTION_AGE", DefaultMaxConnectionAge),
-		RawRetention:     dur("RAW_RETENTION", DefaultRawRetention),
-		AlertInterval:    dur("ALERT_INTERVAL", DefaultAlertInterval),
-		BodyTimeout:      dur("BODY_TIMEOUT", 0),
-		ReadTimeout:      dur("READ_TIMEOUT", 0),
-		IdleTimeout:      dur("IDLE_TIMEOUT", 0),
+		DatabaseURL:        os.Getenv("DATABASE_URL"),
+		ReadDatabaseURL:    os.Getenv("READ_DATABASE_URL"),
+		ReadFenceTimeout:   dur("READ_FENCE_TIMEOUT", DefaultReadFenceTimeout),
+		DataDir:            cmp.Or(os.Getenv("DATA_DIR"), DefaultDataDir),
+		HTTPAddr:           cmp.Or(os.Getenv("HTTP_ADDR"), DefaultHTTPAddr),
+		Backend:            cmp.Or(os.Getenv("BACKEND"), DefaultBackend),
+		DatabasePoolSize:   DefaultDatabasePoolSize,
+		PprofAddr:          os.Getenv("PPROF_ADDR"),
+		JWTSecret:          os.Getenv("JWT_SECRET"),
+		JWTJWKSURL:         os.Getenv("JWT_JWKS_URL"),
+		JWTIssuer:          os.Getenv("JWT_ISSUER"),
+		JWTAudience:        os.Getenv("JWT_AUDIENCE"),
+		DedupWindow:        dur("DEDUP_WINDOW", DefaultDedupWindow),
+		LateDataWindow:     dur("LATE_DATA_WINDOW", DefaultLateDataWindow),
+		MaxFutureSkew:      DefaultMaxFutureSkew,
+		MaxConnectionAge:   dur("MAX_CONNECTION_AGE", DefaultMaxConnectionAge),
+		RawRetention:       dur("RAW_RETENTION", DefaultRawRetention),
+		AlertInterval:      dur("ALERT_INTERVAL", DefaultAlertInterval),
+		IngestMaxRollupLag: dur("INGEST_MAX_ROLLUP_LAG", DefaultMaxRollupLag),
+		BodyTimeout:        dur("BODY_TIMEOUT", 0),
+		ReadTimeout:        dur("READ_TIMEOUT", 0),
+		IdleTimeout:        dur("IDLE_TIMEOUT", 0),
 	}
 	plans, err := billing.LoadPlans(os.Getenv("PLANS_FILE"))
 	if err != nil {

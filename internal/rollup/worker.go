@@ -479,21 +479,27 @@ func (w *Worker) repair(ctx context.Context, tx pgx.Tx, events map[ConnKey][]Con
 func (w *Worker) observeLag(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	// Index-only: the oldest row is the lowest id, and ids are dense
-	// enough (rows are deleted oldest first) that max - min + 1 bounds the
-	// backlog, in rows, without counting it.
-	var lag float64
-	var pending int64
-	err := w.cfg.Pool.QueryRow(ctx, `
+	lag, pending, err := Backlog(ctx, w.cfg.Pool)
+	if err == nil {
+		w.cfg.Metrics.RollupLag.Set(lag.Seconds())
+		w.cfg.Metrics.RollupPending.Set(float64(pending))
+	}
+}
+
+// Backlog returns the rollups' lag (the age of the oldest log row not yet
+// consumed, 0 when none waits) and the log rows waiting, as any replica
+// sees them. Index-only: the oldest row is the lowest id, and ids are
+// dense enough (rows are deleted oldest first) that max - min + 1 bounds
+// the backlog, in rows, without counting it.
+func Backlog(ctx context.Context, pool *pgxpool.Pool) (lag time.Duration, pending int64, err error) {
+	var seconds float64
+	err = pool.QueryRow(ctx, `
 		SELECT coalesce(extract(epoch FROM now() - least(
 		         (SELECT logged_at FROM usage_rollup_deltas ORDER BY id LIMIT 1),
 		         (SELECT logged_at FROM usage_connection_invalidations ORDER BY id LIMIT 1))), 0)::float8,
 		       coalesce((SELECT max(id) - min(id) + 1 FROM usage_rollup_deltas), 0) +
-		       coalesce((SELECT max(id) - min(id) + 1 FROM usage_connection_invalidations), 0)`).Scan(&lag, &pending)
-	if err == nil {
-		w.cfg.Metrics.RollupLag.Set(max(lag, 0))
-		w.cfg.Metrics.RollupPending.Set(float64(pending))
-	}
+		       coalesce((SELECT max(id) - min(id) + 1 FROM usage_connection_invalidations), 0)`).Scan(&seconds, &pending)
+	return time.Duration(max(seconds, 0) * float64(time.Second)), pending, err
 }
 
 func sortedDays[V any](set map[DayKey]V) []DayKey {

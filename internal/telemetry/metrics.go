@@ -26,6 +26,7 @@ type Metrics struct {
 	IngestFlushEvents prometheus.Histogram
 	IngestQueueDepth  prometheus.Gauge
 	IngestShed        prometheus.Counter
+	IngestHeldBack    prometheus.Counter
 
 	RollupRuns        *prometheus.CounterVec // result: ok, error
 	RollupLag         prometheus.Gauge
@@ -118,6 +119,10 @@ func New() *Metrics {
 			Name: "proxyusage_ingest_shed_total",
 			Help: "Ingest requests refused with 503 because the queue was full.",
 		}),
+		IngestHeldBack: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyusage_ingest_held_back_seconds_total",
+			Help: "Time in seconds group-commit flushes waited because the rollups lagged past INGEST_MAX_ROLLUP_LAG (backpressure).",
+		}),
 		RollupRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyusage_rollup_runs_total",
 			Help: "Rollup worker runs, by result (ok, error).",
@@ -198,7 +203,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.HTTPShed, m.HTTPInflight, m.HTTPOpenConns, m.ReadyChecks,
 		m.IngestEvents, m.IngestBatchSize, m.IngestFlushes, m.IngestFlushTime,
-		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed,
+		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed, m.IngestHeldBack,
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
 		m.AlertsRecorded, m.AlertsAbandoned, m.WebhookDeliveries, m.AlertDeliveryTime, m.AlertsLeader,
 		m.ReadsServed, m.ReadFenceWait, m.ReadFallbacks,

@@ -43,6 +43,13 @@ type WriterConfig struct {
 	QueueSize      int           // requests waiting before load is shed (default 4096)
 	MaxFlushEvents int           // events per transaction (default 50,000)
 	FlushTimeout   time.Duration // per transaction (default 10s)
+
+	// RollupLag, when set, says how far the rollups lag behind ingest
+	// (rollup.Backlog); past LagBound (default 5s) each flush first waits
+	// (backpressureDelay), so that ingest cannot starve the rollup worker
+	// and the lag stays bounded however fast clients send.
+	RollupLag func(context.Context) (time.Duration, error)
+	LagBound  time.Duration
 }
 
 func (c *WriterConfig) validate() error {
@@ -85,11 +92,14 @@ type Writer struct {
 	ctx        context.Context // Start's, without its cancellation: the flushes' parent
 	stopOnDone func() bool     // unregisters Start's close on ctx done
 
-	mu     sync.RWMutex
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.RWMutex
+	stopping bool
+	wg       sync.WaitGroup
 
 	lastFlush atomic.Int64 // unix nanoseconds of the latest flush start
+
+	lag    atomic.Int64  // the rollups' lag last read, in nanoseconds
+	closed chan struct{} // closed with the queue: waits end at once
 }
 
 type pending struct {
@@ -118,6 +128,7 @@ func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 	cfg.QueueSize = cmp.Or(cfg.QueueSize, 4096)
 	cfg.MaxFlushEvents = cmp.Or(cfg.MaxFlushEvents, 50_000)
 	cfg.FlushTimeout = cmp.Or(cfg.FlushTimeout, 10*time.Second)
+	cfg.LagBound = cmp.Or(cfg.LagBound, 5*time.Second)
 
 	pc := cfg.PoolConfig.Copy()
 	pc.MaxConns = int32(cfg.Writers)
@@ -127,10 +138,11 @@ func NewWriter(ctx context.Context, cfg WriterConfig) (*Writer, error) {
 		return nil, fmt.Errorf("ingest: writer pool: %w", err)
 	}
 	return &Writer{
-		cfg:   cfg,
-		pool:  pool,
-		log:   cfg.Logger.With(slog.String("component", "ingest.writer")),
-		queue: make(chan *pending, cfg.QueueSize),
+		cfg:    cfg,
+		pool:   pool,
+		log:    cfg.Logger.With(slog.String("component", "ingest.writer")),
+		queue:  make(chan *pending, cfg.QueueSize),
+		closed: make(chan struct{}),
 	}, nil
 }
 
@@ -144,6 +156,13 @@ func (w *Writer) Pool() *pgxpool.Pool { return w.pool }
 func (w *Writer) Start(ctx context.Context) {
 	w.ctx = context.WithoutCancel(ctx)
 	w.stopOnDone = context.AfterFunc(ctx, w.close)
+	if w.cfg.RollupLag != nil {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			w.watchLag()
+		}()
+	}
 	for range w.cfg.Writers {
 		w.wg.Add(1)
 		go func() {
@@ -166,9 +185,10 @@ func (w *Writer) Stop() {
 // close refuses new writes and lets the loops end once the queue is empty.
 func (w *Writer) close() {
 	w.mu.Lock()
-	if !w.closed {
-		w.closed = true
+	if !w.stopping {
+		w.stopping = true
 		close(w.queue)
+		close(w.closed)
 	}
 	w.mu.Unlock()
 }
@@ -189,7 +209,7 @@ func (w *Writer) WriteAs(ctx context.Context, caller auth.Principal, events []in
 func (w *Writer) submit(ctx context.Context, p *pending) (outcome, error) {
 	p.done = make(chan outcome, 1)
 	w.mu.RLock()
-	if w.closed {
+	if w.stopping {
 		w.mu.RUnlock()
 		return outcome{}, apperr.Errorf(apperr.Unavailable, "service is shutting down")
 	}
@@ -232,9 +252,61 @@ func (w *Writer) loop() {
 			}
 		}
 		w.cfg.Metrics.IngestQueueDepth.Set(float64(len(w.queue)))
+		w.holdBack()
 		w.lastFlush.Store(time.Now().UnixNano())
 		w.flushAll(batch)
 	}
+}
+
+// watchLag reads the rollups' lag every lagPoll until the writer closes.
+// A failed read keeps the last value: the flush itself reports a database
+// that cannot be reached.
+func (w *Writer) watchLag() {
+	t := time.NewTicker(lagPoll)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(w.ctx, lagPoll)
+		if lag, err := w.cfg.RollupLag(ctx); err == nil {
+			w.lag.Store(int64(lag))
+		}
+		cancel()
+		select {
+		case <-w.closed:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+const lagPoll = 250 * time.Millisecond
+
+// holdBack waits before a flush while the rollups lag past LagBound: the
+// flushes that follow gather more events each (cheaper per event), ingest
+// slows, and the worker gets the database time it needs. Requests wait
+// meanwhile; a full queue sheds load with 503 as always. A closing writer
+// does not wait.
+func (w *Writer) holdBack() {
+	d := backpressureDelay(time.Duration(w.lag.Load()), w.cfg.LagBound)
+	if d <= 0 {
+		return
+	}
+	w.cfg.Metrics.IngestHeldBack.Add(d.Seconds())
+	select {
+	case <-time.After(d):
+	case <-w.closed:
+	}
+}
+
+// backpressureDelay is the wait before a flush at a rollup lag of lag:
+// none up to bound, then a second a flush for each bound of excess, at
+// most 2 s. Steep, because a delayed flush gathers what waited meanwhile:
+// with a client's batch in flight each, clients only slow down once the
+// wait is long next to a flush (BENCHMARKS.md, live ingest (12)).
+func backpressureDelay(lag, bound time.Duration) time.Duration {
+	if lag <= bound || bound <= 0 {
+		return 0
+	}
+	return min(time.Duration(float64(lag-bound)/float64(bound)*float64(time.Second)), 2*time.Second)
 }
 
 // Active reports whether the writer flushed within the last window.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	dto "github.com/prometheus/client_model/go"
 
 	"proxyusage/internal/apperr"
 	"proxyusage/internal/auth"
@@ -415,5 +416,77 @@ func TestEventIDStoredCompactly(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// While the rollups lag past LagBound, flushes wait before writing
+// (backpressure) and still write everything; once the lag is back within
+// the bound they do not wait. The lag is rollup.Backlog's, as served.
+func TestWriterHoldsBackWhileRollupsLag(t *testing.T) {
+	_, pool := startWriter(t, database.Postgres)
+	ctx := context.Background()
+	m := telemetry.New()
+	w, err := NewWriter(ctx, WriterConfig{PoolConfig: pool.Config(), Metrics: m,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), LagBound: 5 * time.Second,
+		RollupLag: func(ctx context.Context) (time.Duration, error) {
+			lag, _, err := rollup.Backlog(ctx, pool)
+			return lag, err
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A connection log row a minute old: the worker is a minute behind.
+	if _, err := pool.Exec(ctx, `INSERT INTO usage_connection_invalidations (user_id, proxy_ids, connection_ids, times, is_starts, logged_at)
+		VALUES ('alice', '{a1}', '{c1}', ARRAY[now()], '{true}', now() - interval '1 minute')`); err != nil {
+		t.Fatal(err)
+	}
+	w.Start(ctx)
+	t.Cleanup(w.Stop)
+	heldBack := func() float64 {
+		var d dto.Metric
+		if err := m.IngestHeldBack.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetCounter().GetValue()
+	}
+	alice := auth.Principal{UserID: "alice"}
+	time.Sleep(2 * lagPoll) // the lag is read
+	if n, _, err := w.WriteAs(ctx, alice, events("a1", "late-", 5), true); err != nil || n != 5 {
+		t.Fatalf("write while lagging: %d, %v", n, err)
+	}
+	if got, want := heldBack(), backpressureDelay(time.Minute, 5*time.Second).Seconds(); got < want {
+		t.Fatalf("held back %.2f s while the rollups lagged a minute, want %.2f", got, want)
+	}
+	// The worker catches up.
+	if _, err := pool.Exec(ctx, `DELETE FROM usage_connection_invalidations; DELETE FROM usage_rollup_deltas`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * lagPoll)
+	before := heldBack()
+	if n, _, err := w.WriteAs(ctx, alice, events("a1", "fresh-", 5), true); err != nil || n != 5 {
+		t.Fatalf("write within the bound: %d, %v", n, err)
+	}
+	if got := heldBack(); got != before {
+		t.Fatalf("held back %.2f s more with no lag", got-before)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM usage_events WHERE event_id LIKE 'late-%' OR event_id LIKE 'fresh-%'`); n != 10 {
+		t.Fatalf("%d events stored, want 10", n)
+	}
+}
+
+// No wait up to the bound; then a second a flush for each bound of
+// excess, at most 2 s.
+func TestBackpressureDelay(t *testing.T) {
+	for _, c := range []struct{ lag, bound, want time.Duration }{
+		{0, 5 * time.Second, 0},
+		{5 * time.Second, 5 * time.Second, 0},
+		{6 * time.Second, 5 * time.Second, 200 * time.Millisecond},
+		{10 * time.Second, 5 * time.Second, time.Second},
+		{time.Hour, 5 * time.Second, 2 * time.Second},
+		{time.Hour, 0, 0},
+	} {
+		if got := backpressureDelay(c.lag, c.bound); got != c.want {
+			t.Errorf("backpressureDelay(%s, %s) = %s, want %s", c.lag, c.bound, got, c.want)
+		}
 	}
 }
