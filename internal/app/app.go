@@ -119,12 +119,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	proxies := proxy.NewStore(m.Pool)
 	m.Writer, err = store.NewWriter(ctx, store.WriterConfig{
 		PoolConfig: m.Pool.Config(), Metrics: m.Metrics, Logger: m.Logger,
-		Writers: int(m.Config.IngestWriters),
-		RollupLag: func(ctx context.Context) (time.Duration, error) {
-			lag, _, err := rollup.Backlog(ctx, m.Pool)
-			return lag, err
-		},
-		LagBound: m.Config.IngestMaxRollupLag,
+		Writers:   int(m.Config.IngestWriters),
+		RollupLag: m.rollupLag(),
+		LagBound:  m.Config.IngestMaxRollupLag,
 	})
 	if err != nil {
 		return err
@@ -245,6 +242,20 @@ func (m *Main) Run(ctx context.Context) (err error) {
 // requests use them (httpx.Config.RouteRead); writes, the rollup worker
 // and the alert evaluator stay on the primary. The pool connects lazily:
 // a standby down at start is a fallback to the primary, not a failure.
+// rollupLag is what the ingest writer's backpressure reads: the rollups'
+// lag as the database says, on every replica, leader or not. A test that
+// runs the rollups itself (Manual.Rollup) makes the lag, so ingest does
+// not give way to it.
+func (m *Main) rollupLag() func(context.Context) (time.Duration, error) {
+	if m.Manual.Rollup {
+		return nil
+	}
+	return func(ctx context.Context) (time.Duration, error) {
+		lag, _, err := rollup.Backlog(ctx, m.Pool)
+		return lag, err
+	}
+}
+
 func (m *Main) openStandby(ctx context.Context) error {
 	var err error
 	if m.ReadPool, err = database.Connect(ctx, m.Config.ReadDatabaseURL, int32(cmp.Or(m.Config.DatabasePoolSize, config.DefaultDatabasePoolSize))); err != nil {
