@@ -31,31 +31,17 @@ const storedRows = `
 SELECT k.proxy_id, k.connection_id, false, c.start_time, c.end_time, c.paired
   FROM keys k JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`
 
-// repairIntervals returns the intervals usage_connections holds for the
-// connections of events (old), and what pairing them with their new
-// events gives (fresh: intervals, and ends no start paired with).
-func repairIntervals(ctx context.Context, tx pgx.Tx, events map[ConnKey][]ConnEvent, maxAge time.Duration) (old map[ConnKey][]Interval, fresh map[ConnKey]paired, err error) {
-	if len(events) == 0 {
-		return map[ConnKey][]Interval{}, map[ConnKey]paired{}, nil
-	}
-	proxies, conns := make([]string, 0, len(events)), make([]string, 0, len(events))
-	for k := range events {
-		proxies, conns = append(proxies, k.ProxyID), append(conns, k.ConnectionID)
-	}
+// storedEvents returns, for the connections keys, every event their
+// usage_connections rows stand for (all) and their stored intervals
+// (old): the worker pairs all with the connections' new events.
+func storedEvents(ctx context.Context, tx pgx.Tx, keys []ConnKey) (all map[ConnKey][]ConnEvent, old map[ConnKey][]Interval, err error) {
+	proxies, conns := splitConnKeys(keys)
 	rows, err := tx.Query(ctx, `
 		WITH keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id))`+storedRows, proxies, conns)
 	if err != nil {
 		return nil, nil, err
 	}
-	all, old, err := scanPairing(rows)
-	if err != nil {
-		return nil, nil, err
-	}
-	fresh = make(map[ConnKey]paired, len(events))
-	for k, evs := range events {
-		fresh[k] = pair(append(all[k], evs...), maxAge)
-	}
-	return old, fresh, nil
+	return scanPairing(rows)
 }
 
 // pendingIntervals selects, for the proxies $1, the stored rows and the
@@ -74,21 +60,10 @@ WITH logged AS MATERIALIZED (
 UNION ALL
 SELECT proxy_id, connection_id, true, time, time, is_start FROM logged`
 
-// paired is a connection's intervals and the ends no start paired with.
-type paired struct {
-	Intervals []Interval
-	Unmatched []time.Time
-}
-
-func pair(events []ConnEvent, maxAge time.Duration) paired {
-	ivs, ends := PairEnds(events, maxAge)
-	return paired{ivs, ends}
-}
-
 // scanPairing reads storedRows' rows, and pendingIntervals' logged events
 // (is_event true: the instant in both time columns, is_start in the
 // last): every event of each connection (all), and its stored intervals
-// (stored; a connection with only unmatched ends has an empty entry).
+// (stored).
 func scanPairing(rows pgx.Rows) (all map[ConnKey][]ConnEvent, stored map[ConnKey][]Interval, err error) {
 	all = map[ConnKey][]ConnEvent{}
 	stored = map[ConnKey][]Interval{}
@@ -102,9 +77,6 @@ func scanPairing(rows pgx.Rows) (all map[ConnKey][]ConnEvent, stored map[ConnKey
 			all[k] = append(all[k], ConnEvent{Time: end, Start: flag})
 		case !start.Valid: // an unmatched end
 			all[k] = append(all[k], ConnEvent{Time: end})
-			if _, ok := stored[k]; !ok {
-				stored[k] = nil
-			}
 		default:
 			iv := Interval{Start: start.Time, End: end, Paired: flag}
 			all[k] = append(all[k], iv.events()...)

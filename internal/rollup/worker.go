@@ -263,12 +263,13 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 	if err != nil || len(ids) == 0 {
 		return RunStats{Full: full}, err
 	}
+	keys := sortedConnKeys(events)
 	var peakDays []DayKey
 	err = pgx.BeginTxFunc(ctx, w.cfg.Pool, readCommitted, func(tx pgx.Tx) error {
 		if err := claimLogRows(ctx, tx, database.LockRollupPair, "usage_connection_invalidations", ids); err != nil {
 			return err
 		}
-		old, fresh, err := w.repair(ctx, tx, events)
+		old, fresh, err := w.repair(ctx, tx, keys, events)
 		if err != nil {
 			return err
 		}
@@ -284,7 +285,7 @@ func (w *Worker) pair(ctx context.Context, batch int) (stats RunStats, err error
 	if err != nil {
 		return RunStats{}, fmt.Errorf("rollup: pair: %w", err)
 	}
-	return RunStats{PeakDays: peakDays, Connections: sortedConnKeys(events), Full: full}, nil
+	return RunStats{PeakDays: peakDays, Connections: keys, Full: full}, nil
 }
 
 // finish records a run's outcome and the lag after it. The last-success
@@ -439,31 +440,30 @@ func (w *Worker) readLog(ctx context.Context, batch int, query string, dest []an
 	return ids, true, nil
 }
 
-// repair pairs the connections' new events with their stored intervals
-// and unmatched ends, and replaces those. It returns their old and new
-// intervals.
-func (w *Worker) repair(ctx context.Context, tx pgx.Tx, events map[ConnKey][]ConnEvent) (old, fresh map[ConnKey][]Interval, err error) {
-	if len(events) == 0 {
+// repair pairs the connections' new events (keys, sorted) with their
+// stored intervals and unmatched ends, and replaces those. It returns
+// their old and new intervals.
+func (w *Worker) repair(ctx context.Context, tx pgx.Tx, keys []ConnKey, events map[ConnKey][]ConnEvent) (old, fresh map[ConnKey][]Interval, err error) {
+	if len(keys) == 0 {
 		return nil, nil, nil
 	}
-	old, repaired, err := repairIntervals(ctx, tx, events, w.cfg.MaxConnectionAge)
+	all, old, err := storedEvents(ctx, tx, keys)
 	if err != nil {
 		return nil, nil, err
 	}
-	keys := sortedConnKeys(repaired)
-	proxies, ids := splitConnKeys(keys)
 	var rows [][]any
-	fresh = make(map[ConnKey][]Interval, len(repaired))
+	fresh = make(map[ConnKey][]Interval, len(keys))
 	for _, k := range keys {
-		p := repaired[k]
-		fresh[k] = p.Intervals
-		for _, iv := range p.Intervals {
+		ivs, unmatched := PairEnds(append(all[k], events[k]...), w.cfg.MaxConnectionAge)
+		fresh[k] = ivs
+		for _, iv := range ivs {
 			rows = append(rows, []any{k.ProxyID, k.ConnectionID, iv.Start, iv.End, iv.Paired})
 		}
-		for _, end := range p.Unmatched {
+		for _, end := range unmatched {
 			rows = append(rows, []any{k.ProxyID, k.ConnectionID, nil, end, false})
 		}
 	}
+	proxies, ids := splitConnKeys(keys)
 	if _, err := tx.Exec(ctx, `
 		DELETE FROM usage_connections c USING unnest($1::text[], $2::text[]) AS k(proxy_id, connection_id)
 		 WHERE c.proxy_id = k.proxy_id AND c.connection_id = k.connection_id`, proxies, ids); err != nil {
