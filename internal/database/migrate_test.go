@@ -760,6 +760,10 @@ func TestConnectionLogEventsMigrationKeepsEveryEvent(t *testing.T) {
 				}
 			})
 
+			// Today's worker, on the schema it expects.
+			if _, err := p.Up(ctx); err != nil {
+				t.Fatal(err)
+			}
 			pool, err := pgxpool.New(ctx, url)
 			if err != nil {
 				t.Fatal(err)
@@ -786,6 +790,106 @@ func TestConnectionLogEventsMigrationKeepsEveryEvent(t *testing.T) {
 			if n := countRows(t, db, differing(stored, paired)); n != 0 {
 				t.Errorf("after the worker: %d stored rows differ from pairing every event", n)
 			}
+		})
+	}
+}
+
+// Migration 22 bounds each proxy's interval lengths: the existing
+// intervals' longest, then a trigger that grows the bound for every
+// statement storing intervals (inserts, COPY, updates) and never shrinks
+// it; its Down drops both.
+func TestConnectionBoundsMigrationBoundsEveryInterval(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			url, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 21); err != nil {
+				t.Fatal(err)
+			}
+			exec := func(q string) {
+				t.Helper()
+				if _, err := db.ExecContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// a: 1 h and a paired connection of 2 days 3 µs; b: only an
+			// unmatched end (no interval, no bound).
+			exec(`DELETE FROM usage_connections;
+				INSERT INTO usage_connections (proxy_id, connection_id, start_time, end_time, paired) VALUES
+				('a', 'c1', '2026-03-01 10:00Z', '2026-03-01 11:00Z', true),
+				('a', 'c2', '2026-03-01 00:00Z', '2026-03-03 00:00:00.000003Z', true),
+				('b', 'c1', NULL, '2026-03-01 09:00Z', false)`)
+			bounds := func() map[string]int64 {
+				t.Helper()
+				rows, err := db.QueryContext(ctx, `SELECT proxy_id, longest_us FROM usage_connection_bounds`)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				got := map[string]int64{}
+				for rows.Next() {
+					var id string
+					var us int64
+					if err := rows.Scan(&id, &us); err != nil {
+						t.Fatal(err)
+					}
+					got[id] = us
+				}
+				if err := rows.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return got
+			}
+			expect := func(step string, want map[string]int64) {
+				t.Helper()
+				got := bounds()
+				if len(got) != len(want) {
+					t.Errorf("after %s: bounds %v, want %v", step, got, want)
+				}
+				for id, us := range want {
+					if got[id] != us {
+						t.Errorf("after %s: %s bound %d µs, want %d", step, id, got[id], us)
+					}
+				}
+			}
+			const twoDays = int64(48*time.Hour/time.Microsecond) + 3
+			upDownUp(t, p, func() {
+				if n := countRows(t, db, `SELECT count(*) FROM pg_tables WHERE tablename = 'usage_connection_bounds'`); n != 0 {
+					t.Fatalf("after down: usage_connection_bounds still there")
+				}
+				exec(`INSERT INTO usage_connections (proxy_id, connection_id, start_time, end_time, paired) VALUES
+					('c', 'c1', '2026-03-01 10:00Z', '2026-03-01 10:00:01Z', true)`)
+			}, func(step string) {
+				want := map[string]int64{"a": twoDays}
+				if step != "up" {
+					want["c"] = int64(time.Second / time.Microsecond)
+				}
+				expect(step, want)
+			})
+
+			// The trigger: a shorter interval keeps the bound, a longer one
+			// (stored by COPY, as the worker does) or an update grows it.
+			exec(`INSERT INTO usage_connections (proxy_id, connection_id, start_time, end_time, paired) VALUES
+				('a', 'c3', '2026-03-05 10:00Z', '2026-03-05 10:30Z', true)`)
+			pool, err := pgxpool.New(ctx, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pool.Close()
+			start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+			if _, err := pool.CopyFrom(ctx, pgx.Identifier{"usage_connections"}, []string{"proxy_id", "connection_id", "start_time", "end_time", "paired"},
+				pgx.CopyFromRows([][]any{
+					{"b", "c2", start, start.Add(90 * time.Minute), true},
+					{"b", "c3", start, start.Add(30 * time.Minute), true},
+					{"d", "c1", nil, start, false},
+				})); err != nil {
+				t.Fatal(err)
+			}
+			expect("inserts", map[string]int64{"a": twoDays, "b": int64(90 * time.Minute / time.Microsecond), "c": int64(time.Second / time.Microsecond)})
+			exec(`UPDATE usage_connections SET end_time = end_time + interval '3 days' WHERE proxy_id = 'c'`)
+			exec(`DELETE FROM usage_connections WHERE proxy_id = 'a' AND connection_id = 'c2'`)
+			expect("update and delete", map[string]int64{"a": twoDays, "b": int64(90 * time.Minute / time.Microsecond),
+				"c": int64((72*time.Hour + time.Second) / time.Microsecond)})
 		})
 	}
 }

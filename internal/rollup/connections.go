@@ -105,8 +105,9 @@ func pendingPairing(rows pgx.Rows, maxAge time.Duration) (stored, fresh map[Conn
 
 // overlapping returns, for each proxy-day, the stored intervals open on it
 // with their connection ids. It reads each proxy's intervals once, over the
-// span from its first to its last requested day: a scan per day would read
-// every interval ending after that day, again for each later day.
+// span from its first to its last requested day (a scan per day would read
+// the same intervals again for each later day), and only those starting
+// within the proxy's longest interval before it (usage_connection_bounds).
 func overlapping(ctx context.Context, p *database.Pipe, days []DayKey) (map[DayKey][]keyedInterval, error) {
 	out := make(map[DayKey][]keyedInterval, len(days))
 	if len(days) == 0 {
@@ -131,7 +132,9 @@ func overlapping(ctx context.Context, p *database.Pipe, days []DayKey) (map[DayK
 	rows, err := p.Query(ctx, `
 		SELECT c.proxy_id, c.connection_id, c.start_time, c.end_time
 		  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS k(proxy_id, lo, hi)
-		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time > k.lo AND c.start_time < k.hi`, proxies, los, his)
+		  JOIN usage_connection_bounds b ON b.proxy_id = k.proxy_id
+		  JOIN usage_connections c ON c.proxy_id = k.proxy_id AND c.end_time > k.lo AND c.start_time < k.hi
+		   AND c.start_time >= k.lo - b.longest_us * interval '1 microsecond'`, proxies, los, his)
 	if err != nil {
 		return nil, err
 	}
