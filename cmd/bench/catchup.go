@@ -14,12 +14,32 @@ import (
 
 // catchUp is (6): late events over past days land at once (one COPY with
 // their invalidation log entries, as if ingested), and the running
-// service's rollup worker (default configuration) absorbs them.
+// service's rollup worker (default configuration) absorbs them. Twice:
+// the seed stores intervals without peak state, so the first round also
+// fills each late day's state from its stored intervals, as a day's first
+// touch after a bulk load or a migration that drops the state (0020)
+// does; the second round's late days already have state, as the days of
+// a database live ingest filled do.
 func (b *bench) catchUp(ctx context.Context, pool *pgxpool.Pool, r *reads) error {
+	for _, round := range []struct {
+		id, what, prefix string
+		seed             uint64
+	}{
+		{"6", "days without peak state (first touch after a bulk load)", "l", 3},
+		{"6b", "the same days, now with peak state (as live ingest leaves them)", "m", 13},
+	} {
+		if err := b.catchUpRound(ctx, pool, r, round.id, round.what, round.prefix, round.seed); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) catchUpRound(ctx context.Context, pool *pgxpool.Pool, r *reads, id, what, prefix string, seed uint64) error {
 	from := r.today.AddDate(0, 0, -b.opt.lateDays)
-	step("(6) rollup catch-up: %s late events over the %d days before today", count(b.opt.lateEvents), b.opt.lateDays)
-	gen := workload.New(workload.Config{Seed: b.opt.seed + 3, Users: b.opt.users, Proxies: b.opt.proxies,
-		Start: from, End: r.today, Events: b.opt.lateEvents, Prefix: "l"})
+	step("(%s) rollup catch-up: %s late events over the %d days before today, %s", id, count(b.opt.lateEvents), b.opt.lateDays, what)
+	gen := workload.New(workload.Config{Seed: b.opt.seed + seed, Users: b.opt.users, Proxies: b.opt.proxies,
+		Start: from, End: r.today, Events: b.opt.lateEvents, Prefix: prefix})
 	var events []ingest.Event
 	for {
 		n := len(events)
@@ -64,10 +84,15 @@ func (b *bench) catchUp(ctx context.Context, pool *pgxpool.Pool, r *reads) error
 	if err := checkReport(body, raw); err != nil {
 		return fmt.Errorf("after catch-up, API and raw SQL disagree: %w", err)
 	}
-	b.add(result{"6", fmt.Sprintf("rollup catch-up: %s late events over %d days, service worker (default batch 5,000)", count(len(events)), b.opt.lateDays),
-		fmt.Sprintf("%.1f s (%s events/s; %s proxy-days, %s connections re-rolled)", took.Seconds(), rate(float64(len(events))/took.Seconds()), count(days), count(conns)),
-		"measured", ""})
-	b.addEvidence("(6) rollup catch-up", "CPU: "+cpuSplit(start, end)+". A report over the late days, computed from raw events afterwards, equals the API's.\n\n"+
+	speed := float64(len(events)) / took.Seconds()
+	target, met := "measured", ""
+	if id == "6b" {
+		target, met = "≥ 50,000 events/s", yes(speed >= 50_000)
+	}
+	b.add(result{id, fmt.Sprintf("rollup catch-up: %s late events over %d days, %s, service worker (default batch 5,000)", count(len(events)), b.opt.lateDays, what),
+		fmt.Sprintf("%.1f s (%s events/s; %s proxy-days, %s connections re-rolled)", took.Seconds(), rate(speed), count(days), count(conns)),
+		target, met})
+	b.addEvidence("("+id+") rollup catch-up", "CPU: "+cpuSplit(start, end)+". A report over the late days, computed from raw events afterwards, equals the API's.\n\n"+
 		"Server time per statement (`pg_stat_statements`, from the COPY of the late events to the end):\n\n"+topStatements(ctx, pool, 8))
 	return nil
 }
