@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -890,6 +891,91 @@ func TestConnectionBoundsMigrationBoundsEveryInterval(t *testing.T) {
 			exec(`DELETE FROM usage_connections WHERE proxy_id = 'a' AND connection_id = 'c2'`)
 			expect("update and delete", map[string]int64{"a": twoDays, "b": int64(90 * time.Minute / time.Microsecond),
 				"c": int64((72*time.Hour + time.Second) / time.Microsecond)})
+		})
+	}
+}
+
+// Migration 23 packs each slot's edges into 4-byte words (twice the
+// offset from the slot's start in µs, plus one for a start); its Down
+// restores the 9-byte form exactly.
+func TestPackedSlotEdgesMigrationKeepsEdges(t *testing.T) {
+	for _, b := range pgtest.Backends(t) {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := context.Background()
+			_, db, p := migrator(t, b)
+			if _, err := p.DownTo(ctx, 22); err != nil {
+				t.Fatal(err)
+			}
+			type edge struct {
+				at    time.Time
+				start bool
+			}
+			slot := time.Date(2026, 3, 1, 23, 55, 0, 0, time.UTC)
+			last := slot.Add(5*time.Minute - time.Microsecond)
+			slots := map[string][]edge{ // proxy → the edges of its slot at 23:55
+				"a": {{slot, false}, {slot, true}, {slot.Add(1234567 * time.Microsecond), true}, {last, false}, {last, true}},
+				"b": {{slot.Add(time.Minute), false}},
+			}
+			old := map[string][]byte{}
+			packed := map[string][]byte{}
+			for id, es := range slots {
+				for _, e := range es {
+					word := uint32(2 * e.at.Sub(slot).Microseconds())
+					delta := byte(0xff)
+					if e.start {
+						word, delta = word+1, 1
+					}
+					old[id] = append(binary.BigEndian.AppendUint64(old[id], uint64(e.at.UnixMicro())), delta)
+					packed[id] = binary.BigEndian.AppendUint32(packed[id], word)
+				}
+			}
+			fill := func() {
+				t.Helper()
+				for id, b := range old {
+					if _, err := db.ExecContext(ctx, `INSERT INTO usage_peak_slots (proxy_id, slot_start, net, top, edges) VALUES ($1, $2, 0, 0, $3)`,
+						id, slot, b); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			read := func(column string) map[string][]byte {
+				t.Helper()
+				rows, err := db.QueryContext(ctx, `SELECT proxy_id, `+column+` FROM usage_peak_slots`)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rows.Close()
+				got := map[string][]byte{}
+				for rows.Next() {
+					var id string
+					var b []byte
+					if err := rows.Scan(&id, &b); err != nil {
+						t.Fatal(err)
+					}
+					got[id] = b
+				}
+				if err := rows.Err(); err != nil {
+					t.Fatal(err)
+				}
+				return got
+			}
+			same := func(step string, got, want map[string][]byte) {
+				t.Helper()
+				if len(got) != len(want) {
+					t.Errorf("after %s: %d slots, want %d", step, len(got), len(want))
+				}
+				for id, w := range want {
+					if !bytes.Equal(got[id], w) {
+						t.Errorf("after %s: slot of %s holds %x, want %x", step, id, got[id], w)
+					}
+				}
+			}
+			fill()
+			upDownUp(t, p, func() {
+				same("down", read("edges"), old)
+			}, func(step string) {
+				same(step, read("packed_edges"), packed)
+			})
 		})
 	}
 }

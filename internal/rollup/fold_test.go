@@ -765,7 +765,7 @@ func checkSlotEdges(t *testing.T, pool *pgxpool.Pool) {
 		t.Fatal(err)
 	}
 	got := map[key][]edge{}
-	rows, err = pool.Query(ctx, `SELECT proxy_id, slot_start, edges FROM usage_peak_slots`)
+	rows, err = pool.Query(ctx, `SELECT proxy_id, slot_start, packed_edges FROM usage_peak_slots`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -773,11 +773,18 @@ func checkSlotEdges(t *testing.T, pool *pgxpool.Pool) {
 	var b []byte
 	if _, err := pgx.ForEachRow(rows, []any{&k.proxyID, &k.slot, &b}, func() error {
 		k.slot = k.slot.UTC()
-		if len(b)%9 != 0 {
+		if len(b)%4 != 0 {
 			t.Errorf("%s slot %s: %d bytes of edges", k.proxyID, k.slot.Format(time.RFC3339), len(b))
 		}
-		for i := 0; i+9 <= len(b); i += 9 {
-			got[k] = append(got[k], edge{int64(binary.BigEndian.Uint64(b[i:])), int8(b[i+8])})
+		// The documented word: twice the offset from the slot's start in
+		// µs, plus one for a start.
+		for i := 0; i+4 <= len(b); i += 4 {
+			w := binary.BigEndian.Uint32(b[i:])
+			e := edge{k.slot.UnixMicro() + int64(w>>1), -1}
+			if w&1 == 1 {
+				e.delta = 1
+			}
+			got[k] = append(got[k], e)
 		}
 		return nil
 	}); err != nil {

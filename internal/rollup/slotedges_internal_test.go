@@ -1,23 +1,49 @@
 package rollup
 
 import (
+	"cmp"
+	"encoding/binary"
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 )
+
+func packedWords(b []byte) []uint32 {
+	out := make([]uint32, len(b)/4)
+	for i := range out {
+		out[i] = binary.BigEndian.Uint32(b[4*i:])
+	}
+	return out
+}
 
 // A slot's edges survive their byte form, and changes apply as a multiset:
 // copies at one instant count, and removing an edge the slot does not hold
 // is refused (the caller then re-reads the slot from the intervals).
 func TestSlotEdgeChanges(t *testing.T) {
-	es := []edge{{-5, 1}, {10, -1}, {10, 1}, {10, 1}, {1 << 40, -1}}
-	back, err := decodeEdges(encodeEdges(es))
+	slot := time.Date(2026, 3, 1, 23, 55, 0, 0, time.UTC)
+	last := slot.Add(slotWidth).UnixMicro() - 1
+	es := []edge{{slot.UnixMicro(), -1}, {slot.UnixMicro(), 1}, {slot.UnixMicro() + 10, 1}, {last, -1}, {last, 1}}
+	b, err := encodeEdges(slot, es)
+	if err != nil || len(b) != len(es)*edgeBytes {
+		t.Fatalf("encode: %d bytes, %v", len(b), err)
+	}
+	back, err := decodeEdges(slot, b)
 	if err != nil || !slices.Equal(back, es) {
 		t.Fatalf("round trip: %v, %v", back, err)
 	}
-	if _, err := decodeEdges(make([]byte, edgeBytes+1)); err == nil {
+	if !slices.IsSortedFunc(packedWords(b), func(a, b uint32) int { return cmp.Compare(a, b) }) {
+		t.Error("sorted edges packed into unsorted words")
+	}
+	for _, out := range []int64{slot.UnixMicro() - 1, last + 1} {
+		if _, err := encodeEdges(slot, []edge{{out, 1}}); err == nil {
+			t.Errorf("an edge %d µs from the slot's start packed", out-slot.UnixMicro())
+		}
+	}
+	if _, err := decodeEdges(slot, make([]byte, edgeBytes+1)); err == nil {
 		t.Error("a partial edge decoded")
 	}
+	es = []edge{{-5, 1}, {10, -1}, {10, 1}, {10, 1}, {1 << 40, -1}}
 	got, ok := applyChanges(es, []edgeCount{{edge{10, 1}, -1}, {edge{7, 1}, 2}, {edge{1 << 40, -1}, -1}})
 	want := []edge{{-5, 1}, {7, 1}, {7, 1}, {10, -1}, {10, 1}}
 	if !ok || !slices.Equal(got, want) {
