@@ -237,11 +237,6 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// openStandby connects to the standbys of READ_DATABASE_URL, a pool as
-// large as the primary's (DATABASE_POOL_SIZE). Only read
-// requests use them (httpx.Config.RouteRead); writes, the rollup worker
-// and the alert evaluator stay on the primary. The pool connects lazily:
-// a standby down at start is a fallback to the primary, not a failure.
 // rollupLag is what the ingest writer's backpressure reads: the rollups'
 // lag as the database says, on every replica, leader or not. A test that
 // runs the rollups itself (Manual.Rollup) makes the lag, so ingest does
@@ -256,6 +251,11 @@ func (m *Main) rollupLag() func(context.Context) (time.Duration, error) {
 	}
 }
 
+// openStandby connects to the standbys of READ_DATABASE_URL, a pool as
+// large as the primary's (DATABASE_POOL_SIZE). Only read
+// requests use them (httpx.Config.RouteRead); writes, the rollup worker
+// and the alert evaluator stay on the primary. The pool connects lazily:
+// a standby down at start is a fallback to the primary, not a failure.
 func (m *Main) openStandby(ctx context.Context) error {
 	var err error
 	if m.ReadPool, err = database.Connect(ctx, m.Config.ReadDatabaseURL, int32(cmp.Or(m.Config.DatabasePoolSize, config.DefaultDatabasePoolSize))); err != nil {

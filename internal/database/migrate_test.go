@@ -244,12 +244,7 @@ func TestRollupDeltaMigrationRecomputesLoggedDays(t *testing.T) {
 			if _, err := p.DownTo(ctx, 9); err != nil {
 				t.Fatal(err)
 			}
-			exec := func(q string) {
-				t.Helper()
-				if _, err := db.ExecContext(ctx, q); err != nil {
-					t.Fatal(err)
-				}
-			}
+			exec := execer(t, db)
 			if b == database.TimescaleDB {
 				// Migration 11's Down re-adds the columnstore policy, whose
 				// job the scheduler starts at once; it deadlocked with this
@@ -338,12 +333,7 @@ func TestDeltasByUserMigrationKeepsPendingDeltas(t *testing.T) {
 			if _, err := p.DownTo(ctx, 13); err != nil {
 				t.Fatal(err)
 			}
-			exec := func(q string) {
-				t.Helper()
-				if _, err := db.ExecContext(ctx, q); err != nil {
-					t.Fatal(err)
-				}
-			}
+			exec := execer(t, db)
 			count := func(q string) int { t.Helper(); return countRows(t, db, q) }
 			exec(`INSERT INTO users (id) VALUES ('u1'), ('u2');
 				INSERT INTO proxies (id, user_id) VALUES ('a', 'u1'), ('b', 'u2'), ('c', 'u1');
@@ -454,6 +444,40 @@ func upDownUp(t *testing.T, p *goose.Provider, afterDown func(), check func(step
 		t.Fatal(err)
 	}
 	check("down and up")
+}
+
+// execer returns a function that runs a statement on db or fails t.
+func execer(t *testing.T, db *sql.DB) func(q string) {
+	return func(q string) {
+		t.Helper()
+		if _, err := db.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// keyed returns the rows of q, two columns, as a map from the first to
+// the second.
+func keyed[V any](t *testing.T, db *sql.DB, q string) map[string]V {
+	t.Helper()
+	rows, err := db.QueryContext(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]V{}
+	for rows.Next() {
+		var k string
+		var v V
+		if err := rows.Scan(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		out[k] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // countRows returns the count query q answers.
@@ -703,12 +727,7 @@ func TestConnectionLogEventsMigrationKeepsEveryEvent(t *testing.T) {
 			if _, err := p.DownTo(ctx, 20); err != nil {
 				t.Fatal(err)
 			}
-			exec := func(q string) {
-				t.Helper()
-				if _, err := db.ExecContext(ctx, q); err != nil {
-					t.Fatal(err)
-				}
-			}
+			exec := execer(t, db)
 			// Raw events as (proxy, connection, time, start), in both tables.
 			const events = `(VALUES
 				('a', 'c1', '2026-03-01 10:00Z', true), ('a', 'c1', '2026-03-01 11:00Z', false), ('a', 'c1', '2026-03-01 11:00Z', false),
@@ -807,12 +826,7 @@ func TestConnectionBoundsMigrationBoundsEveryInterval(t *testing.T) {
 			if _, err := p.DownTo(ctx, 21); err != nil {
 				t.Fatal(err)
 			}
-			exec := func(q string) {
-				t.Helper()
-				if _, err := db.ExecContext(ctx, q); err != nil {
-					t.Fatal(err)
-				}
-			}
+			exec := execer(t, db)
 			// a: 1 h and a paired connection of 2 days 3 µs; b: only an
 			// unmatched end (no interval, no bound).
 			exec(`DELETE FROM usage_connections;
@@ -820,30 +834,9 @@ func TestConnectionBoundsMigrationBoundsEveryInterval(t *testing.T) {
 				('a', 'c1', '2026-03-01 10:00Z', '2026-03-01 11:00Z', true),
 				('a', 'c2', '2026-03-01 00:00Z', '2026-03-03 00:00:00.000003Z', true),
 				('b', 'c1', NULL, '2026-03-01 09:00Z', false)`)
-			bounds := func() map[string]int64 {
-				t.Helper()
-				rows, err := db.QueryContext(ctx, `SELECT proxy_id, longest_us FROM usage_connection_bounds`)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer rows.Close()
-				got := map[string]int64{}
-				for rows.Next() {
-					var id string
-					var us int64
-					if err := rows.Scan(&id, &us); err != nil {
-						t.Fatal(err)
-					}
-					got[id] = us
-				}
-				if err := rows.Err(); err != nil {
-					t.Fatal(err)
-				}
-				return got
-			}
 			expect := func(step string, want map[string]int64) {
 				t.Helper()
-				got := bounds()
+				got := keyed[int64](t, db, `SELECT proxy_id, longest_us FROM usage_connection_bounds`)
 				if len(got) != len(want) {
 					t.Errorf("after %s: bounds %v, want %v", step, got, want)
 				}
@@ -938,27 +931,6 @@ func TestPackedSlotEdgesMigrationKeepsEdges(t *testing.T) {
 					}
 				}
 			}
-			read := func(column string) map[string][]byte {
-				t.Helper()
-				rows, err := db.QueryContext(ctx, `SELECT proxy_id, `+column+` FROM usage_peak_slots`)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer rows.Close()
-				got := map[string][]byte{}
-				for rows.Next() {
-					var id string
-					var b []byte
-					if err := rows.Scan(&id, &b); err != nil {
-						t.Fatal(err)
-					}
-					got[id] = b
-				}
-				if err := rows.Err(); err != nil {
-					t.Fatal(err)
-				}
-				return got
-			}
 			same := func(step string, got, want map[string][]byte) {
 				t.Helper()
 				if len(got) != len(want) {
@@ -972,9 +944,9 @@ func TestPackedSlotEdgesMigrationKeepsEdges(t *testing.T) {
 			}
 			fill()
 			upDownUp(t, p, func() {
-				same("down", read("edges"), old)
+				same("down", keyed[[]byte](t, db, `SELECT proxy_id, edges FROM usage_peak_slots`), old)
 			}, func(step string) {
-				same(step, read("packed_edges"), packed)
+				same(step, keyed[[]byte](t, db, `SELECT proxy_id, packed_edges FROM usage_peak_slots`), packed)
 			})
 		})
 	}

@@ -129,16 +129,16 @@ func updatePeaks(ctx context.Context, tx pgx.Tx, old, fresh map[ConnKey][]Interv
 		// before midnight can be (sql/0022_connection_bounds.sql).
 		if _, err := tx.Exec(ctx, `
 			INSERT INTO usage_peak_days (proxy_id, day, open_before, open_at)
-			SELECT k.proxy_id, k.day, coalesce(o.before, 0), coalesce(o.at, 0)
+			SELECT k.proxy_id, k.day, o.before, o.at
 			  FROM unnest($1::text[], $2::date[]) AS k(proxy_id, day)
 			 CROSS JOIN LATERAL (SELECT k.day::timestamp AT TIME ZONE 'UTC' AS at) m
 			  LEFT JOIN usage_connection_bounds b ON b.proxy_id = k.proxy_id
-			  LEFT JOIN LATERAL (
+			 CROSS JOIN LATERAL ( -- one row: an aggregate without GROUP BY
 			       SELECT count(*) FILTER (WHERE c.start_time < m.at AND c.end_time >= m.at) AS before,
 			              count(*) FILTER (WHERE c.end_time > m.at) AS at
 			         FROM usage_connections c
 			        WHERE c.proxy_id = k.proxy_id AND c.start_time <= m.at
-			          AND c.start_time >= m.at - b.longest_us * interval '1 microsecond') o ON true`, fillProxies, fillDays); err != nil {
+			          AND c.start_time >= m.at - b.longest_us * interval '1 microsecond') o`, fillProxies, fillDays); err != nil {
 			return nil, err
 		}
 	}

@@ -92,14 +92,13 @@ type Writer struct {
 	ctx        context.Context // Start's, without its cancellation: the flushes' parent
 	stopOnDone func() bool     // unregisters Start's close on ctx done
 
-	mu       sync.RWMutex
-	stopping bool
-	wg       sync.WaitGroup
+	mu sync.RWMutex // held to close the queue, read-held to send on it
+	wg sync.WaitGroup
 
 	lastFlush atomic.Int64 // unix nanoseconds of the latest flush start
 
 	lag    atomic.Int64  // the rollups' lag last read, in nanoseconds
-	closed chan struct{} // closed with the queue: waits end at once
+	closed chan struct{} // closed with the queue, under mu: waits end at once
 }
 
 type pending struct {
@@ -185,12 +184,21 @@ func (w *Writer) Stop() {
 // close refuses new writes and lets the loops end once the queue is empty.
 func (w *Writer) close() {
 	w.mu.Lock()
-	if !w.stopping {
-		w.stopping = true
+	if !w.isClosed() {
 		close(w.queue)
 		close(w.closed)
 	}
 	w.mu.Unlock()
+}
+
+// isClosed says whether close ran; callers hold mu.
+func (w *Writer) isClosed() bool {
+	select {
+	case <-w.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // WriteAs stores events durably for a caller who must be allowed to record
@@ -209,7 +217,7 @@ func (w *Writer) WriteAs(ctx context.Context, caller auth.Principal, events []in
 func (w *Writer) submit(ctx context.Context, p *pending) (outcome, error) {
 	p.done = make(chan outcome, 1)
 	w.mu.RLock()
-	if w.stopping {
+	if w.isClosed() {
 		w.mu.RUnlock()
 		return outcome{}, apperr.Errorf(apperr.Unavailable, "service is shutting down")
 	}
