@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,29 @@ var pgSettings = [][2]string{
 var reportedSettings = []string{"fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers",
 	"effective_cache_size", "work_mem", "maintenance_work_mem", "wal_buffers", "wal_compression", "max_wal_size",
 	"checkpoint_timeout", "random_page_cost", "jit", "max_connections", "shared_preload_libraries", "autovacuum"}
+
+// pgSetFlag is -pg-set: name=value pairs applied after pgSettings, so
+// a later one wins. Names are checked against pg_settings by ALTER
+// SYSTEM itself; only the shape is checked here, since the name is
+// spliced into the statement.
+type pgSetFlag [][2]string
+
+func (f *pgSetFlag) String() string {
+	var parts []string
+	for _, s := range *f {
+		parts = append(parts, s[0]+"="+s[1])
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f *pgSetFlag) Set(v string) error {
+	name, value, ok := strings.Cut(v, "=")
+	if !ok || name == "" || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz_.") != "" {
+		return fmt.Errorf("want name=value with a lower-case setting name, got %q", v)
+	}
+	*f = append(*f, [2]string{name, value})
+	return nil
+}
 
 const secret = "bench-secret-0123456789abcdef0123456789abcdef"
 
@@ -90,8 +114,8 @@ func (b *bench) startCluster(ctx context.Context) error {
 		libs = "'timescaledb', 'pg_stat_statements'"
 	}
 	settings := [][2]string{{"shared_preload_libraries", libs}}
-	for _, s := range pgSettings {
-		settings = append(settings, [2]string{s[0], "'" + s[1] + "'"})
+	for _, s := range append(pgSettings, b.opt.pgSet...) {
+		settings = append(settings, [2]string{s[0], "'" + strings.ReplaceAll(s[1], "'", "''") + "'"})
 	}
 	for _, s := range settings {
 		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER SYSTEM SET %s = %s", s[0], s[1])); err != nil {
@@ -184,7 +208,13 @@ func (b *bench) readMachine(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'), '')`).Scan(&ts); err == nil && ts != "" {
 		m.pgVersion += ", TimescaleDB " + ts + " available"
 	}
-	rows, err := conn.Query(ctx, `SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name = ANY($1)`, reportedSettings)
+	reported := slices.Clone(reportedSettings)
+	for _, s := range b.opt.pgSet {
+		if !slices.Contains(reported, s[0]) {
+			reported = append(reported, s[0])
+		}
+	}
+	rows, err := conn.Query(ctx, `SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name = ANY($1)`, reported)
 	if err != nil {
 		return err
 	}
@@ -196,7 +226,7 @@ func (b *bench) readMachine(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	for _, n := range reportedSettings {
+	for _, n := range reported {
 		m.settings = append(m.settings, [2]string{n, got[n]})
 	}
 	return nil
