@@ -267,6 +267,8 @@ func TestServiceHealthCoverage(t *testing.T) {
 		"proxyusage_ingest_shed_total",                     // load shedding
 		"proxyusage_ingest_held_back_seconds_total",        // backpressure from rollup lag
 		"proxyusage_http_shed_total",                       //
+		"proxyusage_idempotency_key_index_bytes",           // key index against the cache
+		"proxyusage_database_shared_buffers_bytes",         //
 		"proxyusage_rollup_lag_seconds",                    // rollup lag
 		"proxyusage_rollup_pending_invalidations",          //
 		"proxyusage_rollup_runs_total",                     //

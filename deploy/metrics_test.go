@@ -157,6 +157,8 @@ var documented = map[string]struct {
 	"proxyusage_ingest_queue_depth":                    {dto.MetricType_GAUGE, nil},
 	"proxyusage_ingest_shed_total":                     {dto.MetricType_COUNTER, nil},
 	"proxyusage_ingest_held_back_seconds_total":        {dto.MetricType_COUNTER, nil},
+	"proxyusage_idempotency_key_index_bytes":           {dto.MetricType_GAUGE, nil},
+	"proxyusage_database_shared_buffers_bytes":         {dto.MetricType_GAUGE, nil},
 	"proxyusage_rollup_runs_total":                     {dto.MetricType_COUNTER, []string{"result"}},
 	"proxyusage_rollup_lag_seconds":                    {dto.MetricType_GAUGE, nil},
 	"proxyusage_rollup_pending_invalidations":          {dto.MetricType_GAUGE, nil},

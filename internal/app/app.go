@@ -184,7 +184,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if !m.Manual.Rollup {
 		m.Rollup.Start(context.WithoutCancel(ctx))
 	}
-	m.Pruner, err = store.NewKeyPruner(store.KeyPrunerConfig{Pool: m.Pool, Logger: m.Logger, Window: m.Config.DedupWindow})
+	m.Pruner, err = store.NewKeyPruner(store.KeyPrunerConfig{Pool: m.Pool, Logger: m.Logger, Window: m.Config.DedupWindow, Metrics: m.Metrics})
 	if err != nil {
 		return err
 	}

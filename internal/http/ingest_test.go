@@ -374,4 +374,19 @@ func TestDedupWindowPruning(t *testing.T) {
 	if s := rec(); s != 201 {
 		t.Fatalf("after the window: %d", s)
 	}
+
+	// The run also reports the key index against the cache it must fit
+	// in, as the catalog and pg_settings state them.
+	var index, buffers float64
+	if err := env.DB.QueryRow(t.Context(), `
+		SELECT (SELECT sum(pg_total_relation_size(indexrelid)) FROM pg_index WHERE indrelid = 'usage_event_keys'::regclass)::float8,
+		       (SELECT setting::float8 * 8192 FROM pg_settings WHERE name = 'shared_buffers')`).Scan(&index, &buffers); err != nil {
+		t.Fatal(err)
+	}
+	if got := scrapeMetric(t, env, "proxyusage_idempotency_key_index_bytes"); got != index || got <= 0 {
+		t.Errorf("key index gauge %v, catalog says %v", got, index)
+	}
+	if got := scrapeMetric(t, env, "proxyusage_database_shared_buffers_bytes"); got != buffers || got <= 0 {
+		t.Errorf("shared_buffers gauge %v, pg_settings says %v", got, buffers)
+	}
 }

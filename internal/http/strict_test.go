@@ -366,18 +366,25 @@ func TestContractBounds(t *testing.T) {
 // rejectedEvents scrapes the rejected-events counter from /metrics.
 func rejectedEvents(t *testing.T, env *apptest.Env) int {
 	t.Helper()
+	return int(scrapeMetric(t, env, `proxyusage_ingest_events_total{result="rejected"}`))
+}
+
+// scrapeMetric returns the value of series (name and labels as
+// exposed) from /metrics.
+func scrapeMetric(t *testing.T, env *apptest.Env, series string) float64 {
+	t.Helper()
 	r := env.Do("GET", "/metrics", "", nil)
 	sc := bufio.NewScanner(bytes.NewReader(r.Body))
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), `proxyusage_ingest_events_total{result="rejected"} `); ok {
-			n, err := strconv.Atoi(v)
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			n, err := strconv.ParseFloat(v, 64)
 			if err != nil {
-				t.Fatalf("rejected = %q", v)
+				t.Fatalf("%s = %q", series, v)
 			}
 			return n
 		}
 	}
-	t.Fatalf("no rejected counter in /metrics:\n%s", r.Body)
+	t.Fatalf("no %s in /metrics:\n%s", series, r.Body)
 	return 0
 }
 

@@ -27,6 +27,8 @@ type Metrics struct {
 	IngestQueueDepth  prometheus.Gauge
 	IngestShed        prometheus.Counter
 	IngestHeldBack    prometheus.Counter
+	KeyIndexBytes     prometheus.Gauge
+	SharedBuffers     prometheus.Gauge
 
 	RollupRuns        *prometheus.CounterVec // result: ok, error
 	RollupLag         prometheus.Gauge
@@ -123,6 +125,14 @@ func New() *Metrics {
 			Name: "proxyusage_ingest_held_back_seconds_total",
 			Help: "Time in seconds group-commit flushes waited because the rollups lagged past INGEST_MAX_ROLLUP_LAG (backpressure).",
 		}),
+		KeyIndexBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_idempotency_key_index_bytes",
+			Help: "Size in bytes of the idempotency keys' indexes (usage_event_keys), read by the key pruner after each run. Every claim touches a random page of it: keep it well inside proxyusage_database_shared_buffers_bytes.",
+		}),
+		SharedBuffers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyusage_database_shared_buffers_bytes",
+			Help: "The database's shared_buffers in bytes, read by the key pruner after each run.",
+		}),
 		RollupRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyusage_rollup_runs_total",
 			Help: "Rollup worker runs, by result (ok, error).",
@@ -203,7 +213,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.HTTPRequests, m.HTTPDuration, m.HTTPShed, m.HTTPInflight, m.HTTPOpenConns, m.ReadyChecks,
 		m.IngestEvents, m.IngestBatchSize, m.IngestFlushes, m.IngestFlushTime,
-		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed, m.IngestHeldBack,
+		m.IngestFlushEvents, m.IngestQueueDepth, m.IngestShed, m.IngestHeldBack, m.KeyIndexBytes, m.SharedBuffers,
 		m.RollupRuns, m.RollupLag, m.RollupPending, m.RollupLastSuccess, m.RollupDays, m.RollupLeader,
 		m.AlertsRecorded, m.AlertsAbandoned, m.WebhookDeliveries, m.AlertDeliveryTime, m.AlertsLeader,
 		m.ReadsServed, m.ReadFenceWait, m.ReadFallbacks,

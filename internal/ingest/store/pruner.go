@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"proxyusage/internal/telemetry"
 )
 
 // KeyPruner forgets idempotency keys older than the dedup window, in
@@ -15,6 +17,7 @@ import (
 type KeyPruner struct {
 	pool     *pgxpool.Pool
 	log      *slog.Logger
+	metrics  *telemetry.Metrics
 	window   time.Duration
 	interval time.Duration
 	batch    int
@@ -29,6 +32,10 @@ type KeyPrunerConfig struct {
 	Window   time.Duration // DEDUP_WINDOW
 	Interval time.Duration // default 10 minutes
 	Batch    int           // keys per statement, default 10,000
+	// Metrics, when set, receives the key index's size and the
+	// database's shared_buffers after each run: an index that outgrows
+	// the cache makes every claim evict a page (README.md, tuning).
+	Metrics *telemetry.Metrics
 }
 
 // NewKeyPruner validates cfg.
@@ -47,7 +54,7 @@ func NewKeyPruner(cfg KeyPrunerConfig) (*KeyPruner, error) {
 		return nil, err
 	}
 	return &KeyPruner{
-		pool: cfg.Pool, log: cfg.Logger.With(slog.String("component", "ingest.pruner")), window: cfg.Window,
+		pool: cfg.Pool, log: cfg.Logger.With(slog.String("component", "ingest.pruner")), metrics: cfg.Metrics, window: cfg.Window,
 		interval: cmp.Or(cfg.Interval, 10*time.Minute), batch: cmp.Or(cfg.Batch, 10_000),
 	}, nil
 }
@@ -81,8 +88,34 @@ func (p *KeyPruner) Stop() {
 	}
 }
 
-// RunOnce deletes every expired key and returns how many.
+// RunOnce deletes every expired key and returns how many, then reads
+// the key index's size for Metrics.
 func (p *KeyPruner) RunOnce(ctx context.Context) (int64, error) {
+	n, err := p.prune(ctx)
+	if err != nil {
+		return n, err
+	}
+	return n, p.observeSize(ctx)
+}
+
+// observeSize sets the key index's size and shared_buffers.
+func (p *KeyPruner) observeSize(ctx context.Context) error {
+	if p.metrics == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var index, buffers int64
+	if err := p.pool.QueryRow(ctx, `
+		SELECT pg_indexes_size('usage_event_keys'), pg_size_bytes(current_setting('shared_buffers'))`).Scan(&index, &buffers); err != nil {
+		return err
+	}
+	p.metrics.KeyIndexBytes.Set(float64(index))
+	p.metrics.SharedBuffers.Set(float64(buffers))
+	return nil
+}
+
+func (p *KeyPruner) prune(ctx context.Context) (int64, error) {
 	var total int64
 	for {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
