@@ -97,6 +97,7 @@ type templates struct {
 	bodies  [][]byte
 	ids     [][]int // offsets of each body's eventIds
 	conns   [][]int // offsets of each body's connection-id rounds
+	jitter  [][]int // with -stream-jitter: offsets of the sub-millisecond digits of each non-connection event's timestamp
 	events  int     // per body, on average
 	perBody []int
 	// source keeps the template events for the COPY baseline.
@@ -114,10 +115,24 @@ func newTemplates(seed uint64, now time.Time, span time.Duration, n, size int) *
 		}
 		for i := range evs {
 			evs[i].EventID = placeholderID
+			if streamJitter && !isConnectionEvent(evs[i]) {
+				// Six fractional digits exactly, the last three rewritten
+				// by fill: the same millisecond, so the same day.
+				evs[i].Time = evs[i].Time.Truncate(time.Millisecond).Add(time.Microsecond)
+			}
 		}
 		body := workload.AppendBatch(nil, evs)
 		t.bodies = append(t.bodies, body)
 		t.ids = append(t.ids, offsets(body, `"eventId":"`))
+		if streamJitter {
+			var subMS []int
+			for i, o := range offsets(body, `"timestamp":"`) {
+				if !isConnectionEvent(evs[i]) {
+					subMS = append(subMS, o+len("2006-01-02T15:04:05.000"))
+				}
+			}
+			t.jitter = append(t.jitter, subMS)
+		}
 		t.conns = append(t.conns, offsets(body, `"connectionId":"`+connTag))
 		t.perBody = append(t.perBody, len(evs))
 		t.source = append(t.source, evs...)
@@ -150,7 +165,24 @@ func (t *templates) fill(dst []byte, k int, rng *rand.ChaCha8) ([]byte, int) {
 	for _, o := range t.conns[i] {
 		putRound(dst[o:o+roundWidth], round)
 	}
+	if t.jitter != nil {
+		for _, o := range t.jitter[i] {
+			us := rng.Uint64() % 1000
+			dst[o], dst[o+1], dst[o+2] = '0'+byte(us/100), '0'+byte(us/10%10), '0'+byte(us%10)
+		}
+	}
 	return dst, t.perBody[i]
+}
+
+// streamJitter is -stream-jitter: templates resent round after round
+// otherwise repeat every event's time, so the events' (proxy_id, time)
+// index takes the same keys again each round, which live ingest does
+// not. Connection events keep their times: a start and its end may
+// share a millisecond, and their order is what pairs them.
+var streamJitter bool
+
+func isConnectionEvent(e ingest.Event) bool {
+	return e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd
 }
 
 // copyRows returns rows [from, from+n) of the stream as events for a COPY:
