@@ -115,7 +115,7 @@ func newTemplates(seed uint64, now time.Time, span time.Duration, n, size int) *
 		}
 		for i := range evs {
 			evs[i].EventID = placeholderID
-			if streamJitter && !isConnectionEvent(evs[i]) {
+			if streamJitter && !evs[i].IsConnectionEvent() {
 				// Six fractional digits exactly, the last three rewritten
 				// by fill: the same millisecond, so the same day.
 				evs[i].Time = evs[i].Time.Truncate(time.Millisecond).Add(time.Microsecond)
@@ -127,7 +127,7 @@ func newTemplates(seed uint64, now time.Time, span time.Duration, n, size int) *
 		if streamJitter {
 			var subMS []int
 			for i, o := range offsets(body, `"timestamp":"`) {
-				if !isConnectionEvent(evs[i]) {
+				if !evs[i].IsConnectionEvent() {
 					subMS = append(subMS, o+len("2006-01-02T15:04:05.000"))
 				}
 			}
@@ -180,10 +180,6 @@ func (t *templates) fill(dst []byte, k int, rng *rand.ChaCha8) ([]byte, int) {
 // not. Connection events keep their times: a start and its end may
 // share a millisecond, and their order is what pairs them.
 var streamJitter bool
-
-func isConnectionEvent(e ingest.Event) bool {
-	return e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd
-}
 
 // copyRows returns rows [from, from+n) of the stream as events for a COPY:
 // the template events in rounds, with fresh random eventIds and re-tagged

@@ -32,6 +32,12 @@ const (
 	ErrorEvent      = "error"
 )
 
+// IsConnectionEvent reports whether e opens or closes a connection: the
+// events pairing reads (docs/metrics.md).
+func (e *Event) IsConnectionEvent() bool {
+	return e.Type == ConnectionStart || e.Type == ConnectionEnd
+}
+
 // Limits on event fields and batches.
 const (
 	MaxIDLength           = 128
@@ -121,7 +127,7 @@ func (e *Event) CheckBefore(before Field, w Window, now time.Time) (Field, error
 			if err := checkText("eventData.connectionId", e.ConnectionID, 1, MaxIDLength); err != nil {
 				return FieldConnectionID, err
 			}
-		} else if e.Type == ConnectionStart || e.Type == ConnectionEnd {
+		} else if e.IsConnectionEvent() {
 			return FieldConnectionID, invalid("eventData.connectionId is required for %s", e.Type)
 		}
 	}

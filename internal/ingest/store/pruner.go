@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -108,7 +109,7 @@ func (p *KeyPruner) observeSize(ctx context.Context) error {
 	var index, buffers int64
 	if err := p.pool.QueryRow(ctx, `
 		SELECT pg_indexes_size('usage_event_keys'), pg_size_bytes(current_setting('shared_buffers'))`).Scan(&index, &buffers); err != nil {
-		return err
+		return fmt.Errorf("reading the key index's size: %w", err)
 	}
 	p.metrics.KeyIndexBytes.Set(float64(index))
 	p.metrics.SharedBuffers.Set(float64(buffers))

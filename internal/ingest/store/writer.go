@@ -727,7 +727,7 @@ type ConnectionEvents struct {
 func ConnectionEventsOf(events []*ingest.Event, owner func(proxyID string) string) ConnectionEvents {
 	var ce ConnectionEvents
 	for _, e := range events {
-		if e.Type == ingest.ConnectionStart || e.Type == ingest.ConnectionEnd {
+		if e.IsConnectionEvent() {
 			ce.ProxyIDs = append(ce.ProxyIDs, e.ProxyID)
 			ce.ConnectionIDs = append(ce.ConnectionIDs, e.ConnectionID)
 			ce.Times = append(ce.Times, e.Time)
