@@ -108,7 +108,7 @@ func Migrate(ctx context.Context, url, want string, log *slog.Logger) (Backend, 
 	if err != nil {
 		return "", err
 	}
-	results, err := provider.Up(ctx)
+	results, err := applyPending(ctx, db, provider, backend, log)
 	if err != nil {
 		return "", fmt.Errorf("migrate: %w", err)
 	}

@@ -15,4 +15,8 @@ const (
 	// log, so that no row is consumed twice.
 	LockRollupFold int64 = 0x70727573_61676503
 	LockRollupPair int64 = 0x70727573_61676504
+	// LockMigrateJobs: held by a replica while it pauses TimescaleDB's
+	// jobs, migrates and resumes them (applyPending), so that one replica
+	// never resumes the jobs while another is still migrating.
+	LockMigrateJobs int64 = 0x70727573_61676505
 )

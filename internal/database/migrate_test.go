@@ -43,6 +43,14 @@ func migrator(t *testing.T, b database.Backend) (string, *sql.DB, *goose.Provide
 	if err != nil {
 		t.Fatal(err)
 	}
+	if b == database.TimescaleDB {
+		// The tests migrate down and up by hand: no job may run meanwhile
+		// (see PauseTimescaleJobs). The database is dropped afterwards, so
+		// the jobs are not resumed.
+		if _, err := database.PauseTimescaleJobs(context.Background(), db, slog.New(slog.DiscardHandler)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return url, db, p
 }
 

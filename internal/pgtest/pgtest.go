@@ -56,9 +56,39 @@ func Main(m *testing.M) {
 	}
 	if cluster != nil {
 		_ = cluster.Kill()
+		reportCrashes(os.Stderr, cluster.Dir+"/server.log")
 		_ = os.RemoveAll(tempDir)
 	}
 	os.Exit(code)
+}
+
+// reportCrashes copies to w the server log around every crash of a server
+// process (the postmaster then restarts all of them, and every test
+// connected at that moment fails with "the database system is in recovery
+// mode"): the log goes with the throwaway cluster, and without it a crash
+// in CI leaves no trace of its cause.
+func reportCrashes(w io.Writer, logFile string) {
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(string(b), "\n")
+	const before = 30
+	printed := -1
+	for i, l := range lines {
+		if !strings.Contains(l, "terminated by signal") && !strings.Contains(l, "PANIC:") &&
+			!strings.Contains(l, "was terminated by exception") && !strings.Contains(l, "terminating any other active server processes") {
+			continue
+		}
+		from := max(i-before, printed+1)
+		if printed < 0 {
+			fmt.Fprintf(w, "pgtest: a server process crashed; from %s:\n", logFile)
+		}
+		for _, c := range lines[from : i+1] {
+			fmt.Fprintln(w, "  "+c)
+		}
+		printed = i
+	}
 }
 
 // atExit holds what AtExit registered.
@@ -160,7 +190,17 @@ func template(t testing.TB, b database.Backend) string {
 	}
 	if b == database.TimescaleDB {
 		// TimescaleDB's job scheduler keeps a connection to every database
-		// with the extension; a template must have none.
+		// with the extension; a template must have none. Stopping it waits
+		// for it and its jobs to exit and keeps it from starting again.
+		tpl, err := pgx.Connect(ctx, withDB(adminURL, name))
+		if err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+		_, err = tpl.Exec(ctx, `SELECT _timescaledb_functions.stop_background_workers()`)
+		tpl.Close(ctx)
+		if err != nil {
+			t.Fatalf("pgtest: stop the template's jobs: %v", err)
+		}
 		_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, name)
 		if _, err := conn.Exec(ctx, "ALTER DATABASE "+name+" WITH ALLOW_CONNECTIONS false IS_TEMPLATE true"); err != nil {
 			t.Fatalf("pgtest: %v", err)
