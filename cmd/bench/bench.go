@@ -208,8 +208,12 @@ func (b *bench) report() {
 	m := b.machine
 	fmt.Fprintf(&sb, "Run: %s, %s, took %s.\n\n", b.started.UTC().Format("2006-01-02 15:04 MST"), mode, time.Since(b.started).Round(time.Second))
 	sb.WriteString("| machine | |\n|---|---|\n")
-	fmt.Fprintf(&sb, "| nproc | %d |\n| CPU | %s |\n| memory | %s |\n| Go | %s |\n| PostgreSQL | %s |\n| backend | %s |\n| commit | %s |\n\n",
+	fmt.Fprintf(&sb, "| nproc | %d |\n| CPU | %s |\n| memory | %s |\n| Go | %s |\n| PostgreSQL | %s |\n| backend | %s |\n| commit | %s |\n",
 		m.nproc, m.cpu, m.memory, m.goVersion, m.pgVersion, b.backendNote(), m.commit)
+	if len(b.opt.serviceEnv) > 0 {
+		fmt.Fprintf(&sb, "| service settings (-service-env) | %s |\n", strings.Join(b.opt.serviceEnv, ", "))
+	}
+	sb.WriteString("\n")
 	sort.SliceStable(b.results, func(i, j int) bool { return b.results[i].id < b.results[j].id })
 	sb.WriteString("| # | measure | result | target | met |\n|---|---|---|---|---|\n")
 	for _, r := range b.results {

@@ -52,3 +52,33 @@ func TestWriteGeneratedKeepsOtherBlocks(t *testing.T) {
 		t.Errorf("rewriting the main block:\n%s", got)
 	}
 }
+
+// -pg-set and -service-env refuse what they cannot pass on safely: a
+// setting name that is not one, and an environment variable that is not.
+func TestSettingFlags(t *testing.T) {
+	for _, c := range []struct {
+		v      string
+		pg, sv bool // accepted by -pg-set, by -service-env
+	}{
+		{"shared_buffers=8GB", true, false},
+		{"timescaledb.max_background_workers=0", true, false},
+		{"INGEST_MAX_ROLLUP_LAG=1000h", false, true},
+		{"INGEST_WRITERS=4", false, true},
+		{"=1", false, false},
+		{"novalue", false, false},
+		{"shared_buffers;DROP=1", false, false},
+		{"A B=1", false, false},
+	} {
+		var p pgSetFlag
+		var s serviceEnvFlag
+		if got := p.Set(c.v) == nil; got != c.pg {
+			t.Errorf("-pg-set %q accepted = %v, want %v", c.v, got, c.pg)
+		}
+		if got := s.Set(c.v) == nil; got != c.sv {
+			t.Errorf("-service-env %q accepted = %v, want %v", c.v, got, c.sv)
+		}
+		if c.sv && s.String() != c.v {
+			t.Errorf("-service-env %q kept as %q", c.v, s.String())
+		}
+	}
+}

@@ -96,6 +96,23 @@ func (f *pgSetFlag) Set(v string) error {
 	return nil
 }
 
+// serviceEnvFlag is -service-env: NAME=value settings of every service
+// process the bench starts, over the phase's own (e.g.
+// INGEST_MAX_ROLLUP_LAG=1000h to take the rollups' backpressure out of a
+// run).
+type serviceEnvFlag []string
+
+func (f *serviceEnvFlag) String() string { return strings.Join(*f, ",") }
+
+func (f *serviceEnvFlag) Set(v string) error {
+	name, _, ok := strings.Cut(v, "=")
+	if !ok || name == "" || strings.Trim(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789") != "" {
+		return fmt.Errorf("want NAME=value with an upper-case variable name, got %q", v)
+	}
+	*f = append(*f, v)
+	return nil
+}
+
 const secret = "bench-secret-0123456789abcdef0123456789abcdef"
 
 func (b *bench) startCluster(ctx context.Context) error {
@@ -323,6 +340,7 @@ func (b *bench) startService(ctx context.Context, dbURL, name string, env ...str
 		"LOG_LEVEL=warn",
 	)
 	s.cmd.Env = append(s.cmd.Env, env...)
+	s.cmd.Env = append(s.cmd.Env, b.opt.serviceEnv...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {

@@ -88,7 +88,8 @@ type options struct {
 
 	keysSeeded, keysEvents int
 
-	pgSet pgSetFlag
+	pgSet      pgSetFlag
+	serviceEnv serviceEnvFlag
 }
 
 func main() {
@@ -131,6 +132,7 @@ func main() {
 	flag.IntVar(&o.keysSeeded, "keys-seeded", 50_000_000, "remembered idempotency keys seeded before the second run, per backend (13)")
 	flag.IntVar(&o.keysEvents, "keys-events", 1_000_000, "events of each batch-ingest run, and of the columnstore measurement (13)")
 	flag.BoolVar(&streamJitter, "stream-jitter", false, "give each resent non-connection event of (11) and (12) a fresh sub-millisecond part of its time, so template rounds do not repeat the events' (proxy_id, time) keys")
+	flag.Var(&o.serviceEnv, "service-env", "NAME=value: a setting of every service process the bench starts, over the phase's own (repeatable), e.g. INGEST_MAX_ROLLUP_LAG=1000h; shown in the results")
 	flag.Var(&o.pgSet, "pg-set", "name=value: a PostgreSQL setting of the benchmark cluster over cmd/bench's own (repeatable), e.g. shared_buffers=8GB; read back into the results")
 	idleAttacker := flag.String("idle-attacker", "", "internal: run as the attacker process of (8c) against this host:port")
 	flag.Parse()

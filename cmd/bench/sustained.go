@@ -68,7 +68,7 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	m0 := b.scrape()
 	start := b.cpu()
 	run := &streamRun{}
-	rates, elapsed, err := b.windowed(ctx, run, window, func() error {
+	rates, scrapes, elapsed, err := b.windowed(ctx, run, window, func() error {
 		return run.run(ctx, svc.url, tok, tpl, clients, d, 0, b.opt.seed+11)
 	})
 	end := b.cpu()
@@ -99,9 +99,9 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	b.add(result{id("c"), fmt.Sprintf("%s: storage after (%s)", be, id("b")), storage, "measured", ""})
 
 	var rows strings.Builder
-	rows.WriteString("| " + unit + " | events/s | % of the first |\n|---:|---:|---:|\n")
+	rows.WriteString("| " + unit + " | events/s | % of the first | group commits | mean commit | events a commit | time flushes waited for the rollups | rollup lag at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, r := range rates {
-		fmt.Fprintf(&rows, "| %d | %s | %.0f %% |\n", i+1, rate(r), 100*r/first)
+		fmt.Fprintf(&rows, "| %d | %s | %.0f %% | %s |\n", i+1, rate(r), 100*r/first, windowCosts(scrapes[i], scrapes[i+1]))
 	}
 	ev := fmt.Sprintf("Rate per %s of (%s):\n\n%s\nCPU: %s.%s\n\nServer time per statement (`pg_stat_statements`):\n\n%s",
 		unit, id("b"), rows.String(), cpuSplit(start, end), serverSide(m0, b.scrape(), "/proxy/usage/events"), topStatements(ctx, pool, 8))
@@ -116,10 +116,13 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 
 // windowed runs work while recording the accepted events of run every
 // window, and returns the rate of each full window and the time taken.
-func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Duration, work func() error) ([]float64, time.Duration, error) {
+func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Duration, work func() error) ([]float64, []map[string]float64, time.Duration, error) {
 	t0 := time.Now()
 	var mu sync.Mutex
 	var marks []int64
+	// The service's metrics at each mark: what the flushes cost and how
+	// long they waited for the rollups, window by window.
+	scrapes := []map[string]float64{b.scrape()}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -132,8 +135,11 @@ func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Durati
 			case <-done:
 				return
 			case <-t.C:
+				n := run.accepted.Load()
+				m := b.scrape()
 				mu.Lock()
-				marks = append(marks, run.accepted.Load())
+				marks = append(marks, n)
+				scrapes = append(scrapes, m)
 				mu.Unlock()
 			}
 		}
@@ -149,11 +155,12 @@ func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Durati
 	stop()
 	endProgress()
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	// The last, partial window counts when it is at least half a window.
 	if rest := elapsed - time.Duration(len(marks))*window; rest >= window/2 || len(marks) == 0 {
 		marks = append(marks, run.accepted.Load())
+		scrapes = append(scrapes, b.scrape())
 	}
 	rates := make([]float64, len(marks))
 	prev := int64(0)
@@ -165,7 +172,23 @@ func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Durati
 		rates[i] = float64(m-prev) / span.Seconds()
 		prev = m
 	}
-	return rates, elapsed, nil
+	return rates, scrapes, elapsed, nil
+}
+
+// windowCosts describes, between two scrapes of the service, its group
+// commits (how many, their mean duration and size), how long flushes
+// waited for the rollups (INGEST_MAX_ROLLUP_LAG) and the rollup lag at
+// the end: table cells of the per-window rates.
+func windowCosts(a, z map[string]float64) string {
+	d := func(k string) float64 { return z[k] - a[k] }
+	n := d("proxyusage_ingest_flush_duration_seconds_count")
+	ms, size := 0.0, 0.0
+	if n > 0 {
+		ms = 1000 * d("proxyusage_ingest_flush_duration_seconds_sum") / n
+		size = d("proxyusage_ingest_flush_events_sum") / n
+	}
+	return fmt.Sprintf("%.0f | %.1f ms | %.0f | %.1f s | %.1f s", n, ms, size,
+		d("proxyusage_ingest_held_back_seconds_total"), z["proxyusage_rollup_lag_seconds"])
 }
 
 // copyBaseline copies n rows of the stream (random uuid4 eventIds) into a
