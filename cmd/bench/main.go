@@ -78,6 +78,7 @@ type options struct {
 
 	backends          string
 	sustainedFor      time.Duration
+	sustainedNoWorker bool
 	sustainedClients  int
 	sustainedCopyRows int
 	liveFor           time.Duration
@@ -121,6 +122,7 @@ func main() {
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
 	flag.StringVar(&o.attacks, "attacks", "", "fairness runs to make, e.g. 8,8b (default: all)")
 	flag.StringVar(&o.backends, "backends", "postgres,timescaledb", "backends phases 11, 12 and 13 run on, each in its own database and service (timescaledb only when installed)")
+	flag.BoolVar(&o.sustainedNoWorker, "sustained-no-worker", false, "(11)'s batch ingest runs with no rollup worker (the bench holds the leader lock) and no backpressure: ingest's own cost as the data grows")
 	flag.DurationVar(&o.sustainedFor, "sustained-duration", 10*time.Minute, "sustained batch ingest run time per backend (11)")
 	flag.IntVar(&o.sustainedClients, "sustained-clients", 8, "concurrent batch clients (11, 12)")
 	flag.IntVar(&o.sustainedCopyRows, "sustained-copy-rows", 2_000_000, "rows of the raw COPY baseline (11)")

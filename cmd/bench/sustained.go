@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -47,7 +48,22 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	b.add(result{id("a"), fmt.Sprintf("%s: raw binary COPY of %s rows with random uuid4 eventIds into a fresh logged copy of usage_events (same columns and indexes), one stream, 100k rows per transaction", be, count(b.opt.sustainedCopyRows)),
 		rate(copyRate) + " rows/s", "baseline", ""})
 
-	svc, err := b.startService(ctx, dbURL, "sustained-"+string(be), "BACKEND="+string(be))
+	env := []string{"BACKEND=" + string(be)}
+	var noWorker *pgxpool.Conn
+	if b.opt.sustainedNoWorker {
+		// The bench holds the rollup leader's lock, so no replica runs
+		// the worker, and nothing holds ingest back for its lag: what is
+		// left is ingest's own cost (it still writes the rollup logs).
+		if noWorker, err = pool.Acquire(ctx); err != nil {
+			return err
+		}
+		defer noWorker.Release()
+		if _, err := noWorker.Exec(ctx, `SELECT pg_advisory_lock($1)`, database.LockRollupLeader); err != nil {
+			return err
+		}
+		env = append(env, "INGEST_MAX_ROLLUP_LAG=1000h")
+	}
+	svc, err := b.startService(ctx, dbURL, "sustained-"+string(be), env...)
 	if err != nil {
 		return err
 	}
@@ -68,7 +84,12 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	m0 := b.scrape()
 	start := b.cpu()
 	run := &streamRun{}
-	rates, scrapes, elapsed, err := b.windowed(ctx, run, window, func() error {
+	sample := func() map[string]float64 {
+		m := b.scrape()
+		maps.Copy(m, walCounters(ctx, pool))
+		return m
+	}
+	rates, scrapes, elapsed, err := b.windowed(ctx, run, window, sample, func() error {
 		return run.run(ctx, svc.url, tok, tpl, clients, d, 0, b.opt.seed+11)
 	})
 	end := b.cpu()
@@ -90,7 +111,11 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	if window != time.Minute {
 		unit = fmt.Sprintf("%s window", window)
 	}
-	b.add(result{id("b"), fmt.Sprintf("%s: batch ingest via API, random uuid4 eventIds, %d events/request, %d clients, 100 proxies, %s sustained", be, b.opt.batchSize, clients, d),
+	worker := ""
+	if noWorker != nil {
+		worker = ", **no rollup worker** (-sustained-no-worker)"
+	}
+	b.add(result{id("b"), fmt.Sprintf("%s: batch ingest via API, random uuid4 eventIds, %d events/request, %d clients, 100 proxies, %s sustained%s", be, b.opt.batchSize, clients, d, worker),
 		fmt.Sprintf("%s events/s on average = **%.0f %%** of %s; first %s %s events/s, last %s = **%.0f %%** of the first (%s events, %d duplicates, %d retries after 503)",
 			rate(avg), 100*ratio, id("a"), unit, rate(first), rate(last), 100*flat, count(int(total)), run.duplicates.Load(), run.retries.Load()),
 		"≥ 70 % of COPY; last minute ≥ 85 % of the first", mark(ratio >= 0.7) + " ratio, " + mark(flat >= 0.85) + " flat"})
@@ -99,7 +124,7 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	b.add(result{id("c"), fmt.Sprintf("%s: storage after (%s)", be, id("b")), storage, "measured", ""})
 
 	var rows strings.Builder
-	rows.WriteString("| " + unit + " | events/s | % of the first | group commits | mean commit | events a commit | time flushes waited for the rollups | rollup lag at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	rows.WriteString("| " + unit + " | events/s | % of the first | group commits | mean commit | events a commit | time flushes waited for the rollups | rollup lag at the end | WAL | full-page images | checkpoints begun |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, r := range rates {
 		fmt.Fprintf(&rows, "| %d | %s | %.0f %% | %s |\n", i+1, rate(r), 100*r/first, windowCosts(scrapes[i], scrapes[i+1]))
 	}
@@ -111,18 +136,24 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 		return err
 	}
 	b.svc = nil
+	if noWorker != nil {
+		// A service started now would spend the single-event run rolling
+		// up everything that waited (its flushes held back all along).
+		step("(11) %s: single-event ingest skipped (-sustained-no-worker)", be)
+		return nil
+	}
 	return b.sustainedSingles(ctx, pool, dbURL, be, id("d"))
 }
 
 // windowed runs work while recording the accepted events of run every
 // window, and returns the rate of each full window and the time taken.
-func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Duration, work func() error) ([]float64, []map[string]float64, time.Duration, error) {
+func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Duration, sample func() map[string]float64, work func() error) ([]float64, []map[string]float64, time.Duration, error) {
 	t0 := time.Now()
 	var mu sync.Mutex
 	var marks []int64
-	// The service's metrics at each mark: what the flushes cost and how
-	// long they waited for the rollups, window by window.
-	scrapes := []map[string]float64{b.scrape()}
+	// sample's counters at each mark (the service's metrics, the
+	// database's WAL): what each window cost.
+	scrapes := []map[string]float64{sample()}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -136,7 +167,7 @@ func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Durati
 				return
 			case <-t.C:
 				n := run.accepted.Load()
-				m := b.scrape()
+				m := sample()
 				mu.Lock()
 				marks = append(marks, n)
 				scrapes = append(scrapes, m)
@@ -160,7 +191,7 @@ func (b *bench) windowed(ctx context.Context, run *streamRun, window time.Durati
 	// The last, partial window counts when it is at least half a window.
 	if rest := elapsed - time.Duration(len(marks))*window; rest >= window/2 || len(marks) == 0 {
 		marks = append(marks, run.accepted.Load())
-		scrapes = append(scrapes, b.scrape())
+		scrapes = append(scrapes, sample())
 	}
 	rates := make([]float64, len(marks))
 	prev := int64(0)
@@ -187,8 +218,24 @@ func windowCosts(a, z map[string]float64) string {
 		ms = 1000 * d("proxyusage_ingest_flush_duration_seconds_sum") / n
 		size = d("proxyusage_ingest_flush_events_sum") / n
 	}
-	return fmt.Sprintf("%.0f | %.1f ms | %.0f | %.1f s | %.1f s", n, ms, size,
-		d("proxyusage_ingest_held_back_seconds_total"), z["proxyusage_rollup_lag_seconds"])
+	return fmt.Sprintf("%.0f | %.1f ms | %.0f | %.1f s | %.1f s | %.0f MB | %.0f k | %.0f", n, ms, size,
+		d("proxyusage_ingest_held_back_seconds_total"), z["proxyusage_rollup_lag_seconds"],
+		d("wal_bytes")/(1<<20), d("wal_fpi")/1000, d("checkpoints"))
+}
+
+// walCounters reads the cluster's WAL and checkpoint counters: how many
+// bytes and full-page images the log took and how many checkpoints
+// began. (PostgreSQL 15's buffers_backend is left out: it counts every
+// relation extension and appears only when a checkpoint reports it.)
+func walCounters(ctx context.Context, pool *pgxpool.Pool) map[string]float64 {
+	var walBytes, fpi, checkpoints float64
+	err := pool.QueryRow(ctx, `SELECT w.wal_bytes::float8, w.wal_fpi::float8,
+		(b.checkpoints_timed + b.checkpoints_req)::float8
+		FROM pg_stat_wal w, pg_stat_bgwriter b`).Scan(&walBytes, &fpi, &checkpoints)
+	if err != nil {
+		return nil
+	}
+	return map[string]float64{"wal_bytes": walBytes, "wal_fpi": fpi, "checkpoints": checkpoints}
 }
 
 // copyBaseline copies n rows of the stream (random uuid4 eventIds) into a
