@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A run of some phases writes its own block after the main one and leaves
@@ -79,6 +80,27 @@ func TestSettingFlags(t *testing.T) {
 		}
 		if c.sv && s.String() != c.v {
 			t.Errorf("-service-env %q kept as %q", c.v, s.String())
+		}
+	}
+}
+
+// shiftTime moves a timestamp inside a JSON body by whole seconds,
+// keeping its width (and so every offset after it) and its sub-second
+// digits, across a midnight too.
+func TestShiftTime(t *testing.T) {
+	for _, ts := range []string{"2026-12-02T23:59:30Z", "2026-12-02T23:59:30.5Z", "2026-12-02T23:59:30.120Z", "2026-12-02T23:59:59.123456789Z"} {
+		body := []byte(`{"timestamp":"` + ts + `","x":1}`)
+		at := len(`{"timestamp":"`)
+		shiftTime(body[at:], 45*time.Second)
+		want, _ := time.Parse(time.RFC3339Nano, ts)
+		want = want.Add(45 * time.Second)
+		got := string(body[at : at+len(ts)])
+		parsed, err := time.Parse(time.RFC3339Nano, got)
+		if err != nil || !parsed.Equal(want) {
+			t.Errorf("%s + 45 s = %s, want %s", ts, got, want.Format(time.RFC3339Nano))
+		}
+		if string(body[at+len(ts):]) != `","x":1}` {
+			t.Errorf("%s: the rest of the body changed: %s", ts, body)
 		}
 	}
 }

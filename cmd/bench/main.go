@@ -79,6 +79,8 @@ type options struct {
 	backends          string
 	sustainedFor      time.Duration
 	sustainedNoWorker bool
+	sustainedSpan     time.Duration
+	sustainedFollow   bool
 	sustainedClients  int
 	sustainedCopyRows int
 	liveFor           time.Duration
@@ -122,6 +124,8 @@ func main() {
 	flag.IntVar(&o.idleConns, "idle-conns", 10_000, "idle connections the attacker holds (8c)")
 	flag.StringVar(&o.attacks, "attacks", "", "fairness runs to make, e.g. 8,8b (default: all)")
 	flag.StringVar(&o.backends, "backends", "postgres,timescaledb", "backends phases 11, 12 and 13 run on, each in its own database and service (timescaledb only when installed)")
+	flag.DurationVar(&o.sustainedSpan, "sustained-span", 24*time.Hour, "(11)'s events are spread over this span before the start")
+	flag.BoolVar(&o.sustainedFollow, "sustained-follow", false, "(11)'s event times move on with the clock (whole seconds), staying within -sustained-span of now as live proxies' do, instead of refilling the same span every round")
 	flag.BoolVar(&o.sustainedNoWorker, "sustained-no-worker", false, "(11)'s batch ingest runs with no rollup worker (the bench holds the leader lock) and no backpressure: ingest's own cost as the data grows")
 	flag.DurationVar(&o.sustainedFor, "sustained-duration", 10*time.Minute, "sustained batch ingest run time per backend (11)")
 	flag.IntVar(&o.sustainedClients, "sustained-clients", 8, "concurrent batch clients (11, 12)")

@@ -94,11 +94,18 @@ func streamGenerator(seed uint64, now time.Time, span time.Duration, events int)
 // no CPU per event (it shares the machine with the service and
 // PostgreSQL).
 type templates struct {
-	bodies  [][]byte
-	ids     [][]int // offsets of each body's eventIds
-	conns   [][]int // offsets of each body's connection-id rounds
-	jitter  [][]int // with -stream-jitter: offsets of the sub-millisecond digits of each non-connection event's timestamp
-	events  int     // per body, on average
+	bodies [][]byte
+	ids    [][]int // offsets of each body's eventIds
+	conns  [][]int // offsets of each body's connection-id rounds
+	jitter [][]int // with -stream-jitter: offsets of the sub-millisecond digits of each non-connection event's timestamp
+	times  [][]int // with follow: offsets of each event's timestamp
+	// follow moves every sent event's time on by the whole seconds since
+	// created, so the stream keeps the same distance from the clock, as
+	// proxies reporting live do, instead of filling the same span again
+	// round after round.
+	follow  bool
+	created time.Time
+	events  int // per body, on average
 	perBody []int
 	// source keeps the template events for the COPY baseline.
 	source []ingest.Event
@@ -134,10 +141,12 @@ func newTemplates(seed uint64, now time.Time, span time.Duration, n, size int) *
 			t.jitter = append(t.jitter, subMS)
 		}
 		t.conns = append(t.conns, offsets(body, `"connectionId":"`+connTag))
+		t.times = append(t.times, offsets(body, `"timestamp":"`))
 		t.perBody = append(t.perBody, len(evs))
 		t.source = append(t.source, evs...)
 	}
 	t.events = len(t.source) / max(1, len(t.bodies))
+	t.created = time.Now()
 	return t
 }
 
@@ -165,6 +174,11 @@ func (t *templates) fill(dst []byte, k int, rng *rand.ChaCha8) ([]byte, int) {
 	for _, o := range t.conns[i] {
 		putRound(dst[o:o+roundWidth], round)
 	}
+	if shift := time.Since(t.created).Truncate(time.Second); t.follow && shift > 0 {
+		for _, o := range t.times[i] {
+			shiftTime(dst[o:], shift)
+		}
+	}
 	if t.jitter != nil {
 		for _, o := range t.jitter[i] {
 			us := rng.Uint64() % 1000
@@ -172,6 +186,29 @@ func (t *templates) fill(dst []byte, k int, rng *rand.ChaCha8) ([]byte, int) {
 		}
 	}
 	return dst, t.perBody[i]
+}
+
+// shiftTime moves the RFC 3339 time at the start of b (up to its closing
+// quote) on by shift, a whole number of seconds, written back with as
+// many fractional digits as it had: the same width, the same sub-second
+// part, so a connection's start and end keep their order.
+func shiftTime(b []byte, shift time.Duration) {
+	n := bytes.IndexByte(b, '"')
+	if n < 0 {
+		return
+	}
+	ts, err := time.Parse(time.RFC3339Nano, string(b[:n]))
+	if err != nil {
+		return
+	}
+	layout := "2006-01-02T15:04:05Z"
+	if dot := bytes.IndexByte(b[:n], '.'); dot >= 0 {
+		layout = "2006-01-02T15:04:05." + strings.Repeat("0", n-dot-2) + "Z"
+	}
+	var buf [40]byte
+	if out := ts.Add(shift).AppendFormat(buf[:0], layout); len(out) == n {
+		copy(b, out)
+	}
 }
 
 // streamJitter is -stream-jitter: templates resent round after round

@@ -35,11 +35,13 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	}
 	defer pool.Close()
 	now := time.Now().UTC()
-	if err := workload.SeedAccounts(ctx, pool, streamGenerator(b.opt.seed+11, now, 24*time.Hour, 1), now); err != nil {
+	span := b.opt.sustainedSpan
+	if err := workload.SeedAccounts(ctx, pool, streamGenerator(b.opt.seed+11, now, span, 1), now); err != nil {
 		return err
 	}
-	step("(11) %s: encoding %d template batches of %d events (100 proxies of 10 users, last 24 h)", be, templateBodies, b.opt.batchSize)
-	tpl := newTemplates(b.opt.seed+11, now, 24*time.Hour, templateBodies, b.opt.batchSize)
+	step("(11) %s: encoding %d template batches of %d events (100 proxies of 10 users, last %s)", be, templateBodies, b.opt.batchSize, span)
+	tpl := newTemplates(b.opt.seed+11, now, span, templateBodies, b.opt.batchSize)
+	tpl.follow = b.opt.sustainedFollow
 
 	copyRate, err := b.copyBaseline(ctx, pool, tpl, b.opt.sustainedCopyRows, be)
 	if err != nil {
@@ -112,8 +114,14 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 		unit = fmt.Sprintf("%s window", window)
 	}
 	worker := ""
+	if span != 24*time.Hour || tpl.follow {
+		worker = fmt.Sprintf(", event times over the last %s", span)
+		if tpl.follow {
+			worker += " **moving with the clock**"
+		}
+	}
 	if noWorker != nil {
-		worker = ", **no rollup worker** (-sustained-no-worker)"
+		worker += ", **no rollup worker** (-sustained-no-worker)"
 	}
 	b.add(result{id("b"), fmt.Sprintf("%s: batch ingest via API, random uuid4 eventIds, %d events/request, %d clients, 100 proxies, %s sustained%s", be, b.opt.batchSize, clients, d, worker),
 		fmt.Sprintf("%s events/s on average = **%.0f %%** of %s; first %s %s events/s, last %s = **%.0f %%** of the first (%s events, %d duplicates, %d retries after 503)",
