@@ -113,17 +113,17 @@ func (b *bench) sustained(ctx context.Context, be database.Backend) error {
 	if window != time.Minute {
 		unit = fmt.Sprintf("%s window", window)
 	}
-	worker := ""
+	shape := ""
 	if span != 24*time.Hour || tpl.follow {
-		worker = fmt.Sprintf(", event times over the last %s", span)
+		shape = fmt.Sprintf(", event times over the last %s", span)
 		if tpl.follow {
-			worker += " **moving with the clock**"
+			shape += " **moving with the clock**"
 		}
 	}
 	if noWorker != nil {
-		worker += ", **no rollup worker** (-sustained-no-worker)"
+		shape += ", **no rollup worker** (-sustained-no-worker)"
 	}
-	b.add(result{id("b"), fmt.Sprintf("%s: batch ingest via API, random uuid4 eventIds, %d events/request, %d clients, 100 proxies, %s sustained%s", be, b.opt.batchSize, clients, d, worker),
+	b.add(result{id("b"), fmt.Sprintf("%s: batch ingest via API, random uuid4 eventIds, %d events/request, %d clients, 100 proxies, %s sustained%s", be, b.opt.batchSize, clients, d, shape),
 		fmt.Sprintf("%s events/s on average = **%.0f %%** of %s; first %s %s events/s, last %s = **%.0f %%** of the first (%s events, %d duplicates, %d retries after 503)",
 			rate(avg), 100*ratio, id("a"), unit, rate(first), rate(last), 100*flat, count(int(total)), run.duplicates.Load(), run.retries.Load()),
 		"≥ 70 % of COPY; last minute ≥ 85 % of the first", mark(ratio >= 0.7) + " ratio, " + mark(flat >= 0.85) + " flat"})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,7 @@ func waitScheduler(t *testing.T, conn *pgx.Conn, dbName string, want bool) {
 // after the first migration (which creates the extension) and running
 // again afterwards; PauseTimescaleJobs stops it and its resume starts it.
 func TestMigrateResumesTimescaleJobs(t *testing.T) {
-	if !hasBackend(t, database.TimescaleDB) {
+	if !slices.Contains(pgtest.Backends(t), database.TimescaleDB) {
 		t.Skip("TimescaleDB is not installed")
 	}
 	ctx := context.Background()
@@ -86,13 +87,4 @@ func TestMigrateResumesTimescaleJobs(t *testing.T) {
 	}
 	resume()
 	waitScheduler(t, admin, name, true)
-}
-
-func hasBackend(t *testing.T, want database.Backend) bool {
-	for _, b := range pgtest.Backends(t) {
-		if b == want {
-			return true
-		}
-	}
-	return false
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"proxyusage/internal/database"
 	"proxyusage/internal/localdb"
@@ -192,12 +193,13 @@ func template(t testing.TB, b database.Backend) string {
 		// TimescaleDB's job scheduler keeps a connection to every database
 		// with the extension; a template must have none. Stopping it waits
 		// for it and its jobs to exit and keeps it from starting again.
-		tpl, err := pgx.Connect(ctx, withDB(adminURL, name))
+		tpl, err := pgx.ParseConfig(withDB(adminURL, name))
 		if err != nil {
 			t.Fatalf("pgtest: %v", err)
 		}
-		_, err = tpl.Exec(ctx, `SELECT _timescaledb_functions.stop_background_workers()`)
-		tpl.Close(ctx)
+		db := stdlib.OpenDB(*tpl)
+		_, err = database.PauseTimescaleJobs(ctx, db, log)
+		db.Close()
 		if err != nil {
 			t.Fatalf("pgtest: stop the template's jobs: %v", err)
 		}
